@@ -1,0 +1,96 @@
+"""The channel interface every communication type implements.
+
+One channel object serves one channel for a whole run: ``open()`` once, many
+``fetch``/``send`` calls over the same connection, ``close()`` at the end. Failures to
+reach or talk to the partner raise :class:`CommunicationError` (one line, no secrets).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.config import ChannelSpec, Config
+
+
+class CommunicationError(Exception):
+    """Talking to a partner failed; str() is one line naming channel and host, never a password."""
+
+
+@dataclass(frozen=True)
+class IncomingItem:
+    """One file waiting at an in-channel. ``ref`` is the channel's own handle for it."""
+    name: str          # the partner's name for the file (untrusted)
+    size: int | None
+    ref: Any
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def safe_name(name: str, fallback: str = "file") -> str:
+    """A partner's file name made safe to use as one local path component.
+
+    Remote names are untrusted: directory parts, ``..``, NUL and control characters
+    never survive, so nothing can escape the folder the name is joined to.
+    """
+    name = unicodedata.normalize("NFC", str(name))
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = _UNSAFE.sub("_", name).strip()
+    if name in ("", ".", ".."):
+        return fallback
+    return name[:200]
+
+
+class Channel(ABC):
+    """Base class: subclasses implement the in-side, the out-side, or both."""
+
+    type: str = ""
+
+    def __init__(self, spec: ChannelSpec, cfg: Config, log: logging.Logger) -> None:
+        self.spec, self.cfg, self.log = spec, cfg, log
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def describe(self) -> str:
+        """How the channel is named in errors: ``channel 'x' (ftp host:port)``, no secrets."""
+        host = self.spec.get("host")
+        where = f"{host}:{self.spec.get('port')}" if host and self.spec.get("port") else (host or self.spec.get("path", ""))
+        return f"channel {self.name!r} ({self.spec.type} {where})"
+
+    def open(self) -> None:
+        """Connect (remote channels); called once per run before the first transfer."""
+
+    def close(self) -> None:
+        """Disconnect; must not raise."""
+
+    def __enter__(self) -> "Channel":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # in-side
+    def list_incoming(self) -> Iterable[IncomingItem]:
+        raise CommunicationError(f"{self.describe()}: cannot receive")
+
+    def fetch(self, item: IncomingItem, dest: Path) -> None:
+        """Write the whole content of ``item`` to the local file ``dest``."""
+        raise CommunicationError(f"{self.describe()}: cannot receive")
+
+    def delete(self, item: IncomingItem) -> None:
+        """Remove ``item`` at the partner; called only after it is archived and recorded."""
+        raise CommunicationError(f"{self.describe()}: cannot receive")
+
+    # out-side
+    @abstractmethod
+    def send(self, src: Path, filename: str) -> None:
+        """Deliver local file ``src`` as ``filename``; partners never see a half file."""

@@ -1,0 +1,96 @@
+"""Database access: the one place that creates SQLAlchemy engines and sessions.
+
+SQLite (the embedded default) and PostgreSQL are both supported; the schema is created
+on first use. Models live beside this module and share :class:`Base`.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from engine.config import mask_url
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class DatabaseError(Exception):
+    """The tracking database cannot be reached or used; str() is one line, password masked."""
+
+
+_engines: dict[str, Engine] = {}
+_makers: dict[str, sessionmaker[Session]] = {}
+_lock = threading.Lock()
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    cur = dbapi_conn.cursor()
+    # WAL lets the monitor, CLI and a running engine read while the engine writes.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def get_engine(url: str) -> Engine:
+    """The (cached) engine for a URL, schema created; raises DatabaseError if unreachable."""
+    with _lock:
+        eng = _engines.get(url)
+        if eng is not None:
+            return eng
+        try:
+            if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+                Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            kwargs: dict = {}
+            if url.startswith("sqlite"):
+                kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+            else:
+                kwargs["pool_pre_ping"] = True
+                if url.startswith("postgresql"):
+                    kwargs["connect_args"] = {"connect_timeout": 5}
+            eng = create_engine(url, **kwargs)
+            if url.startswith("sqlite"):
+                event.listen(eng, "connect", _sqlite_pragmas)
+            with eng.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            import engine.models  # noqa: F401  (registers the tables on Base)
+            Base.metadata.create_all(eng)
+        except (SQLAlchemyError, OSError) as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DatabaseError(f"database {mask_url(url)} cannot be used: {reason}") from None
+        _engines[url] = eng
+        _makers[url] = sessionmaker(eng, expire_on_commit=False)
+        return eng
+
+
+@contextmanager
+def session_scope(url: str) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    get_engine(url)
+    session = _makers[url]()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def dispose_all() -> None:
+    """Close pooled connections (after fork, and in tests)."""
+    with _lock:
+        for eng in _engines.values():
+            eng.dispose()
+        _engines.clear()
+        _makers.clear()

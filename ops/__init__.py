@@ -1,0 +1,1 @@
+"""Operations: botsq command, directory monitor, stack, status, Flower, service units."""
