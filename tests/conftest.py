@@ -1,0 +1,200 @@
+"""Shared fixtures: environments on disk, and real brokers/databases isolated per test run.
+
+Each test session gets its own RabbitMQ vhost, its own Redis key prefix database and its
+own PostgreSQL database, so concurrent runs (and developers) never see each other's data.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bin_path(name: str) -> str:
+    """A console script of this install (bots-engine, botsq, celery ...)."""
+    p = VENV_BIN / name
+    return str(p) if p.exists() else name
+
+
+# --------------------------------------------------------------------------- environments
+
+DEFAULT_INI = """
+[settings]
+maxruntime = 60
+maxdays = 30
+whencleanup = never
+
+[jobqueue]
+enabled = False
+"""
+
+DEFAULT_ROUTES = """
+[channels.in]
+type = "file"
+path = "data/in"
+filemask = "*"
+remove = true
+
+[channels.out]
+type = "file"
+path = "data/out"
+filename = "{infile}"
+
+[routes.r1]
+[[routes.r1.parts]]
+fromchannel = "in"
+translate = "passthrough"
+tochannel = "out"
+"""
+
+
+class Env:
+    """An environment folder on disk: config/, botssys/, usersys/, data/."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.configdir = root / "config"
+
+    def write(self, ini: str | None = None, routes: str | None = None) -> "Env":
+        self.configdir.mkdir(parents=True, exist_ok=True)
+        if ini is not None:
+            (self.configdir / "bots.ini").write_text(textwrap.dedent(ini), encoding="utf-8")
+        if routes is not None:
+            (self.configdir / "routes.toml").write_text(textwrap.dedent(routes), encoding="utf-8")
+        return self
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def drop(self, rel: str, content: bytes | str = b"x") -> Path:
+        p = self.root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(content.encode() if isinstance(content, str) else content)
+        return p
+
+    def config(self):  # type: ignore[no-untyped-def]
+        from engine.config import load_config
+        return load_config(self.configdir)
+
+    def run(self, *argv: str, env: dict[str, str] | None = None, timeout: float = 120,
+            cmd: str = "bots-engine") -> subprocess.CompletedProcess[str]:
+        """Run a console script of this install against the environment."""
+        full_env = {**os.environ, **(env or {})}
+        return subprocess.run([bin_path(cmd), "-c", str(self.configdir), *argv], cwd=self.root,
+                              env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def make_env(tmp_path: Path) -> Callable[..., Env]:
+    """``make_env(ini=..., routes=..., name=...)``: a new environment under tmp_path."""
+    count = [0]
+
+    def make(ini: str | None = DEFAULT_INI, routes: str | None = DEFAULT_ROUTES, name: str | None = None) -> Env:
+        count[0] += 1
+        return Env(tmp_path / (name or f"env{count[0]}")).write(ini, routes)
+
+    return make
+
+
+# --------------------------------------------------------------------------- real services
+
+@pytest.fixture(scope="session")
+def rabbit_url() -> Iterator[str]:
+    """A RabbitMQ vhost of this test session's own, deleted afterwards."""
+    if not port_open("127.0.0.1", 5672):
+        pytest.fail("RabbitMQ is not answering on 127.0.0.1:5672 (.ci/run starts it)")
+    vhost = f"botsq-test-{RUN_ID}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+                   check=True, capture_output=True)
+    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+
+
+_redis_db = [0]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis database number of this session's own (1..15), flushed before and after."""
+    if not port_open("127.0.0.1", 6379):
+        pytest.fail("Redis is not answering on 127.0.0.1:6379 (.ci/run starts it)")
+    import redis
+
+    db = int(RUN_ID, 16) % 15 + 1
+    client = redis.Redis(host="127.0.0.1", port=6379, db=db)
+    client.flushdb()
+    yield f"redis://127.0.0.1:6379/{db}"
+    client.flushdb()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL database of this session's own, dropped afterwards."""
+    if not port_open("127.0.0.1", 5432):
+        pytest.fail("PostgreSQL is not answering on 127.0.0.1:5432 (.ci/run starts it)")
+    import psycopg
+
+    name = f"botsq_test_{RUN_ID}"
+    admin = "postgresql://postgres@127.0.0.1:5432/test"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    from engine.db import dispose_all
+    dispose_all()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_kind(request: pytest.FixtureRequest) -> str:
+    """Parametrise a test over both supported databases."""
+    return request.param
+
+
+@pytest.fixture
+def db_ini(db_kind: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A ``[database]`` section for the db_kind under test (a fresh PostgreSQL schema each time)."""
+    if db_kind == "sqlite":
+        yield ""
+        return
+    base = request.getfixturevalue("pg_url")
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(base)
+    name = f"{u.database}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{u.database}", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = u.set(database=name).render_as_string(hide_password=False)
+    yield f"\n[database]\nurl = {url}\n"
+    from engine.db import dispose_all
+    dispose_all()
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{u.database}", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
