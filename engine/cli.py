@@ -1,0 +1,63 @@
+"""``bots-engine``: one engine run from the command line (Bots' options and exit codes).
+
+Exit codes: 0 ok · 1 system error (bad arguments or config, unknown route, database
+unreachable) · 2 ran, with file or communication errors · 3 locked by a live run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from engine.cli_util import EXIT_SYSTEM, UsageError, run_cli
+from engine.config import add_config_argument, load_config
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # bad arguments: one line, exit 1 (not argparse's 2)
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="bots-engine", description="Run the Bots EDI engine once: receive, translate, send.")
+    p.add_argument("--new", action="store_true", help="receive, translate and send new files (default)")
+    p.add_argument("--rereceive", action="store_true", help="process again the incoming files marked for rereceive")
+    p.add_argument("--resend", action="store_true", help="send again the outgoing files marked for resend")
+    p.add_argument("--automaticretrycommunication", action="store_true",
+                   help="send again outgoing files whose communication failed (first use sets the starting point)")
+    p.add_argument("--cleanup", action="store_true", help="remove records and archive older than maxdays")
+    add_config_argument(p)
+    p.add_argument("routes", nargs="*", metavar="ROUTE", help="routes to run (default: all active routes)")
+    return p
+
+
+def _main() -> int:
+    from engine.progress import ProgressBar
+    from engine.run import ENGINE_COMMANDS, run_engine
+
+    args = build_parser().parse_args()
+    commands = [c for c in ENGINE_COMMANDS if getattr(args, c)] or ["new"]
+    cfg = load_config(args.configdir)
+    bar = ProgressBar()
+    try:
+        result = run_engine(cfg, commands, args.routes, progress=bar)
+    except Exception as exc:
+        from engine.config import ConfigError
+        from engine.db import DatabaseError
+        bar.finish()
+        if isinstance(exc, (ConfigError, DatabaseError, UsageError)):
+            raise
+        import logging
+        logging.getLogger("botsq.engine").exception("engine run failed")
+        print(f"bots-engine: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_SYSTEM
+    bar.finish()
+    print(result.message)
+    return result.exit_code
+
+
+def main() -> None:
+    run_cli("bots-engine", _main)
+
+
+if __name__ == "__main__":
+    main()

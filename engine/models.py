@@ -1,0 +1,145 @@
+"""Tracking tables: runs, incoming files, outgoing files, the engine lock, small engine state.
+
+Times are naive UTC (``utcnow()``) so SQLite and PostgreSQL store and compare them alike.
+Every column a run or a command-line filter queries on carries an index.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from engine.db import Base
+
+# Run.status
+RUN_RUNNING, RUN_OK, RUN_ERRORS, RUN_CRASHED, RUN_FAILED = "running", "ok", "errors", "crashed", "failed"
+# Incoming.status: received (archived + recorded, not yet processed), done, error (file error),
+# commerror (could not be fetched; still at the partner)
+IN_RECEIVED, IN_DONE, IN_ERROR, IN_COMMERROR = "received", "done", "error", "commerror"
+# Outgoing.status (the translation result) and Outgoing.commstatus (the delivery)
+OUT_OK = "ok"
+COMM_PENDING, COMM_SENT, COMM_FAILED = "pending", "sent", "failed"
+
+
+def utcnow() -> datetime:
+    """Now, naive UTC: the one clock of every tracking column."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    commands: Mapped[str] = mapped_column(String(200), default="new")
+    routes: Mapped[str] = mapped_column(Text, default="")          # comma separated; "" = default run
+    host: Mapped[str] = mapped_column(String(255), default="")
+    pid: Mapped[int] = mapped_column(Integer, default=0)
+    started: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    ended: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    status: Mapped[str] = mapped_column(String(20), default=RUN_RUNNING, index=True)
+    returncode: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    received: Mapped[int] = mapped_column(Integer, default=0)
+    processed: Mapped[int] = mapped_column(Integer, default=0)
+    sent: Mapped[int] = mapped_column(Integer, default=0)
+    file_errors: Mapped[int] = mapped_column(Integer, default=0)
+    comm_errors: Mapped[int] = mapped_column(Integer, default=0)
+    message: Mapped[str] = mapped_column(Text, default="")
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id, "commands": self.commands, "routes": self.routes, "host": self.host, "pid": self.pid,
+            "started": _iso(self.started), "ended": _iso(self.ended), "status": self.status,
+            "returncode": self.returncode, "received": self.received, "processed": self.processed,
+            "sent": self.sent, "file_errors": self.file_errors, "comm_errors": self.comm_errors,
+            "message": self.message,
+        }
+
+
+class Incoming(Base):
+    __tablename__ = "incoming"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), nullable=True, index=True)
+    route: Mapped[str] = mapped_column(String(200), index=True)
+    part: Mapped[int] = mapped_column(Integer, default=1)          # 1-based (Bots' seq)
+    channel: Mapped[str] = mapped_column(String(200))
+    filename: Mapped[str] = mapped_column(Text)                    # the partner's name (safe_name'd)
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    checksum: Mapped[str] = mapped_column(String(64), default="")  # sha256 hex
+    archive_path: Mapped[str] = mapped_column(Text, default="")    # relative to botssys
+    status: Mapped[str] = mapped_column(String(20), default=IN_RECEIVED, index=True)
+    error: Mapped[str] = mapped_column(Text, default="")
+    rereceive: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    times_processed: Mapped[int] = mapped_column(Integer, default=0)
+    created: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    updated: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    def as_dict(self) -> dict:
+        return {
+            "kind": "in", "id": self.id, "run_id": self.run_id, "route": self.route, "part": self.part,
+            "channel": self.channel, "filename": self.filename, "size": self.size, "checksum": self.checksum,
+            "archive_path": self.archive_path, "status": self.status, "error": self.error,
+            "rereceive": self.rereceive, "times_processed": self.times_processed,
+            "created": _iso(self.created), "updated": _iso(self.updated),
+        }
+
+
+class Outgoing(Base):
+    __tablename__ = "outgoing"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), nullable=True, index=True)
+    incoming_id: Mapped[int | None] = mapped_column(ForeignKey("incoming.id", ondelete="SET NULL"), nullable=True,
+                                                    index=True)
+    route: Mapped[str] = mapped_column(String(200), index=True)
+    part: Mapped[int] = mapped_column(Integer, default=1)
+    channel: Mapped[str] = mapped_column(String(200))
+    filename: Mapped[str] = mapped_column(Text)                    # the name it is delivered under
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    checksum: Mapped[str] = mapped_column(String(64), default="")
+    store_path: Mapped[str] = mapped_column(Text)                  # content under botssys, relative
+    status: Mapped[str] = mapped_column(String(20), default=OUT_OK)
+    commstatus: Mapped[str] = mapped_column(String(20), default=COMM_PENDING, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    resend: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    created: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    def as_dict(self) -> dict:
+        return {
+            "kind": "out", "id": self.id, "run_id": self.run_id, "incoming_id": self.incoming_id,
+            "route": self.route, "part": self.part, "channel": self.channel, "filename": self.filename,
+            "size": self.size, "checksum": self.checksum, "store_path": self.store_path, "status": self.status,
+            "commstatus": self.commstatus, "attempts": self.attempts, "error": self.error, "resend": self.resend,
+            "created": _iso(self.created), "sent_at": _iso(self.sent_at),
+        }
+
+
+Index("ix_outgoing_comm_id", Outgoing.commstatus, Outgoing.id)
+
+
+class EngineLock(Base):
+    """At most one row (id 1): the run holding the engine."""
+    __tablename__ = "engine_lock"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token: Mapped[str] = mapped_column(String(64))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started: Mapped[datetime] = mapped_column(DateTime)
+    heartbeat: Mapped[datetime] = mapped_column(DateTime)
+    run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class EngineState(Base):
+    """Small key/value memory of the engine (retry starting point, last cleanup day)."""
+    __tablename__ = "engine_state"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, default="")
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.replace(tzinfo=timezone.utc).isoformat(timespec="seconds") if dt else None

@@ -1,0 +1,707 @@
+"""One engine run: lock, recover, retry/resend/rereceive/new, cleanup, summary, report.
+
+Every file is tracked and none is lost:
+
+* receive: fetched to a temporary name in the archive under botssys, checksummed, renamed,
+  flushed to disk once per batch, its record committed, and only then removed at the
+  partner (when the channel says ``remove``);
+* translate: the outputs are written under botssys (passthrough reuses the archived file)
+  and recorded with the incoming file's new status in one commit;
+* send: each outgoing file's delivery result is recorded; a failure keeps the file for
+  ``--automaticretrycommunication`` and ``--resend``.
+
+A run that dies half-way leaves records saying how far each file got; the next run finds
+them (``received`` incoming files are processed again from the archive, ``pending`` outgoing
+files are sent) before it does anything else.
+
+``run_engine`` raises ConfigError / UsageError / DatabaseError for system errors (exit 1)
+and never raises for file or communication errors (exit 2).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import os
+import string
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from engine.channels import Channel, CommunicationError, make_channel, safe_name
+from engine.cli_util import EXIT_ERRORS, EXIT_LOCKED, EXIT_OK, UsageError
+from engine.config import Config, ConfigError, Route, RoutePart, mask_url
+from engine.db import DatabaseError, get_engine, session_scope
+from engine.lock import LockInfo, acquire, hostname, overtime_minutes
+from engine.log import component_logger
+from engine.models import (COMM_FAILED, COMM_PENDING, COMM_SENT, IN_COMMERROR, IN_DONE, IN_ERROR, IN_RECEIVED,
+                           RUN_CRASHED, RUN_ERRORS, RUN_FAILED, RUN_OK, RUN_RUNNING, EngineState, Incoming,
+                           Outgoing, Run, utcnow)
+from engine.report import send_report
+from engine.translate import TranslateError, Translator
+
+ENGINE_COMMANDS = ("automaticretrycommunication", "resend", "rereceive", "new", "cleanup")
+DEFAULT_FILENAME = "{route}_{run}_{seq}_{infile}"
+PLACEHOLDERS = ("route", "run", "seq", "infile", "datetime")
+BATCH = 250                 # files per commit
+PROGRESS_EVERY = 0.5        # seconds between progress callbacks
+MAX_FETCH_FAILURES = 5      # consecutive fetch failures before giving up on an in-channel for this run
+
+
+@dataclass
+class RunResult:
+    run_id: int | None
+    exit_code: int              # 0 ok, 2 ran with file/communication errors, 3 locked by a live run
+    message: str                # one-line summary
+    locked_by: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- selection
+
+def normalise_commands(commands: Sequence[str]) -> list[str]:
+    """Commands in Bots' order, duplicates dropped; none means ``new``; unknown is a UsageError."""
+    wanted = []
+    for c in commands or ():
+        c = str(c).lstrip("-").lower()
+        if c not in ENGINE_COMMANDS:
+            raise UsageError(f"unknown engine command {c!r} (expected one of {', '.join(ENGINE_COMMANDS)})")
+        wanted.append(c)
+    if not wanted:
+        wanted = ["new"]
+    return [c for c in ENGINE_COMMANDS if c in wanted]
+
+
+def select_routes(cfg: Config, commands: Sequence[str], routes: Sequence[str]) -> list[Route]:
+    """The routes a run works on.
+
+    Named routes must exist (UsageError naming the first unknown one); inactive ones are
+    left out. No names: every active route, except that a run doing only ``new`` (and
+    ``cleanup``) leaves out ``notindefaultrun`` routes, as Bots' default run does.
+    """
+    cmds = normalise_commands(commands)
+    unknown = [r for r in routes if r not in cfg.routes]
+    if unknown:
+        known = ", ".join(cfg.routes) or "none"
+        raise UsageError(f"unknown route {unknown[0]!r} (routes in {cfg.configdir / 'routes.toml'}: {known})")
+    if routes:
+        return [cfg.routes[r] for r in dict.fromkeys(routes) if cfg.routes[r].active]
+    only_new = set(cmds) <= {"new", "cleanup"}
+    return [r for r in cfg.routes.values() if r.active and not (only_new and r.notindefaultrun)]
+
+
+def check_filename_templates(cfg: Config) -> None:
+    """Every out-channel's filename template uses known placeholders only (ConfigError otherwise)."""
+    used = {p.tochannel for r in cfg.routes.values() for p in r.parts if p.tochannel}
+    for name in sorted(used):
+        spec = cfg.channels[name]
+        tpl = spec.get("filename") or DEFAULT_FILENAME
+        where = f"{cfg.configdir / 'routes.toml'}: channels.{name}.filename"
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(tpl) if f is not None]
+        except ValueError as exc:
+            raise ConfigError(f"{where}: bad template {tpl!r}: {exc}") from None
+        for f in fields:
+            if f.split(".")[0].split("[")[0] not in PLACEHOLDERS:
+                raise ConfigError(f"{where}: unknown placeholder {{{f}}} (expected {', '.join(PLACEHOLDERS)})")
+
+
+def render_filename(tpl: str, **values: Any) -> str:
+    return safe_name(tpl.format(**values), fallback=f"{values.get('run')}_{values.get('seq')}")
+
+
+# --------------------------------------------------------------------------- durability
+
+_libc = None
+
+
+def _syncfs(path: Path) -> None:
+    """Flush the file system holding ``path`` once (a batch's worth of files), not per file."""
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if _libc.syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        os.sync()
+
+
+def _digest(path: Path) -> tuple[int, str]:
+    with open(path, "rb") as f:
+        h = hashlib.file_digest(f, "sha256")
+        return f.tell(), h.hexdigest()
+
+
+# --------------------------------------------------------------------------- the run
+
+class _LockLost(Exception):
+    pass
+
+
+@dataclass
+class _Error:
+    kind: str       # "file" | "communication"
+    route: str
+    file: str
+    reason: str
+
+
+class EngineRun:
+    def __init__(self, cfg: Config, commands: list[str], route_names: Sequence[str],
+                 progress: Callable[[dict], None] | None) -> None:
+        self.cfg = cfg
+        self.commands = commands
+        self.route_names = list(route_names)
+        self.progress_cb = progress
+        self.log = component_logger("engine", cfg)
+        self.url = cfg.database_url
+        self.botssys = cfg.directories.botssys
+        self.counts: dict[str, int] = dict(received=0, processed=0, sent=0, file_errors=0, comm_errors=0,
+                                           rereceived=0, resent=0, retried=0, recovered=0, cleaned=0)
+        self.errors: list[_Error] = []
+        self.channels: dict[str, Channel | CommunicationError] = {}
+        self.translator = Translator(cfg)
+        self.run_id: int = 0
+        self.lock = None
+        self.day = datetime.now().strftime("%Y%m%d")
+        self._in_seq = 0
+        self._out_seq = 0
+        self._last_progress = 0.0
+        self._dirs_made: set[Path] = set()
+
+    # ------------------------------------------------------------------ helpers
+    def progress(self, force: bool = False, **info: Any) -> None:
+        if self.progress_cb is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_progress < PROGRESS_EVERY:
+            return
+        self._last_progress = now
+        data = dict(route=None, part=None, files_done=0, files_total=None, phase=None)
+        data.update(info)
+        try:
+            self.progress_cb(data)
+        except Exception:  # noqa: BLE001 - a progress consumer never breaks a run
+            self.log.debug("progress callback failed", exc_info=True)
+
+    def _dir(self, p: Path) -> Path:
+        if p not in self._dirs_made:
+            p.mkdir(parents=True, exist_ok=True)
+            self._dirs_made.add(p)
+        return p
+
+    def file_error(self, route: str, file: str, reason: str) -> None:
+        self.counts["file_errors"] += 1
+        self.errors.append(_Error("file", route, file, reason))
+        self.log.error("route %s, file %s: %s", route, file, reason)
+
+    def comm_error(self, route: str, file: str, reason: str) -> None:
+        self.counts["comm_errors"] += 1
+        self.errors.append(_Error("communication", route, file, reason))
+        self.log.error("route %s, %s: %s", route, file or "channel", reason)
+
+    def check_lock(self) -> None:
+        if self.lock is not None and self.lock.lost:
+            raise _LockLost()
+
+    def channel(self, name: str) -> Channel:
+        """The run's one open channel object for ``name`` (connection reuse); raises CommunicationError."""
+        ch = self.channels.get(name)
+        if ch is None:
+            spec = self.cfg.channels[name]
+            try:
+                obj = make_channel(spec, self.cfg, self.log)
+                obj.open()
+                ch = obj
+            except CommunicationError as exc:
+                ch = exc
+            except ImportError as exc:
+                ch = CommunicationError(f"channel {name!r}: {spec.type} channels are not available: {exc}")
+            self.channels[name] = ch
+        if isinstance(ch, CommunicationError):
+            raise ch
+        return ch
+
+    def close_channels(self) -> None:
+        for ch in self.channels.values():
+            if isinstance(ch, Channel):
+                try:
+                    ch.close()
+                except Exception:  # noqa: BLE001
+                    self.log.debug("closing %s failed", ch.name, exc_info=True)
+        self.channels.clear()
+
+    def state(self, key: str) -> str | None:
+        with session_scope(self.url) as s:
+            row = s.get(EngineState, key)
+            return row.value if row is not None else None
+
+    def set_state(self, key: str, value: str) -> None:
+        with session_scope(self.url) as s:
+            row = s.get(EngineState, key)
+            if row is None:
+                s.add(EngineState(key=key, value=value))
+            else:
+                row.value = value
+
+    def part_of(self, route_name: str, partno: int) -> RoutePart | None:
+        route = self.cfg.routes.get(route_name)
+        if route is None or not 1 <= partno <= len(route.parts):
+            return None
+        return route.parts[partno - 1]
+
+    # ------------------------------------------------------------------ receive
+    def receive_part(self, route: Route, partno: int, part: RoutePart) -> None:
+        inname = part.fromchannel
+        try:
+            ch = self.channel(inname)
+            items = list(ch.list_incoming())
+        except CommunicationError as exc:
+            self.comm_error(route.name, f"in-channel {inname}", str(exc))
+            return
+        if not items:
+            return
+        spec = self.cfg.channels[inname]
+        limit = spec.get("maxsecondsperchannel") or self.cfg.settings.maxsecondsperchannel
+        deadline = time.monotonic() + limit if limit else None
+        remove = bool(spec.get("remove", False))
+        maxsize = self.cfg.settings.maxfilesizeincoming
+        total = len(items)
+        done = 0
+        failures = 0
+        self.progress(force=True, route=route.name, part=partno, files_done=0, files_total=total, phase="receive")
+        archive_day = self._dir(self.cfg.directories.archive / self.day)
+        for start in range(0, total, BATCH):
+            self.check_lock()
+            if deadline is not None and time.monotonic() > deadline:
+                self.log.info("route %s: maxsecondsperchannel (%ss) reached for channel %s; %d file(s) left for the "
+                              "next run", route.name, limit, inname, total - start)
+                break
+            got: list[tuple[Any, Incoming]] = []
+            rows: list[Incoming] = []
+            for item in items[start:start + BATCH]:
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                name = safe_name(item.name)
+                self._in_seq += 1
+                base = f"{self.run_id}-{self._in_seq}"
+                tmp = archive_day / f".tmp-{base}"
+                try:
+                    ch.fetch(item, tmp)
+                except CommunicationError as exc:
+                    _unlink(tmp)
+                    self.comm_error(route.name, name, str(exc))
+                    rows.append(Incoming(run_id=self.run_id, route=route.name, part=partno, channel=inname,
+                                         filename=name, size=item.size, status=IN_COMMERROR, error=str(exc)))
+                    failures += 1
+                    if failures >= MAX_FETCH_FAILURES:
+                        self.log.error("route %s: %d fetches in a row failed on channel %s; the rest waits for the "
+                                       "next run", route.name, failures, inname)
+                        break
+                    continue
+                failures = 0
+                final = archive_day / base
+                try:
+                    size, checksum = _digest(tmp)
+                    os.replace(tmp, final)
+                except OSError as exc:
+                    _unlink(tmp)
+                    raise ConfigError(f"{self.cfg.directories.archive}: cannot write the archive: "
+                                      f"{exc.strerror or exc}") from None
+                status, error = IN_RECEIVED, ""
+                if size > maxsize:
+                    status, error = IN_ERROR, (f"file too large: {size} bytes, more than maxfilesizeincoming "
+                                               f"({maxsize}) in bots.ini")
+                elif size == 0:
+                    status, error = IN_ERROR, "empty file (0 bytes)"
+                inc = Incoming(run_id=self.run_id, route=route.name, part=partno, channel=inname, filename=name,
+                               size=size, checksum=checksum, archive_path=f"data/{self.day}/{base}",
+                               status=status, error=error)
+                rows.append(inc)
+                got.append((item, inc))
+            if got:
+                _syncfs(archive_day)            # archived copies are on disk before any source goes
+            with session_scope(self.url) as s:
+                s.add_all(rows)
+            self.counts["received"] += len(got)
+            for _item, inc in got:
+                if inc.status == IN_ERROR:
+                    self.file_error(route.name, inc.filename, inc.error)
+            if remove:
+                for item, inc in got:
+                    try:
+                        ch.delete(item)
+                    except CommunicationError as exc:
+                        self.comm_error(route.name, inc.filename, f"received, but not removed at the source "
+                                                                  f"(it will be received again): {exc}")
+            self.process([inc for _i, inc in got if inc.status == IN_RECEIVED], phase="receive")
+            done += len(rows)
+            self.progress(route=route.name, part=partno, files_done=done, files_total=total, phase="receive")
+            if failures >= MAX_FETCH_FAILURES or len(rows) < min(BATCH, total - start):
+                break
+
+    # ------------------------------------------------------------------ translate + send
+    def process(self, incs: list[Incoming], phase: str) -> None:
+        """Translate recorded incoming files and send their outputs (one commit per batch)."""
+        for start in range(0, len(incs), BATCH):
+            self.check_lock()
+            batch = incs[start:start + BATCH]
+            outs: list[Outgoing] = []
+            for inc in batch:
+                outs.extend(self.translate_one(inc))
+            with session_scope(self.url) as s:
+                s.execute(update(Incoming), [
+                    dict(id=i.id, status=i.status, error=i.error, updated=i.updated, rereceive=i.rereceive,
+                         run_id=i.run_id, times_processed=i.times_processed) for i in batch])
+                s.add_all(outs)
+            self.send_all(outs)
+
+    def translate_one(self, inc: Incoming) -> list[Outgoing]:
+        part = self.part_of(inc.route, inc.part)
+        inc.updated = utcnow()
+        inc.times_processed = (inc.times_processed or 0) + 1
+        if part is None:
+            inc.status, inc.error = IN_ERROR, f"route {inc.route!r} part {inc.part} is no longer configured"
+            self.file_error(inc.route, inc.filename, inc.error)
+            return []
+        src = self.botssys / inc.archive_path
+        if not inc.archive_path or not src.is_file():
+            inc.status, inc.error = IN_ERROR, f"archived copy {inc.archive_path or '(none)'} is missing"
+            self.file_error(inc.route, inc.filename, inc.error)
+            return []
+        meta = dict(route=inc.route, part=inc.part, filename=inc.filename, channel=inc.channel, run=self.run_id,
+                    incoming_id=inc.id, size=inc.size, checksum=inc.checksum)
+        written: list[Path] = []
+        try:
+            results = self.translator.translate(part.translate, src, meta)
+            if not part.tochannel:
+                results = []
+            outs = []
+            tpl = self.cfg.channels[part.tochannel].get("filename") or DEFAULT_FILENAME if part.tochannel else ""
+            for content, ometa in results:
+                self._out_seq += 1
+                seq = self._out_seq
+                if content is None:
+                    store, size, checksum = inc.archive_path, inc.size or 0, inc.checksum
+                else:
+                    rel = f"outfiles/{self.day}/{self.run_id}-{seq}"
+                    path = self._dir(self.botssys / "outfiles" / self.day) / f"{self.run_id}-{seq}"
+                    try:
+                        path.write_bytes(content)
+                    except OSError as exc:
+                        raise ConfigError(f"{self.botssys}: cannot store an outgoing file: {exc.strerror or exc}") \
+                            from None
+                    written.append(path)
+                    store, size, checksum = rel, len(content), hashlib.sha256(content).hexdigest()
+                if ometa.get("filename"):
+                    filename = safe_name(str(ometa["filename"]))
+                else:
+                    filename = render_filename(tpl, route=inc.route, run=self.run_id, seq=seq, infile=inc.filename,
+                                               datetime=datetime.now().strftime("%Y%m%d%H%M%S"))
+                outs.append(Outgoing(run_id=self.run_id, incoming_id=inc.id, route=inc.route, part=inc.part,
+                                     channel=part.tochannel, filename=filename, size=size, checksum=checksum,
+                                     store_path=store, commstatus=COMM_PENDING))
+        except TranslateError as exc:
+            for p in written:
+                _unlink(p)
+            inc.status, inc.error = IN_ERROR, str(exc)
+            self.file_error(inc.route, inc.filename, inc.error)
+            return []
+        inc.status, inc.error = IN_DONE, ""
+        self.counts["processed"] += 1
+        if not outs and part.translate not in ("none",) and part.tochannel:
+            self.log.info("route %s, file %s: no output", inc.route, inc.filename)
+        return outs
+
+    def send_all(self, outs: list[Outgoing], count: str | None = None) -> None:
+        """Send outgoing files and record each result (one commit)."""
+        if not outs:
+            return
+        for out in outs:
+            self.send_one(out, count)
+        with session_scope(self.url) as s:
+            for out in outs:
+                s.execute(update(Outgoing).where(Outgoing.id == out.id).values(
+                    commstatus=out.commstatus, attempts=out.attempts, error=out.error, sent_at=out.sent_at,
+                    resend=out.resend))
+
+    def send_one(self, out: Outgoing, count: str | None) -> None:
+        out.attempts = (out.attempts or 0) + 1
+        out.resend = False
+        src = self.botssys / out.store_path
+        try:
+            if out.channel not in self.cfg.channels:
+                raise CommunicationError(f"channel {out.channel!r} is no longer configured")
+            if not src.is_file():
+                raise CommunicationError(f"stored content {out.store_path} is missing")
+            self.channel(out.channel).send(src, out.filename)
+        except CommunicationError as exc:
+            out.commstatus, out.error = COMM_FAILED, str(exc)
+            self.comm_error(out.route, out.filename, str(exc))
+            return
+        except OSError as exc:  # a channel bug must not lose the file: treat as communication error
+            out.commstatus, out.error = COMM_FAILED, f"{out.channel}: {exc.strerror or exc}"
+            self.comm_error(out.route, out.filename, out.error)
+            return
+        out.commstatus, out.error, out.sent_at = COMM_SENT, "", utcnow()
+        self.counts["sent"] += 1
+        if count:
+            self.counts[count] += 1
+
+    # ------------------------------------------------------------------ commands
+    def routes_for(self, command: str) -> list[Route]:
+        return select_routes(self.cfg, [command], self.route_names)
+
+    def cmd_new(self) -> None:
+        for route in self.routes_for("new"):
+            for partno, part in enumerate(route.parts, 1):
+                self.receive_part(route, partno, part)
+
+    def cmd_rereceive(self) -> None:
+        names = [r.name for r in self.routes_for("rereceive")]
+        if not names:
+            return
+        with session_scope(self.url) as s:
+            incs = list(s.scalars(select(Incoming).where(Incoming.rereceive.is_(True), Incoming.route.in_(names))
+                                  .order_by(Incoming.id)))
+        if not incs:
+            return
+        self.log.info("rereceive: %d file(s) marked", len(incs))
+        self.progress(force=True, files_done=0, files_total=len(incs), phase="rereceive")
+        for inc in incs:
+            inc.rereceive = False
+            inc.run_id = self.run_id
+        before = self.counts["processed"]
+        self.process(incs, phase="rereceive")
+        self.counts["rereceived"] += self.counts["processed"] - before
+
+    def _send_selected(self, where, phase: str, count: str) -> int:  # type: ignore[no-untyped-def]
+        with session_scope(self.url) as s:
+            outs = list(s.scalars(select(Outgoing).where(*where).order_by(Outgoing.id)))
+        total = len(outs)
+        for start in range(0, total, BATCH):
+            self.check_lock()
+            self.send_all(outs[start:start + BATCH], count)
+            self.progress(files_done=min(start + BATCH, total), files_total=total, phase=phase)
+        return total
+
+    def cmd_resend(self) -> None:
+        names = [r.name for r in self.routes_for("resend")]
+        if names:
+            n = self._send_selected([Outgoing.resend.is_(True), Outgoing.route.in_(names)], "resend", "resent")
+            if n:
+                self.log.info("resend: %d file(s) marked, %d sent", n, self.counts["resent"])
+
+    def cmd_automaticretrycommunication(self) -> None:
+        start = self.state("retry_start")
+        if start is None:
+            with session_scope(self.url) as s:
+                top = s.scalar(select(func.max(Outgoing.id))) or 0
+            self.set_state("retry_start", str(top))
+            self.log.info("automaticretrycommunication: first use, starting point set (files with communication "
+                          "errors from now on are retried)")
+            return
+        names = [r.name for r in self.routes_for("automaticretrycommunication")]
+        if names:
+            n = self._send_selected([Outgoing.commstatus == COMM_FAILED, Outgoing.id > int(start),
+                                     Outgoing.route.in_(names)], "automaticretrycommunication", "retried")
+            if n:
+                self.log.info("automaticretrycommunication: %d file(s) retried, %d sent", n, self.counts["retried"])
+
+    def cmd_cleanup(self) -> None:
+        from engine.cleanup import cleanup
+        self.progress(force=True, phase="cleanup")
+        self.counts["cleaned"] += cleanup(self.cfg, self.log)
+        self.set_state("last_cleanup", datetime.now().date().isoformat())
+
+    # ------------------------------------------------------------------ crash recovery
+    def recover(self, crashed: LockInfo | None) -> None:
+        """Finish what earlier runs left half-way (crashed or interrupted); nothing is lost."""
+        now = utcnow()
+        with session_scope(self.url) as s:
+            stale = list(s.scalars(select(Run).where(Run.status == RUN_RUNNING, Run.id != self.run_id)))
+            for r in stale:
+                r.status = RUN_CRASHED
+                r.ended = now
+                why = (f"holder {crashed.describe()} gone (process ended or heartbeat silent since "
+                       f"{crashed.heartbeat.isoformat(timespec='seconds')})") if crashed else "did not finish"
+                r.message = f"crashed: {why}; recovered by run {self.run_id}"
+            left_in = list(s.scalars(select(Incoming).where(Incoming.status == IN_RECEIVED).order_by(Incoming.id)))
+            in_ids = [i.id for i in left_in]
+            partial: list[Outgoing] = []
+            if in_ids:
+                for chunk in _chunks(in_ids, 500):
+                    partial += list(s.scalars(select(Outgoing).where(Outgoing.incoming_id.in_(chunk))))
+                for o in partial:
+                    s.delete(o)
+            left_out = list(s.scalars(select(Outgoing).where(Outgoing.commstatus == COMM_PENDING)
+                                      .order_by(Outgoing.id)))
+            left_out = [o for o in left_out if o.incoming_id not in set(in_ids)]
+        for o in partial:
+            if o.store_path.startswith("outfiles/"):
+                _unlink(self.botssys / o.store_path)
+        if crashed is None and not stale and not left_in and not left_out:
+            return
+        lines = []
+        if crashed is not None:
+            lines.append(f"The engine run holding the lock ({crashed.describe()}, run {crashed.run_id}) is gone: "
+                         f"its process no longer exists or its heartbeat was silent past the grace period.")
+        for r in stale:
+            lines.append(f"Run {r.id} (started {r.started:%Y-%m-%d %H:%M:%S} UTC, {r.commands}) is recorded as "
+                         f"crashed.")
+        lines.append(f"{len(left_in)} received file(s) not yet processed are processed again from the archive; "
+                     f"{len(left_out)} outgoing file(s) not yet sent are sent now.")
+        self.log.warning("crash recovery: %s", " ".join(lines))
+        self.progress(force=True, files_done=0, files_total=len(left_in) + len(left_out), phase="recover")
+        for inc in left_in:
+            inc.run_id = self.run_id
+        self.process(left_in, phase="recover")
+        self.send_all(left_out)
+        self.counts["recovered"] += len(left_in) + len(left_out)
+        if crashed is not None or stale:
+            files = [f"  incoming {i.id}: route {i.route}, file {i.filename} -> {i.status}"
+                     f"{' (' + i.error + ')' if i.error else ''}" for i in left_in]
+            files += [f"  outgoing {o.id}: route {o.route}, file {o.filename} -> {o.commstatus}"
+                      f"{' (' + o.error + ')' if o.error else ''}" for o in left_out]
+            body = "\n".join(lines) + "\n\nRecovered files:\n" + ("\n".join(files) if files else "  (none)") + "\n"
+            send_report(self.cfg, f"crash recovery by run {self.run_id}: run {crashed.run_id if crashed else ''} "
+                                  f"crashed, {len(left_in) + len(left_out)} file(s) recovered".replace("run  ", "run "),
+                        body)
+
+    # ------------------------------------------------------------------ overall
+    def overtime_alert(self, minutes: float) -> None:
+        msg = (f"engine run {self.run_id} has been running for {minutes:.0f} minutes, longer than maxruntime "
+               f"({self.cfg.settings.maxruntime}); it is alive and keeps the lock")
+        self.log.warning(msg)
+        send_report(self.cfg, f"run {self.run_id} exceeds maxruntime", msg + f"\nhost {hostname()} pid {os.getpid()}\n")
+
+    def execute(self) -> RunResult:
+        cfg = self.cfg
+        t0 = time.monotonic()
+        get_engine(self.url)
+        got = acquire(cfg, self.log, on_overtime=self.overtime_alert)
+        if got.lock is None:
+            holder = got.holder
+            if holder is None:
+                raise DatabaseError(f"database {mask_url(self.url)}: the engine lock could not be taken")
+            msg = f"engine is locked by a running engine run: {holder.describe()}"
+            over = overtime_minutes(holder, cfg)
+            if over is not None:
+                self.log.warning("%s; it has run %.0f minutes, longer than maxruntime (%d), but it is alive "
+                                 "(heartbeat %s), so it is not taken over", msg, holder.age_minutes(),
+                                 cfg.settings.maxruntime, holder.heartbeat.isoformat(timespec="seconds"))
+            else:
+                self.log.info(msg)
+            return RunResult(None, EXIT_LOCKED, msg, locked_by=holder.describe())
+        self.lock = got.lock
+        status = RUN_FAILED
+        message = "run failed"
+        try:
+            with session_scope(self.url) as s:
+                run = Run(commands=",".join(self.commands), routes=",".join(self.route_names), host=hostname(),
+                          pid=os.getpid(), started=self.lock.started, status=RUN_RUNNING)
+                s.add(run)
+                s.flush()
+                self.run_id = run.id
+            self.lock.set_run(self.run_id)
+            self.lock.start_heartbeat()
+            if got.crashed is not None:
+                self.log.warning("engine lock of %s (run %s) is stale: that run crashed; taking over",
+                                 got.crashed.describe(), got.crashed.run_id)
+            self.log.info("run %d started: %s%s", self.run_id, " ".join(f"--{c}" for c in self.commands),
+                          (" routes " + ", ".join(self.route_names)) if self.route_names else "")
+            self.recover(got.crashed)
+            for command in self.commands:
+                self.check_lock()
+                getattr(self, f"cmd_{command}")()
+            if "cleanup" not in self.commands and cfg.settings.whencleanup == "daily" \
+                    and self.state("last_cleanup") != datetime.now().date().isoformat():
+                self.log.info("daily cleanup (first run of the day)")
+                self.cmd_cleanup()
+            status = RUN_ERRORS if self.counts["file_errors"] or self.counts["comm_errors"] else RUN_OK
+            message = self.summary(time.monotonic() - t0)
+        except _LockLost:
+            status = RUN_ERRORS
+            message = f"run {self.run_id}: stopped, the engine lock was taken over by another run"
+            self.log.error(message)
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            message = f"database {mask_url(self.url)} cannot be used: {reason[0] if reason else type(exc).__name__}"
+            raise DatabaseError(message) from None
+        finally:
+            self.close_channels()
+            code = EXIT_OK if status == RUN_OK else EXIT_ERRORS
+            if self.run_id:
+                try:
+                    with session_scope(self.url) as s:
+                        s.execute(update(Run).where(Run.id == self.run_id).values(
+                            ended=utcnow(), status=status, returncode=code if status != RUN_FAILED else 1,
+                            message=message, **{k: self.counts[k] for k in
+                                                ("received", "processed", "sent", "file_errors", "comm_errors")}))
+                except SQLAlchemyError as exc:
+                    self.log.error("could not record the end of run %s: %s", self.run_id,
+                                   str(getattr(exc, "orig", exc)).splitlines()[0])
+            if not getattr(self.lock, "lost", False):
+                self.lock.release()
+        self.log.info(message)
+        if status == RUN_ERRORS:
+            self.maybe_report(message)
+        return RunResult(self.run_id, code, message, counts=dict(self.counts))
+
+    def summary(self, seconds: float) -> str:
+        c = self.counts
+        parts = [f"{c['received']} received", f"{c['processed']} processed", f"{c['sent']} sent"]
+        for key, label in (("rereceived", "rereceived"), ("resent", "resent"), ("retried", "retried"),
+                           ("recovered", "recovered"), ("cleaned", "cleaned up")):
+            if c[key]:
+                parts.append(f"{c[key]} {label}")
+        parts += [f"{c['file_errors']} file error(s)", f"{c['comm_errors']} communication error(s)"]
+        return f"run {self.run_id}: " + ", ".join(parts) + f" in {seconds:.1f} s"
+
+    def maybe_report(self, message: str) -> None:
+        s = self.cfg.settings
+        fe, ce = self.counts["file_errors"], self.counts["comm_errors"]
+        if not ((s.sendreportiferror and fe) or (s.sendreportifprocesserror and ce) or (s.sendreportiferror and ce)):
+            return
+        subject = f"run {self.run_id} had errors: {fe} file error(s), {ce} communication error(s)"
+        lines = [message, "", "Errors:"]
+        for e in self.errors[:1000]:
+            lines.append(f"  [{e.kind}] route {e.route}, file {e.file}: {e.reason}")
+        if len(self.errors) > 1000:
+            lines.append(f"  ... and {len(self.errors) - 1000} more (see botssys/logging/engine.log)")
+        lines += ["", f"Commands: {', '.join(self.commands)}; routes: {', '.join(self.route_names) or '(default run)'}",
+                  f"Host {hostname()}, config {self.cfg.configdir}"]
+        send_report(self.cfg, subject, "\n".join(lines) + "\n")
+
+
+def _unlink(p: Path) -> None:
+    try:
+        os.unlink(p)
+    except OSError:
+        pass
+
+
+def _chunks(seq: list, n: int) -> Iterable[list]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+def run_engine(cfg: Config, commands: Sequence[str] = ("new",), routes: Sequence[str] = (), *,
+               progress: Callable[[dict], None] | None = None) -> RunResult:
+    """One engine run. Raises ConfigError / UsageError / DatabaseError (exit 1); never for file or
+    communication errors (exit 2); a live run holding the lock gives exit 3."""
+    cmds = normalise_commands(commands)
+    select_routes(cfg, cmds, routes)          # unknown route names: UsageError before anything happens
+    check_filename_templates(cfg)
+    return EngineRun(cfg, cmds, routes, progress).execute()
