@@ -1,0 +1,238 @@
+"""``botsq status [-c DIR] [--json]``: is everything running? Exit 0 when healthy, 1 otherwise.
+
+Checks, each with a short timeout: the tracking database, the broker, the workers (Celery
+``inspect`` ping and active queues), the engine lock holder, waiting jobs by priority (the
+pending-key registry), the last runs and the directory monitor's heartbeat. No secret from the
+config reaches the output: URLs are shown with their password masked and every line is redacted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+from engine.config import Config, add_config_argument, load_config, mask_url
+from engine.log import redact, register_secrets
+
+ENGINE_QUEUE = "engine"
+LAST_RUNS = 5
+
+
+def broker_problem(url: str, timeout: float = 3.0) -> str | None:
+    """None when the broker at ``url`` answers within ``timeout`` s, else a one-line reason."""
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=timeout, transport_options={
+                "max_retries": 0, "socket_connect_timeout": timeout, "socket_timeout": timeout}) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+            conn.default_channel  # a virtual transport (Redis) connects only here  # noqa: B018
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"; the reason is shown
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        return redact(text.replace(url, mask_url(url)))
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# --------------------------------------------------------------------------- the checks
+
+def check_database(cfg: Config) -> dict[str, Any]:
+    from engine.db import DatabaseError, get_engine
+
+    try:
+        get_engine(cfg.database_url)
+        return {"ok": True, "url": mask_url(cfg.database_url)}
+    except DatabaseError as exc:
+        return {"ok": False, "url": mask_url(cfg.database_url), "error": str(exc)}
+
+
+def check_workers(cfg: Config, timeout: float) -> dict[str, Any]:
+    """Workers answering a ping, with the queues each consumes."""
+    try:
+        from tasks.app import app_for  # type: ignore[attr-defined]
+
+        app = app_for(cfg)
+    except ImportError:
+        from celery import Celery
+
+        app = Celery("botsq-status", broker=cfg.jobqueue.broker)
+    try:
+        queues = app.control.inspect(timeout=timeout).active_queues() or {}
+        # the second question returns as soon as every worker found has answered
+        active = (app.control.inspect(timeout=timeout, limit=len(queues)).active() or {}) if queues else {}
+    except Exception as exc:  # noqa: BLE001
+        return {"ok": False, "workers": [], "error": redact(" ".join(str(exc).split()))}
+    workers = [{"name": name, "queues": sorted(q.get("name", "?") for q in qs),
+                "running": len(active.get(name) or [])} for name, qs in sorted(queues.items())]
+    ok = any(ENGINE_QUEUE in w["queues"] for w in workers)
+    out: dict[str, Any] = {"ok": ok, "workers": workers}
+    if not ok:
+        out["error"] = f"no worker consumes queue {ENGINE_QUEUE!r}"
+    return out
+
+
+def check_lock(cfg: Config) -> dict[str, Any]:
+    from engine.lock import read_lock
+
+    info = read_lock(cfg)
+    if info is None:
+        return {"held": False}
+    return {"held": True, "host": info.host, "pid": info.pid, "run_id": info.run_id,
+            "since": info.started.isoformat(timespec="seconds"),
+            "heartbeat_age_s": round((_now() - info.heartbeat).total_seconds(), 1), "alive": info.alive}
+
+
+def check_waiting(cfg: Config) -> dict[str, Any]:
+    """Waiting jobs by Bots priority, from the pending-key registry."""
+    try:
+        from tasks.registry import waiting_jobs  # type: ignore[attr-defined]
+    except ImportError:
+        return {"known": False}
+    by_priority: dict[str, int] = {}
+    jobs = waiting_jobs(cfg)
+    for job in jobs:
+        key = str(job.priority)
+        by_priority[key] = by_priority.get(key, 0) + 1
+    return {"known": True, "total": len(jobs), "by_priority": dict(sorted(by_priority.items()))}
+
+
+def check_runs(cfg: Config, limit: int = LAST_RUNS) -> list[dict[str, Any]]:
+    from sqlalchemy import select
+
+    from engine.db import session_scope
+    from engine.models import Run
+
+    with session_scope(cfg.database_url) as s:
+        rows = s.scalars(select(Run).order_by(Run.id.desc()).limit(limit)).all()
+        return [{k: r.as_dict()[k] for k in ("id", "commands", "routes", "started", "ended", "status",
+                                              "returncode", "received", "sent", "file_errors", "comm_errors")}
+                for r in rows]
+
+
+def check_monitor(cfg: Config) -> dict[str, Any]:
+    """The directory monitor's heartbeat (a file it touches while it runs)."""
+    if not cfg.dirmonitors:
+        return {"configured": False}
+    try:
+        from ops.dirmonitor import heartbeat_age  # type: ignore[attr-defined]
+    except ImportError:
+        return {"configured": True, "ok": False, "error": "bots-dirmonitor is not installed"}
+    age, limit = heartbeat_age(cfg)
+    if age is None:
+        return {"configured": True, "ok": False, "error": "no heartbeat: bots-dirmonitor is not running"}
+    ok = age <= limit
+    out: dict[str, Any] = {"configured": True, "ok": ok, "heartbeat_age_s": round(age, 1)}
+    if not ok:
+        out["error"] = f"heartbeat {age:.0f} s old (limit {limit:.0f} s)"
+    return out
+
+
+def collect(cfg: Config, timeout: float = 2.0) -> dict[str, Any]:
+    """Every check, plus ``healthy`` and the ``problems`` that made it false."""
+    report: dict[str, Any] = {"config": str(cfg.configdir), "checked": _now().isoformat(timespec="seconds")}
+    problems: list[str] = []
+    db = report["database"] = check_database(cfg)
+    if not db["ok"]:
+        problems.append(db["error"])
+    if cfg.jobqueue.enabled:
+        problem = broker_problem(cfg.jobqueue.broker, timeout)
+        report["broker"] = {"url": mask_url(cfg.jobqueue.broker), "ok": problem is None}
+        if problem:
+            report["broker"]["error"] = problem
+            problems.append(f"broker {mask_url(cfg.jobqueue.broker)} does not answer: {problem}")
+            report["workers"] = {"ok": False, "workers": [], "error": "broker unreachable"}
+        else:
+            report["workers"] = check_workers(cfg, timeout)
+            if not report["workers"]["ok"]:
+                problems.append(report["workers"]["error"])
+    else:
+        report["broker"] = {"enabled": False}
+    if db["ok"]:
+        report["lock"] = check_lock(cfg)
+        if report["lock"]["held"] and not report["lock"]["alive"]:
+            report["lock"]["note"] = "holder is gone: the next run recovers it"
+        report["waiting"] = check_waiting(cfg) if cfg.jobqueue.enabled else {"known": False}
+        report["last_runs"] = check_runs(cfg)
+    if cfg.jobqueue.enabled:
+        report["monitor"] = check_monitor(cfg)
+        if report["monitor"].get("configured") and not report["monitor"]["ok"]:
+            problems.append(f"directory monitor: {report['monitor']['error']}")
+    else:
+        report["monitor"] = {"configured": bool(cfg.dirmonitors), "note": "queue disabled"}
+    report["problems"] = problems
+    report["healthy"] = not problems
+    return report
+
+
+# --------------------------------------------------------------------------- output
+
+def _ok(flag: bool) -> str:
+    return "ok" if flag else "FAIL"
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [f"botsq status: {report['config']}"]
+    db = report["database"]
+    lines.append(f"  database  {_ok(db['ok']):4}  {db['url']}" + (f"  ({db['error']})" if not db["ok"] else ""))
+    br = report["broker"]
+    if br.get("enabled") is False:
+        lines.append("  broker    -     job queue disabled ([jobqueue] enabled = False)")
+    else:
+        lines.append(f"  broker    {_ok(br['ok']):4}  {br['url']}" + (f"  ({br['error']})" if not br["ok"] else ""))
+        wk = report["workers"]
+        if wk["workers"]:
+            for w in wk["workers"]:
+                busy = f", running {w['running']}" if w["running"] else ""
+                lines.append(f"  worker    {_ok(wk['ok']):4}  {w['name']} (queues: {', '.join(w['queues']) or '-'}{busy})")
+        else:
+            lines.append(f"  workers   FAIL  {wk.get('error', 'none answered')}")
+    if "lock" in report:
+        lk = report["lock"]
+        if lk["held"]:
+            state = "alive" if lk["alive"] else "GONE (recovered by the next run)"
+            lines.append(f"  lock      held  run {lk['run_id']} on {lk['host']} pid {lk['pid']} since {lk['since']}, "
+                         f"heartbeat {lk['heartbeat_age_s']:.0f} s ago, {state}")
+        else:
+            lines.append("  lock      free")
+    wt = report.get("waiting", {})
+    if wt.get("known"):
+        per = ", ".join(f"p{p}: {n}" for p, n in wt["by_priority"].items())
+        lines.append(f"  waiting   {wt['total']} job(s)" + (f" ({per})" if per else ""))
+    mon = report["monitor"]
+    if mon.get("configured") and "ok" in mon:
+        detail = f"heartbeat {mon['heartbeat_age_s']:.0f} s ago" if "heartbeat_age_s" in mon else mon.get("error", "")
+        lines.append(f"  monitor   {_ok(mon['ok']):4}  {detail}")
+    elif not mon.get("configured"):
+        lines.append("  monitor   -     no [dirmonitorN] in bots.ini")
+    runs = report.get("last_runs")
+    if runs is not None:
+        lines.append("  last runs" + ("  none yet" if not runs else ""))
+        for r in runs:
+            what = " ".join(filter(None, [r["commands"], r["routes"] or "(default run)"]))
+            lines.append(f"    #{r['id']:<5} {r['started'] or '':25} {r['status']:8} exit {r['returncode'] if r['returncode'] is not None else '-':<2} "
+                         f"{what}: {r['received']} in, {r['sent']} sent, {r['file_errors']} file / {r['comm_errors']} comm errors")
+    lines.append("healthy" if report["healthy"] else "UNHEALTHY: " + "; ".join(report["problems"]))
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--timeout", type=float, default=1.5, help="seconds per broker/worker check (default 1.5)")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.configdir)
+    register_secrets(cfg.secrets())
+    report = collect(cfg, args.timeout)
+    text = json.dumps(report, indent=2, default=str) if args.json else render(report)
+    try:
+        print(redact(text), flush=True)
+    except BrokenPipeError:  # | head
+        sys.stderr.close()
+    return 0 if report["healthy"] else 1
