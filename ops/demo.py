@@ -1,0 +1,334 @@
+"""``botsq demo``: the main job end to end on this machine.
+
+It writes a demo environment (default ``./demo-env``). When the broker answers (checked within
+3 s; ``BOTSQ_BROKER_URL`` overrides ``[jobqueue] broker``) it starts the engine worker, beat and
+the directory monitor as child processes, queues jobs at different priorities while the worker
+is busy (one of them a duplicate, shown as discarded), drops files into the watched folder, waits
+until every file was processed, prints a short report and stops everything, also on Ctrl-C.
+
+With no broker it says so in one line and runs the engine directly on the environment's
+database (SQLite by default), so the command works on a fresh machine.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from engine.config import Config, load_config, mask_url
+from engine.log import register_secrets
+
+BROKER_TIMEOUT = 3.0      # seconds the broker gets to answer
+WAIT_TIMEOUT = 120.0      # seconds the whole queue demo may take before it gives up
+DROP_FILES = 5
+PAUSE_SECONDS = 2
+DROP_DIR = "data/in/drop"
+DROP_OUT = "data/out/drop"
+
+# What the demo adds to the environment `botsq init --demo` writes: a watched drop folder with
+# its own route (not in the default run, so only the monitor's jobs touch it), and a short
+# allow-listed command that keeps the worker busy while the other jobs are queued.
+MARK = "added by botsq demo"
+INI_MONITOR = f"""
+; --- {MARK}: a watched folder; each file dropped there starts a run of route "drop"
+[dirmonitor1]
+path = {DROP_DIR}
+filemask = *.edi
+route = drop
+priority = 3
+debounce = 0.3
+"""
+INI_PAUSE = f"demo_pause = sleep {PAUSE_SECONDS}   ; {MARK}: keeps the worker busy\n"
+ROUTES_DROP = f"""
+# --- {MARK}: the route the directory monitor starts
+[channels.drop_in]
+type = "file"
+path = "{DROP_DIR}"
+filemask = "*.edi"
+remove = true
+
+[channels.drop_out]
+type = "file"
+path = "{DROP_OUT}"
+filename = "{{infile}}"
+
+[routes.drop]
+active = true
+notindefaultrun = true
+[[routes.drop.parts]]
+fromchannel = "drop_in"
+translate = "passthrough"
+tochannel = "drop_out"
+"""
+
+# The jobs queued, in the order they are sent: (priority, command line). The worker is busy with
+# the pause first, so they run by priority: orders (1), invoices (5), the default run (9).
+QUEUED = [
+    (1, ["demo_pause"]),
+    (9, ["bots-engine", "--new"]),
+    (5, ["bots-engine", "--new", "invoices"]),
+    (5, ["bots-engine", "--new", "invoices"]),      # identical to a waiting job: discarded
+    (1, ["bots-engine", "--new", "orders"]),
+]
+
+
+def say(line: str) -> None:
+    print(f"botsq demo: {line}", flush=True)
+
+
+# --------------------------------------------------------------------------- environment
+
+def prepare_environment(target: Path) -> Config:
+    """``botsq init --demo`` into ``target`` plus the demo's watched folder; idempotent."""
+    from engine.cli_init import init_environment
+
+    configdir = init_environment(target, demo=True)
+    ini = configdir / "bots.ini"
+    text = ini.read_text(encoding="utf-8")
+    if MARK not in text:
+        if "[jobqueue.commands]" in text:
+            text = text.replace("[jobqueue.commands]\n", "[jobqueue.commands]\n" + INI_PAUSE, 1)
+        else:
+            text += "\n[jobqueue.commands]\n" + INI_PAUSE
+        if "[dirmonitor1]" not in text:
+            text += INI_MONITOR
+        ini.write_text(text, encoding="utf-8")
+    routes = configdir / "routes.toml"
+    rtext = routes.read_text(encoding="utf-8")
+    if "[routes.drop]" not in rtext:
+        routes.write_text(rtext + ROUTES_DROP, encoding="utf-8")
+    for sub in (DROP_DIR, DROP_OUT):
+        (target / sub).mkdir(parents=True, exist_ok=True)
+    return load_config(configdir)
+
+
+# --------------------------------------------------------------------------- database reads
+
+@dataclass
+class RunRow:
+    id: int
+    commands: str
+    routes: str
+    status: str
+    returncode: int | None
+    received: int
+    sent: int
+    errors: int
+    started: datetime
+    ended: datetime | None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.commands, self.routes)
+
+    def seconds(self) -> float | None:
+        return (self.ended - self.started).total_seconds() if self.ended else None
+
+
+def last_run_id(cfg: Config) -> int:
+    from sqlalchemy import func, select
+
+    from engine.db import session_scope
+    from engine.models import Run
+
+    with session_scope(cfg.database_url) as s:
+        return int(s.scalar(select(func.max(Run.id))) or 0)
+
+
+def runs_since(cfg: Config, after_id: int) -> list[RunRow]:
+    from sqlalchemy import select
+
+    from engine.db import session_scope
+    from engine.models import Run
+
+    with session_scope(cfg.database_url) as s:
+        rows = s.scalars(select(Run).where(Run.id > after_id).order_by(Run.started, Run.id)).all()
+        return [RunRow(r.id, r.commands, r.routes, r.status, r.returncode, r.received, r.sent,
+                       r.file_errors + r.comm_errors, r.started, r.ended) for r in rows]
+
+
+# --------------------------------------------------------------------------- report
+
+def job_key(argv: list[str]) -> tuple[str, str] | None:
+    """(commands, routes) as the runs table writes them, for an engine command line."""
+    if argv[0] != "bots-engine":
+        return None
+    opts = [a[2:] for a in argv[1:] if a.startswith("--")] or ["new"]
+    routes = [a for a in argv[1:] if not a.startswith("-")]
+    return (",".join(opts), ",".join(routes))
+
+
+def describe_run(r: RunRow) -> str:
+    what = f"{r.commands} {r.routes or '(default run)'}"
+    secs = r.seconds()
+    took = f"{secs:.2f} s" if secs is not None else "running"
+    return (f"run {r.id:<4} {what:<22} {r.status:<7} {r.received} in, {r.sent} sent"
+            + (f", {r.errors} errors" if r.errors else "") + f", {took}")
+
+
+def print_runs(runs: list[RunRow], priority_of: Callable[[RunRow], str]) -> None:
+    print("Order of execution:")
+    for n, r in enumerate(runs, 1):
+        print(f"  {n}. {priority_of(r):<14} {describe_run(r)}")
+    received = sum(r.received for r in runs)
+    sent = sum(r.sent for r in runs)
+    errors = sum(r.errors for r in runs)
+    print(f"Runs: {len(runs)}; files: {received} received, {sent} sent, {errors} errors.")
+
+
+# --------------------------------------------------------------------------- without a broker
+
+def run_direct(cfg: Config) -> int:
+    """One engine run in this process over the demo routes, and its summary."""
+    from engine.run import run_engine
+
+    before, started = last_run_id(cfg), time.time()
+    result = run_engine(cfg, ["new"], [])
+    for r in runs_since(cfg, before):
+        print(f"  {describe_run(r)}")
+    out_dir = cfg.envdir / "data" / "out"
+    outputs = sorted(str(p.relative_to(cfg.envdir)) for p in out_dir.rglob("*")
+                     if p.is_file() and p.stat().st_mtime >= started - 1)
+    shown = ", ".join(outputs[:4]) + (f" and {len(outputs) - 4} more" if len(outputs) > 4 else "")
+    print(f"  output: {shown or 'none'}")
+    say(f"done (exit {result.exit_code}); with a broker running, `botsq demo` shows the whole queue stack")
+    return result.exit_code
+
+
+# --------------------------------------------------------------------------- with a broker
+
+class DemoFailed(Exception):
+    pass
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str, sup: Any) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        gone = sup.exited()
+        if gone:
+            raise DemoFailed(f"{gone[0].name} exited with code {gone[0].proc.returncode} while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"gave up after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def queue_jobs(cfg: Config) -> list[tuple[int, list[str], str]]:
+    """Submit QUEUED; returns (priority, argv, outcome) per job."""
+    from tasks.jobs import job_from_argv
+    from tasks.submit import submit
+
+    out = []
+    for priority, argv in QUEUED:
+        res = submit(cfg, job_from_argv(cfg, argv), priority)
+        out.append((priority, argv, str(res.status)))
+    return out
+
+
+def run_queue_demo(cfg: Config) -> int:
+    from ops.procs import Supervisor
+    from ops.stack import service_commands
+
+    log_dir = cfg.directories.logging / "demo"
+    sup = Supervisor(log_dir=log_dir)
+    before = last_run_id(cfg)
+    drop_dir = cfg.envdir / DROP_DIR
+    out_dir = cfg.envdir / DROP_OUT
+    for old in list(drop_dir.glob("*.edi")) + list(out_dir.glob("demo_drop_*")):
+        old.unlink()
+    with sup.running(grace=30):
+        services = service_commands(cfg, flower=False)
+        for name, argv, env in services:
+            sup.start(name, argv, env=env, cwd=cfg.envdir)
+        say(f"started {', '.join(n for n, _a, _e in services)} (their logs: {log_dir})")
+
+        submitted = queue_jobs(cfg)
+        for priority, argv, status in submitted:
+            note = "  (keeps the worker busy for a moment)" if argv == ["demo_pause"] else ""
+            print(f"  queued  p{priority}  {' '.join(argv):<28} {status}{note}")
+        added = {job_key(a): p for p, a, st in submitted if job_key(a) and _was_added(st)}
+        wanted = set(added)
+
+        def queued_runs_done() -> bool:
+            done = {r.key for r in runs_since(cfg, before) if r.ended is not None}
+            return wanted <= done
+
+        wait_until(queued_runs_done, WAIT_TIMEOUT, "the queued jobs to run", sup)
+
+        mon = cfg.dirmonitors[0]
+        dropped: dict[str, float] = {}
+        for i in range(1, DROP_FILES + 1):
+            name = f"demo_drop_{i}.edi"
+            dropped[name] = time.time()
+            (drop_dir / name).write_bytes(f"UNA:+.? 'UNB+UNOC:3+DEMO+BOTSQ'demo file {i}'\n".encode())
+            time.sleep(0.05)
+        print(f"  dropped {DROP_FILES} files into {DROP_DIR} (watched by [{mon.name}], route {mon.route}, "
+              f"priority {mon.priority})")
+        wait_until(lambda: all((out_dir / n).exists() for n in dropped), WAIT_TIMEOUT,
+                   f"the dropped files to reach {DROP_OUT}", sup)
+        wait_until(lambda: all(r.ended is not None for r in runs_since(cfg, before)), 30,
+                   "the last run to end", sup)
+        latencies = sorted((out_dir / n).stat().st_mtime - t for n, t in dropped.items())
+
+    runs = runs_since(cfg, before)
+
+    def priority_of(r: RunRow) -> str:
+        if r.key in added:
+            return f"p{added[r.key]} queued"
+        if r.routes == mon.route:
+            return f"p{mon.priority} monitor"
+        return "beat"
+
+    print()
+    print_runs(runs, priority_of)
+    print(f"File to output ({len(latencies)} dropped files): min {latencies[0]:.2f} s, "
+          f"median {statistics.median(latencies):.2f} s, max {latencies[-1]:.2f} s")
+    say("all processed; worker, beat and monitor stopped")
+    return 0
+
+
+def _queue_installed() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("tasks.jobs", "tasks.submit"))
+
+
+def _was_added(status: str) -> bool:
+    return "dup" not in status.lower() and "discard" not in status.lower()
+
+
+# --------------------------------------------------------------------------- command
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dir", default="demo-env", help="folder for the demo environment (default ./demo-env)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ops.procs import Stopped
+    from ops.status import broker_problem
+
+    target = Path(args.dir).expanduser().absolute()
+    cfg = prepare_environment(target)
+    register_secrets(cfg.secrets())
+    say(f"environment {target}")
+    broker = cfg.jobqueue.broker
+    problem = broker_problem(broker, BROKER_TIMEOUT) if cfg.jobqueue.enabled else "the job queue is disabled"
+    if not problem and not _queue_installed():
+        problem = "the job queue package (tasks) is not installed"
+    if problem:
+        say(f"no broker at {mask_url(broker)} ({problem}): running the engine directly on {mask_url(cfg.database_url).split(':')[0]}")
+        return run_direct(cfg)
+    say(f"broker {mask_url(broker)} answers: running worker, beat and directory monitor")
+    try:
+        return run_queue_demo(cfg)
+    except DemoFailed as exc:
+        say(f"failed: {exc}; see the logs in {cfg.directories.logging / 'demo'}")
+        return 1
+    except (KeyboardInterrupt, Stopped):
+        say("interrupted; everything stopped")
+        return 130
