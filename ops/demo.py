@@ -12,6 +12,7 @@ database (SQLite by default), so the command works on a fresh machine.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import time
@@ -96,7 +97,7 @@ def prepare_environment(target: Path) -> Config:
             text = text.replace("[jobqueue.commands]\n", "[jobqueue.commands]\n" + INI_PAUSE, 1)
         else:
             text += "\n[jobqueue.commands]\n" + INI_PAUSE
-        if "[dirmonitor1]" not in text:
+        if not re.search(r"^\s*\[dirmonitor1\]", text, re.M):   # the template's example is commented out
             text += INI_MONITOR
         ini.write_text(text, encoding="utf-8")
     routes = configdir / "routes.toml"
