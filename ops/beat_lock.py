@@ -165,6 +165,7 @@ class BotsScheduler(Scheduler):
         self._last_heartbeat = 0.0
         self._last_idle_log = 0.0
         self._closed = False
+        self._retry_at: dict[str, float] = {}
         self.log = logging.getLogger("botsq.beat")
         kwargs.pop("schedule_filename", None)       # state lives in the database, not a shelve file
         super().__init__(*args, **kwargs)
@@ -270,10 +271,16 @@ class BotsScheduler(Scheduler):
                 due.append((self.jobs[name].priority, name, entry, nxt))
             else:
                 wait = min(wait, nxt)
+        now = time.monotonic()
         for _prio, name, entry, nxt in sorted(due, key=lambda d: (d[0], d[1])):
-            if self.send(name, entry):
+            retry_at = self._retry_at.get(name, 0.0)
+            if now < retry_at:                        # its last publish failed: not yet again
+                wait = min(wait, retry_at - now)
+            elif self.send(name, entry):
+                self._retry_at.pop(name, None)
                 wait = min(wait, nxt)
             else:
+                self._retry_at[name] = time.monotonic() + RETRY_SECONDS
                 wait = min(wait, RETRY_SECONDS)
         return max(wait, 0.0)
 

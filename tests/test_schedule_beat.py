@@ -1,0 +1,212 @@
+"""The beat scheduler in process: the lock (a second beat stays idle), last runs in the
+database (make-up runs, hand-over), publish failures kept due, bad schedules refused."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import pytest
+from celery import Celery
+
+import beat_schedule
+import ops.beat_lock as beat_lock
+from ops.beat_lock import BeatStore, BotsScheduler
+
+ROUTES = """
+[channels.in]
+type = "file"
+path = "data/in"
+[routes.r1]
+[[routes.r1.parts]]
+fromchannel = "in"
+[routes.r2]
+[[routes.r2.parts]]
+fromchannel = "in"
+"""
+
+
+def fake_job(cfg, argv):
+    """What tasks.jobs.job_from_argv gives, reduced to what the schedule uses."""
+    if argv[0] != "bots-engine":
+        raise ValueError(f"command not allowed: {argv[0]!r}")
+    cmds = [a[2:] for a in argv[1:] if a.startswith("--")] or ["new"]
+    routes = [a for a in argv[1:] if not a.startswith("-")]
+    return SimpleNamespace(task="bots.engine", kwargs={"commands": cmds, "routes": routes}, argv=argv)
+
+
+@pytest.fixture
+def published(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tasks.jobs", SimpleNamespace(job_from_argv=fake_job))
+    sent: list[tuple[str, list[str], int]] = []
+    state = SimpleNamespace(fail=0, sent=sent)
+
+    def publish(cfg, job, priority):
+        if state.fail:
+            state.fail -= 1
+            raise ConnectionError("broker unreachable (test)")
+        sent.append((job.task, job.argv, priority))
+        return "added"
+
+    monkeypatch.setattr(beat_lock, "_publish", publish)
+    return state
+
+
+def schedule_env(make_env, monkeypatch, jobs: str, db_ini: str = "", settings: str = ""):
+    ini = f"[settings]\nlock_heartbeat = 0.2\nlock_grace = 2\n{settings}\n[jobqueue]\nenabled = True\n{db_ini}\n{jobs}"
+    env = make_env(ini=ini, routes=ROUTES)
+    monkeypatch.setenv("BOTSQ_CONFIG", str(env.configdir))
+    return env
+
+
+def scheduler() -> BotsScheduler:
+    return BotsScheduler(app=Celery("t", set_as_current=False))
+
+
+def tick_for(scheds: list[BotsScheduler], seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for s in scheds:
+            s.tick()
+        time.sleep(0.05)
+
+
+FAST = "[schedule.fast]\ncadence = interval\nseconds = 0.3\njob = bots-engine r1\npriority = 2\n"
+
+
+def test_store_lock_holders(db_kind, db_ini, make_env, monkeypatch):
+    env = schedule_env(make_env, monkeypatch, "", db_ini)
+    store = BeatStore(env.config().database_url)
+    assert store.try_acquire("A", grace=5)[0]
+    ok, row = store.try_acquire("B", grace=5)
+    assert not ok and row["holder"] == "A" and row["pid"] == os.getpid()
+    assert store.heartbeat("A") and not store.heartbeat("B")
+    store.release("A")
+    assert store.try_acquire("B", grace=5)[0]
+    # a holder silent for longer than the grace is taken over; it notices at its next heartbeat
+    with store.engine.begin() as conn:
+        conn.execute(beat_lock.lock_table.update().values(heartbeat_at=time.time() - 10))
+    ok, row = store.try_acquire("C", grace=5)
+    assert ok and row["holder"] == "B"
+    assert not store.heartbeat("B")
+
+
+def test_store_takes_over_from_a_dead_process_on_this_host(make_env, monkeypatch):
+    env = schedule_env(make_env, monkeypatch, "")
+    store = BeatStore(env.config().database_url)
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    with store.engine.begin() as conn:
+        conn.execute(beat_lock.lock_table.insert().values(name="beat", holder="dead", host=store.host, pid=p.pid,
+                                                          acquired_at=time.time(), heartbeat_at=time.time()))
+    assert store.holder()["alive"] is False
+    ok, row = store.try_acquire("me", grace=3600)
+    assert ok and row["holder"] == "dead"
+
+
+def test_second_beat_stays_idle_until_the_first_is_gone(published, make_env, monkeypatch):
+    schedule_env(make_env, monkeypatch, FAST)
+    a, b = scheduler(), scheduler()
+    tick_for([a, b], 1.0)
+    assert a.locked and not b.locked
+    n_a = len(published.sent)
+    assert 2 <= n_a <= 5
+    a.close()                                        # the first beat stops: it releases the lock
+    tick_for([b], 0.8)
+    assert b.locked and len(published.sent) > n_a
+    b.close()
+
+
+def test_crashed_beat_is_taken_over_after_the_grace(published, make_env, monkeypatch):
+    schedule_env(make_env, monkeypatch, FAST)
+    a, b = scheduler(), scheduler()
+    a.tick()
+    assert a.locked
+    b.tick()
+    assert not b.locked
+    # a stops ticking without closing (hung, or its machine died): no more heartbeats
+    t0 = time.monotonic()
+    while not b.locked and time.monotonic() - t0 < 5:
+        b.tick()
+        time.sleep(0.1)
+    assert b.locked and 1.8 < time.monotonic() - t0 < 4
+    sent = len(published.sent)
+    a.tick()                                         # a wakes up: it must notice and stay idle
+    assert not a.locked and len(published.sent) == sent
+    a.close()
+    b.close()
+
+
+def test_missed_run_made_up_once_and_state_survives_a_restart(published, make_env, monkeypatch):
+    env = schedule_env(make_env, monkeypatch,
+                       "[schedule.daily]\ncadence = daily\ntime = 01:00\njob = bots-engine r1\npriority = 3\n")
+    store = BeatStore(env.config().database_url)
+    store.save_run("daily", datetime.now(UTC) - timedelta(days=3), "added")
+    s = scheduler()
+    for _ in range(3):
+        s.tick()
+    assert published.sent == [("bots.engine", ["bots-engine", "r1"], 3)]
+    s.close()
+    last = store.load_state()["daily"]
+    assert datetime.now(UTC) - last < timedelta(seconds=10)
+    s2 = scheduler()                                  # restarted beat: nothing is due now
+    s2.tick()
+    assert len(published.sent) == 1
+    s2.close()
+
+
+def test_failed_publish_keeps_the_job_due_and_retries(published, make_env, monkeypatch):
+    env = schedule_env(make_env, monkeypatch,
+                       "[schedule.daily]\ncadence = daily\ntime = 01:00\njob = bots-engine r1\n")
+    BeatStore(env.config().database_url).save_run("daily", datetime.now(UTC) - timedelta(days=1, hours=1), "added")
+    published.fail = 1
+    s = scheduler()
+    s.tick()
+    assert published.sent == [] and s._retry_at["daily"] > time.monotonic() + beat_lock.RETRY_SECONDS - 1
+    s.tick()                                          # not hammering the broker: waits for the retry time
+    assert published.sent == []
+    s._retry_at["daily"] = 0.0
+    s.tick()
+    assert len(published.sent) == 1
+    s.tick()
+    assert len(published.sent) == 1
+    s.close()
+
+
+def test_simultaneous_jobs_are_sent_highest_priority_first(published, make_env, monkeypatch):
+    jobs = "".join(f"[schedule.j{p}]\ncadence = hourly\njob = bots-engine --new r{1 + p % 2}\npriority = {p}\n"
+                   for p in (7, 2, 9, 1))
+    env = schedule_env(make_env, monkeypatch, jobs)
+    store = BeatStore(env.config().database_url)
+    for p in (7, 2, 9, 1):
+        store.save_run(f"j{p}", datetime.now(UTC) - timedelta(hours=2), "added")
+    s = scheduler()
+    s.tick()
+    assert [p for _t, _a, p in published.sent] == [1, 2, 7, 9]
+    s.close()
+
+
+@pytest.mark.parametrize("job,err", [
+    ("bots-engine nosuchroute", r"\[schedule.bad\] job: .*nosuchroute"),
+    ("rm -rf /", r"\[schedule.bad\] job: command not allowed"),
+])
+def test_unknown_route_or_command_refused_when_beat_starts(published, make_env, monkeypatch, capsys, job, err):
+    schedule_env(make_env, monkeypatch, f"[schedule.bad]\ncadence = hourly\njob = {job}\n")
+    with pytest.raises(SystemExit) as info:
+        scheduler()
+    assert info.value.code == 1
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("celery beat: error: ") and "\n" not in line
+    import re
+    assert re.search(err, line), line
+
+
+def test_beat_refuses_when_the_queue_is_disabled(published, make_env, monkeypatch, capsys):
+    env = make_env(ini="[jobqueue]\nenabled = False\n", routes=ROUTES)
+    monkeypatch.setenv("BOTSQ_CONFIG", str(env.configdir))
+    with pytest.raises(SystemExit):
+        scheduler()
+    assert "[jobqueue] enabled" in capsys.readouterr().err
