@@ -1,0 +1,34 @@
+"""botsq's job queue on Celery: ``celery -A tasks worker|beat|flower|call|inspect ...``.
+
+``tasks.app`` (and ``tasks.celery``) is the Celery app for the config dir in ``$BOTSQ_CONFIG``
+(default ``./config``), its broker from ``[jobqueue] broker`` or ``$BOTSQ_BROKER_URL``. It is
+built on first access, so importing ``tasks.jobs`` or ``tasks.submit`` reads no config.
+
+Modules: ``app`` (settings), ``priority`` (Bots 1..9 -> broker), ``jobs`` (job identity),
+``registry`` (pending-key registry and start records), ``submit`` (the one publish path),
+``signals`` (publish and worker hooks), ``engine_task`` (the tasks), ``job2queue`` and
+``jobqueueserver`` (the Bots commands), ``cli_queue`` (``botsq queue``).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("app", "celery"):
+        from engine.config import ConfigError
+        from engine.log import redact
+        from tasks.app import app_from_env
+
+        # Importing the submodule ``tasks.app`` set the attribute ``app`` to that module; drop
+        # it so ``tasks.app`` keeps resolving here, to the Celery instance. (``celery -A tasks``
+        # falls back to ``tasks.celery`` when it meets the module anyway.)
+        if isinstance(globals().get("app"), type(sys)):
+            del globals()["app"]
+        try:
+            return app_from_env()
+        except (ConfigError, ValueError) as exc:
+            print(f"botsq: error: {redact(str(exc))}", file=sys.stderr)
+            raise SystemExit(1) from None
+    raise AttributeError(f"module 'tasks' has no attribute {name!r}")

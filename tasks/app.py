@@ -1,0 +1,180 @@
+"""The Celery app of botsq and all its settings: the one place.
+
+``app_for(cfg)`` builds (once per config dir and broker) an app whose settings come from
+``[jobqueue]`` of that config; ``celery -A tasks ...`` gets the app for ``$BOTSQ_CONFIG``
+(``./config`` by default) through :mod:`tasks`.
+
+Why each setting (see README, "The job queue"):
+
+* queue ``engine``, declared with ``x-max-priority = 10`` (RabbitMQ); Redis gets 10 priority
+  steps, so Bots' nine priorities stay distinct on both. ``bots.engine`` and ``bots.command``
+  are routed to it even when sent by name (``celery call``, Flower, beat).
+* ``task_acks_late`` + ``worker_prefetch_multiplier = 1``: the worker holds only the message it
+  runs, so a high-priority job that arrives meanwhile is the next one taken.
+* ``task_reject_on_worker_lost``: a job whose pool process died (OOM, SIGKILL) goes back to the
+  queue instead of being acknowledged as failed; the start records in the registry bound the
+  attempts (``[jobqueue] max_retries``) and keep a redelivered job from running twice.
+* ``broker_channel_error_retry``: a channel closed by RabbitMQ's consumer timeout is a
+  reconnect, not a dead worker; the running job carries on (its redelivered copy is dropped
+  when it finishes).
+* JSON only: a pickled message is refused.
+* No result backend: results and progress go to Flower as events (``-E``); outcomes are in
+  ``jobqueue.log`` and the engine's run records.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from engine.config import Config, load_config
+from tasks import priority as prio
+
+QUEUE = "engine"
+_apps: dict[tuple[str, str], Celery] = {}
+
+
+def option(cfg: Config, key: str, typ: type, default: Any) -> Any:
+    """An extra ``[jobqueue]`` key of the queue (bots.ini allows extra keys)."""
+    return cfg.section("jobqueue").get(key, typ, default)
+
+
+def visibility_timeout(cfg: Config) -> float:
+    """Redis: seconds before an unacknowledged job is handed out again (above any run's length)."""
+    longest = max(cfg.settings.maxruntime, cfg.jobqueue.hardtimelimit) * 60
+    return option(cfg, "visibility_timeout", float, float(max(3600, 2 * longest)))
+
+
+def _typed(raw: str) -> Any:
+    low = raw.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(raw)
+        except ValueError:
+            pass
+    return raw.strip()
+
+
+def transport_options(cfg: Config) -> dict[str, Any]:
+    kind = prio.broker_kind(cfg.jobqueue.broker)
+    opts: dict[str, Any] = {}
+    if kind == prio.REDIS:
+        opts.update(priority_steps=prio.REDIS_PRIORITY_STEPS, sep=":", queue_order_strategy="priority",
+                    visibility_timeout=visibility_timeout(cfg))
+    elif kind == prio.RABBITMQ:
+        opts["confirm_publish"] = True        # "added to queue" means the broker has it
+    extra = cfg.section("jobqueue.transport_options")
+    for key in extra.keys():
+        opts[key] = _typed(extra.get(key, str, ""))
+    return opts
+
+
+def engine_queue() -> Queue:
+    return Queue(QUEUE, Exchange(QUEUE, type="direct"), routing_key=QUEUE,
+                 queue_arguments={"x-max-priority": prio.RABBITMQ_MAX_PRIORITY})
+
+
+def settings(cfg: Config) -> dict[str, Any]:
+    hard = cfg.jobqueue.hardtimelimit * 60 or None
+    return {
+        "broker_url": cfg.jobqueue.broker,
+        "broker_transport_options": transport_options(cfg),
+        "broker_connection_timeout": cfg.jobqueue.connect_timeout,
+        "broker_connection_retry_on_startup": True,
+        "broker_channel_error_retry": True,
+        "result_backend": None,
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "task_queues": [engine_queue()],
+        "task_default_queue": QUEUE,
+        "task_default_exchange": QUEUE,
+        "task_default_routing_key": QUEUE,
+        "task_routes": {"bots.engine": {"queue": QUEUE}, "bots.command": {"queue": QUEUE}},
+        "task_create_missing_queues": True,
+        "task_acks_late": True,
+        "worker_prefetch_multiplier": 1,
+        "task_reject_on_worker_lost": True,
+        "task_retry_on_worker_lost": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "task_time_limit": hard,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_disable_rate_limits": True,
+        "worker_redirect_stdouts": False,        # botsq loggers write to stderr in their own format
+        "timezone": "UTC",
+        "enable_utc": True,
+        "worker_consumer": "tasks.consumer:Consumer",
+        "beat_scheduler": "beat_schedule:BotsScheduler",
+        "botsq_configdir": str(cfg.configdir),
+    }
+
+
+def make_app(cfg: Config) -> Celery:
+    """A new app for ``cfg`` with both tasks registered (use :func:`app_for`)."""
+    import tasks.signals  # noqa: F401  (publish handler: priorities, registry)
+    from tasks.engine_task import register_tasks
+
+    app = Celery("botsq", set_as_current=False)
+    app.conf.update(settings(cfg))
+    register_tasks(app)
+    return app
+
+
+def app_for(cfg: Config) -> Celery:
+    """The app for a config (cached per config dir and broker); it becomes the current app."""
+    key = (str(cfg.configdir), cfg.jobqueue.broker)
+    app = _apps.get(key)
+    if app is None:
+        app = _apps[key] = make_app(cfg)
+    app.set_current()
+    return app
+
+
+def app_from_env() -> Celery:
+    """The app for ``$BOTSQ_CONFIG`` (default ``./config``): what ``celery -A tasks`` uses."""
+    return app_for(load_config(None))
+
+
+def queue_logger(cfg: Config, console: bool = True) -> logging.Logger:
+    """``botssys/logging/jobqueue.log`` (and stderr when ``console``), secrets redacted."""
+    from engine.log import get_logger, register_secrets
+
+    register_secrets(cfg.secrets())
+    return get_logger("jobqueue", cfg.directories.logging, console=console)
+
+
+def configdir_of(app: Celery) -> str:
+    return str(app.conf.get("botsq_configdir") or "")
+
+
+def broker_kind_of(app: Celery) -> str:
+    return prio.broker_kind(app.conf.broker_url or "")
+
+
+def queue_depth(app: Celery, connection: Any = None) -> int:
+    """Messages waiting (not yet delivered) in queue ``engine``; 0 when it does not exist yet."""
+    def ask(conn: Any) -> int:
+        chan = conn.channel()
+        try:
+            _name, count, _consumers = chan.queue_declare(QUEUE, passive=True)
+            return int(count)
+        except conn.channel_errors:
+            return 0
+        finally:
+            try:
+                chan.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    if connection is not None:
+        return ask(connection)
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=app.conf.broker_connection_timeout)
+        return ask(conn)

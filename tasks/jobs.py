@@ -1,0 +1,205 @@
+"""A job and its identity: the one place that decides what counts as "the same job".
+
+Identity (the dedup key): the task, then sorted commands and sorted routes (``bots.engine``) or
+the command name and its arguments (``bots.command``), then the config dir.
+
+:func:`job_from_argv` turns a Bots-style COMMAND line (what ``bots-job2queue`` takes, and what
+beat schedules and the directory monitor are written in) into a :class:`Job`;
+:meth:`Job.from_message` does the same for a message's kwargs (``celery call``, Flower, the
+worker). Both refuse a bad job with :class:`JobError` (one line).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.cli_util import UsageError
+from engine.config import Config, load_config, resolve_configdir
+
+ENGINE_TASK = "bots.engine"
+COMMAND_TASK = "bots.command"
+TASKS = (ENGINE_TASK, COMMAND_TASK)
+ENGINE_SCRIPTS = ("bots-engine", "bots-engine.py")
+_KWARGS = {ENGINE_TASK: ("commands", "routes", "configdir"), COMMAND_TASK: ("name", "args", "configdir")}
+
+
+class JobError(UsageError):
+    """A job that cannot be queued or run; str() is one line."""
+
+
+@dataclass(frozen=True)
+class Job:
+    task: str
+    configdir: str                      # absolute path of the job's config dir
+    commands: tuple[str, ...] = ()      # bots.engine: sorted, e.g. ("new",)
+    routes: tuple[str, ...] = ()        # bots.engine: sorted, unique; () = the default run
+    name: str = ""                      # bots.command: the [jobqueue.commands] name
+    args: tuple[str, ...] = ()          # bots.command: extra arguments, in order
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def engine(cls, configdir: str | Path, commands: Any = (), routes: Any = ()) -> "Job":
+        from engine.run import normalise_commands
+
+        cmds = _str_list(commands, "commands")
+        rts = _str_list(routes, "routes")
+        try:
+            norm = normalise_commands(cmds)
+        except UsageError as exc:
+            raise JobError(str(exc)) from None
+        return cls(ENGINE_TASK, str(resolve_configdir(configdir)), tuple(sorted(norm)), tuple(sorted(set(rts))))
+
+    @classmethod
+    def command(cls, configdir: str | Path, name: Any, args: Any = ()) -> "Job":
+        if not isinstance(name, str) or not name:
+            raise JobError(f"bots.command needs a command name (a string), got {name!r}")
+        return cls(COMMAND_TASK, str(resolve_configdir(configdir)), name=name, args=tuple(_str_list(args, "args")))
+
+    @classmethod
+    def from_message(cls, task: str, args: Any, kwargs: Any, default_configdir: str | Path) -> "Job":
+        """The job a message stands for; JobError names what is wrong with it."""
+        if task not in TASKS:
+            raise JobError(f"unknown task {task!r} (expected {' or '.join(TASKS)})")
+        if args:
+            raise JobError(f"{task} takes keyword arguments only ({', '.join(_KWARGS[task])}), got positional {args!r}")
+        if not isinstance(kwargs, dict):
+            raise JobError(f"{task}: kwargs must be an object, got {type(kwargs).__name__}")
+        unknown = sorted(set(kwargs) - set(_KWARGS[task]))
+        if unknown:
+            raise JobError(f"{task}: unknown argument(s) {', '.join(map(repr, unknown))} "
+                           f"(expected {', '.join(_KWARGS[task])})")
+        configdir = kwargs.get("configdir") or default_configdir
+        if not isinstance(configdir, (str, Path)):
+            raise JobError(f"{task}: configdir must be a string, got {configdir!r}")
+        if task == ENGINE_TASK:
+            return cls.engine(configdir, kwargs.get("commands") or (), kwargs.get("routes") or ())
+        return cls.command(configdir, kwargs.get("name"), kwargs.get("args") or ())
+
+    # ------------------------------------------------------------------ identity and message
+    @property
+    def identity(self) -> list[Any]:
+        if self.task == ENGINE_TASK:
+            return [self.task, sorted(self.commands), sorted(self.routes), self.configdir]
+        return [self.task, self.name, list(self.args), self.configdir]
+
+    @property
+    def key(self) -> str:
+        """The dedup key: a hash of the identity (fixed length for the registry's unique index)."""
+        raw = json.dumps(self.identity, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:40]
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The message kwargs (readable in Flower)."""
+        if self.task == ENGINE_TASK:
+            return {"commands": list(self.commands), "routes": list(self.routes), "configdir": self.configdir}
+        return {"name": self.name, "args": list(self.args), "configdir": self.configdir}
+
+    def describe(self) -> str:
+        """One readable line: ``bots-engine --new orders`` / ``archive_sweep --days 7``."""
+        if self.task == ENGINE_TASK:
+            words = ["bots-engine", *(f"--{c}" for c in self.commands), *self.routes]
+        else:
+            words = [self.name, *self.args]
+        return shlex.join(words)
+
+    def __str__(self) -> str:
+        return f"{self.describe()} [config {self.configdir}]"
+
+
+def _str_list(value: Any, what: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise JobError(f"{what} must be a list of strings, got {value!r}")
+    return list(value)
+
+
+# --------------------------------------------------------------------------- config of a job
+
+def job_config(job: Job, cfg: Config | None = None) -> Config:
+    """The config a job runs with (its own config dir); ``cfg`` is reused when it is that one."""
+    if cfg is not None and str(cfg.configdir) == job.configdir:
+        return cfg
+    return load_config(job.configdir)
+
+
+def validate(job: Job, cfg: Config | None = None) -> Config:
+    """Refuse (JobError) a job that cannot run: unknown route, unknown command, bad config dir."""
+    from engine.config import ConfigError
+
+    try:
+        jcfg = job_config(job, cfg)
+    except ConfigError as exc:
+        raise JobError(str(exc)) from None
+    if job.task == ENGINE_TASK:
+        from engine.run import select_routes
+
+        try:
+            select_routes(jcfg, job.commands, job.routes)
+        except UsageError as exc:
+            raise JobError(str(exc)) from None
+    elif job.name not in jcfg.jobqueue.commands:
+        listed = ", ".join(sorted(jcfg.jobqueue.commands)) or "none"
+        raise JobError(f"command {job.name!r} is not in [jobqueue.commands] of {jcfg.ini_path} (listed: {listed})")
+    return jcfg
+
+
+# --------------------------------------------------------------------------- COMMAND lines
+
+def _is_engine_script(word: str) -> bool:
+    return os.path.basename(word) in ENGINE_SCRIPTS
+
+
+def job_from_argv(cfg: Config, argv: list[str] | tuple[str, ...]) -> Job:
+    """The job for a Bots-style COMMAND line, validated against its config; JobError if refused.
+
+    * ``bots-engine [...]``, ``bots-engine.py [...]``, or an interpreter followed by a path ending
+      in one of those (``python3 /usr/local/bin/bots-engine.py --new -Cconfigprod``): an engine job;
+      its own ``-c``/``-C``/``--configdir`` selects the job's config dir (default: ``cfg``'s).
+    * a name in ``[jobqueue.commands]`` (arguments follow), or exactly the command line of one
+      entry: a ``bots.command`` job.
+    * anything else is refused.
+    """
+    argv = [str(a) for a in argv]
+    if not argv or not argv[0]:
+        raise JobError("no command given (expected bots-engine [OPTIONS] [ROUTE ...] or a [jobqueue.commands] name)")
+    if _is_engine_script(argv[0]):
+        return _engine_job(cfg, argv[1:])
+    if len(argv) >= 2 and _is_engine_script(argv[1]) and not argv[0].startswith("-"):
+        return _engine_job(cfg, argv[2:])
+    commands = cfg.jobqueue.commands
+    if argv[0] in commands:
+        job = Job.command(cfg.configdir, argv[0], argv[1:])
+    else:
+        name = next((n for n, line in commands.items() if tuple(line) == tuple(argv)), None)
+        if name is None:
+            listed = ", ".join(sorted(commands)) or "none"
+            raise JobError(f"command not allowed: {shlex.join(argv)} (not bots-engine and not a name or command "
+                           f"line in [jobqueue.commands] of {cfg.ini_path}; listed: {listed})")
+        job = Job.command(cfg.configdir, name, ())
+    validate(job, cfg)
+    return job
+
+
+def _engine_job(cfg: Config, args: list[str]) -> Job:
+    from engine.cli import build_parser
+
+    if any(a in ("-h", "--help") for a in args):
+        raise JobError("bots-engine --help is not a job")
+    try:
+        ns = build_parser().parse_args(args)
+    except UsageError as exc:
+        raise JobError(f"bots-engine: {exc}") from None
+    from engine.run import ENGINE_COMMANDS
+
+    commands = [c for c in ENGINE_COMMANDS if getattr(ns, c, False)]
+    configdir = resolve_configdir(ns.configdir) if ns.configdir else cfg.configdir
+    job = Job.engine(configdir, commands, ns.routes)
+    validate(job, cfg)
+    return job

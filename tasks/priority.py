@@ -1,0 +1,67 @@
+"""Bots priorities (1 highest .. 9 lowest, default 5) and the broker's own scale: the one mapping.
+
+* RabbitMQ: queue ``engine`` is declared with ``x-max-priority = 10``; a higher number is served
+  first and a message without priority counts as 0 (the lowest). Bots ``p`` -> ``10 - p``.
+* Redis (kombu): ``priority_steps = 0..9``, a lower number is served first and a message
+  without priority gets 0 (the highest). Bots ``p`` -> ``p``.
+* ``memory://`` (unit tests only) follows the Redis scale.
+
+Everything that sends a job passes a *Bots* priority (or none); the ``before_task_publish``
+handler in :mod:`tasks.signals` calls :func:`to_broker` exactly once per message.
+"""
+from __future__ import annotations
+
+HIGHEST, LOWEST, DEFAULT = 1, 9, 5
+RABBITMQ_MAX_PRIORITY = 10          # x-max-priority of queue "engine"
+REDIS_PRIORITY_STEPS = list(range(10))
+
+RABBITMQ, REDIS, MEMORY = "rabbitmq", "redis", "memory"
+_SCHEMES = {
+    "amqp": RABBITMQ, "amqps": RABBITMQ, "pyamqp": RABBITMQ, "librabbitmq": RABBITMQ,
+    "redis": REDIS, "rediss": REDIS, "sentinel": REDIS, "redis+socket": REDIS,
+    "memory": MEMORY,
+}
+
+
+def broker_kind(url: str) -> str:
+    """``rabbitmq``, ``redis`` or ``memory`` for a broker URL; ValueError for anything else."""
+    scheme = (url or "").split("://", 1)[0].lower()
+    try:
+        return _SCHEMES[scheme]
+    except KeyError:
+        raise ValueError(f"unsupported broker {scheme or url!r}: use amqp:// (RabbitMQ) or redis://") from None
+
+
+def check(priority: object) -> int:
+    """A Bots priority as an int, or ValueError naming the allowed range."""
+    try:
+        p = int(priority)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ValueError(f"priority must be a whole number from {HIGHEST} (highest) to {LOWEST}, "
+                         f"got {priority!r}") from None
+    if isinstance(priority, bool) or not HIGHEST <= p <= LOWEST or str(p) != str(priority).strip():
+        raise ValueError(f"priority must be a whole number from {HIGHEST} (highest) to {LOWEST}, got {priority!r}")
+    return p
+
+
+def to_broker(priority: int, kind: str) -> int:
+    """The broker's priority for a Bots priority 1..9."""
+    p = check(priority)
+    return RABBITMQ_MAX_PRIORITY - p if kind == RABBITMQ else p
+
+
+def from_broker(value: int | None, kind: str) -> int:
+    """The Bots priority a broker priority stands for (None: a message sent without one)."""
+    if value is None:
+        return LOWEST if kind == RABBITMQ else HIGHEST
+    p = RABBITMQ_MAX_PRIORITY - int(value) if kind == RABBITMQ else int(value)
+    return min(max(p, HIGHEST), LOWEST)
+
+
+def clamp(value: object) -> int:
+    """A priority from an outside sender (Flower, beat): Bots scale, out-of-range values clamped."""
+    try:
+        p = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return DEFAULT
+    return min(max(p, HIGHEST), LOWEST)
