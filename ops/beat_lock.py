@@ -175,8 +175,10 @@ class BotsScheduler(Scheduler):
         from engine.log import redact
 
         line = f"celery beat: error: {redact(msg)}"
-        self.log.critical(line)
-        print(line, file=sys.stderr, flush=True)
+        if self.log.handlers:                   # botsq's logger: beat.log and stderr
+            self.log.critical(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
         raise SystemExit(1)
 
     def setup_schedule(self) -> None:

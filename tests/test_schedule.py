@@ -278,3 +278,132 @@ def test_schedule_config_errors_name_file_and_key(make_env, section, err):
     with pytest.raises(ConfigError, match=err) as info:
         load_jobs(env.config(), validate=False)
     assert str(env.configdir / "bots.ini") in str(info.value) and "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- entries, template, CLI
+
+ROUTES2 = """
+[channels.in]
+type = "file"
+path = "data/in"
+[routes.r1]
+[[routes.r1.parts]]
+fromchannel = "in"
+[routes.r2]
+notindefaultrun = true
+[[routes.r2.parts]]
+fromchannel = "in"
+"""
+
+
+def test_build_schedule_gives_celery_entries(make_env):
+    from beat_schedule import build_schedule
+
+    ini = """
+    [jobqueue]
+    enabled = True
+    [jobqueue.commands]
+    sweep = /bin/true --days 7
+    [schedule]
+    timezone = Europe/Amsterdam
+    [schedule.every5min]
+    cadence = 5min
+    job = bots-engine.py --new -p1
+    priority = 1
+    [schedule.both]
+    cadence = hourly
+    job = python3 /usr/local/bin/bots-engine.py --automaticretrycommunication r2 r1
+    priority = 7
+    [schedule.sweep]
+    cadence = weekly
+    weekday = sunday
+    time = 03:00
+    job = sweep
+    """
+    env = make_env(ini=ini, routes=ROUTES2)
+    sched = build_schedule(env.config())
+    cdir = str(env.configdir)
+    assert sched["every5min"]["task"] == "bots.engine"
+    assert sched["every5min"]["kwargs"] == {"commands": ["new"], "routes": [], "configdir": cdir}
+    assert sched["every5min"]["options"] == {"priority": 1, "queue": "engine"}
+    assert sched["both"]["kwargs"] == {"commands": ["automaticretrycommunication"], "routes": ["r1", "r2"],
+                                       "configdir": cdir}
+    assert sched["sweep"]["task"] == "bots.command"
+    assert sched["sweep"]["kwargs"] == {"name": "sweep", "args": [], "configdir": cdir}
+    assert sched["sweep"]["schedule"] == ZonedCron(cron="0 3 * * 0", timezone="Europe/Amsterdam")
+
+
+@pytest.mark.parametrize("job,err", [
+    ("bots-engine nosuchroute", r"\[schedule.bad\] job: unknown route 'nosuchroute'"),
+    ("rm -rf /", r"\[schedule.bad\] job: command not allowed"),
+    ("bots-engine --bogus", r"\[schedule.bad\] job: bots-engine"),
+])
+def test_unknown_route_or_command_is_a_config_error(make_env, job, err):
+    from beat_schedule import build_schedule
+
+    env = make_env(ini=f"[jobqueue]\nenabled = True\n[schedule.bad]\ncadence = hourly\njob = {job}\n", routes=ROUTES2)
+    with pytest.raises(ConfigError, match=err) as info:
+        build_schedule(env.config())
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("demo", [False, True])
+def test_botsq_init_writes_the_default_schedule_and_it_validates(tmp_path, demo):
+    from engine.cli_init import init_environment
+    from engine.config import load_config
+
+    cfg = load_config(init_environment(tmp_path / "env", demo=demo))
+    jobs = {j.name: j for j in load_jobs(cfg)}
+    got = {(j.describe(), j.job.describe(), j.priority) for j in jobs.values()}
+    assert got == {
+        ("every 5 minutes", "bots-engine --new", 1),
+        ("hourly (0 * * * *)", "bots-engine --new hourly_alerts", 2),
+        ("hourly (0 * * * *)", "bots-engine --new ProductionOrders RemitAdvice ftp_cleanup", 6),
+        ("hourly (0 * * * *)", "bots-engine --automaticretrycommunication", 7),
+        ("daily (0 1 * * *)", "bots-engine --new daily_housekeeping", 3),
+        ("daily (0 1 * * *)", "bots-engine --new SAP_Expired_Contracts daily_reports", 9),
+        ("weekly (0 1 * * 1)", "bots-engine --new weekly_reports", 8),
+        ("monthly (0 1 1 * *)", "bots-engine --new monthly_reports", 8),
+    }
+    # the routes they name are reached only by naming them
+    from engine.run import select_routes
+    named = {r for j in jobs.values() for r in j.kwargs["routes"]}
+    assert named and not named & {r.name for r in select_routes(cfg, ["new"], [])}
+    assert cfg.dirmonitors == ()                     # the [dirmonitor1] example is commented out
+
+
+def test_botsq_schedule_prints_next_run_times(make_env):
+    ini = """
+    [jobqueue]
+    enabled = True
+    [schedule]
+    timezone = Europe/Amsterdam
+    [schedule.nightly]
+    cadence = daily
+    time = 01:00
+    job = bots-engine r2
+    priority = 3
+    """
+    env = make_env(ini=ini, routes=ROUTES2)
+    import subprocess
+
+    from conftest import bin_path
+    res = subprocess.run([bin_path("botsq"), "schedule", "-c", str(env.configdir), "-n", "2"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "timezone: Europe/Amsterdam" in out and "beat: not running" in out
+    assert "nightly  p3  daily (0 1 * * *)" in out and "job:  bots-engine r2" in out
+    nexts = [ln for ln in out.splitlines() if "01:00:00 CE" in ln]
+    assert len(nexts) == 2
+    res = subprocess.run([bin_path("botsq"), "schedule", "-c", str(env.configdir), "--json"],
+                         capture_output=True, text=True, timeout=60)
+    import json
+    data = json.loads(res.stdout)
+    assert data["jobs"][0]["kwargs"]["routes"] == ["r2"] and len(data["jobs"][0]["next_runs"]) == 3
+    # an invalid schedule: exit 1, one line
+    env.write(ini=ini.replace("bots-engine r2", "bots-engine nope"))
+    res = subprocess.run([bin_path("botsq"), "schedule", "-c", str(env.configdir)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and res.stderr.count("\n") == 1
+    assert "[schedule.nightly] job: unknown route 'nope'" in res.stderr

@@ -29,26 +29,16 @@ fromchannel = "in"
 """
 
 
-def fake_job(cfg, argv):
-    """What tasks.jobs.job_from_argv gives, reduced to what the schedule uses."""
-    if argv[0] != "bots-engine":
-        raise ValueError(f"command not allowed: {argv[0]!r}")
-    cmds = [a[2:] for a in argv[1:] if a.startswith("--")] or ["new"]
-    routes = [a for a in argv[1:] if not a.startswith("-")]
-    return SimpleNamespace(task="bots.engine", kwargs={"commands": cmds, "routes": routes}, argv=argv)
-
-
 @pytest.fixture
 def published(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tasks.jobs", SimpleNamespace(job_from_argv=fake_job))
-    sent: list[tuple[str, list[str], int]] = []
+    sent: list[tuple[str, str, int]] = []
     state = SimpleNamespace(fail=0, sent=sent)
 
     def publish(cfg, job, priority):
         if state.fail:
             state.fail -= 1
             raise ConnectionError("broker unreachable (test)")
-        sent.append((job.task, job.argv, priority))
+        sent.append((job.task, job.describe(), priority))
         return "added"
 
     monkeypatch.setattr(beat_lock, "_publish", publish)
@@ -148,7 +138,7 @@ def test_missed_run_made_up_once_and_state_survives_a_restart(published, make_en
     s = scheduler()
     for _ in range(3):
         s.tick()
-    assert published.sent == [("bots.engine", ["bots-engine", "r1"], 3)]
+    assert published.sent == [("bots.engine", "bots-engine --new r1", 3)]
     s.close()
     last = store.load_state()["daily"]
     assert datetime.now(UTC) - last < timedelta(seconds=10)
@@ -193,20 +183,20 @@ def test_simultaneous_jobs_are_sent_highest_priority_first(published, make_env, 
     ("bots-engine nosuchroute", r"\[schedule.bad\] job: .*nosuchroute"),
     ("rm -rf /", r"\[schedule.bad\] job: command not allowed"),
 ])
-def test_unknown_route_or_command_refused_when_beat_starts(published, make_env, monkeypatch, capsys, job, err):
-    schedule_env(make_env, monkeypatch, f"[schedule.bad]\ncadence = hourly\njob = {job}\n")
+def test_unknown_route_or_command_refused_when_beat_starts(make_env, monkeypatch, job, err):
+    env = schedule_env(make_env, monkeypatch, f"[schedule.bad]\ncadence = hourly\njob = {job}\n")
     with pytest.raises(SystemExit) as info:
         scheduler()
     assert info.value.code == 1
-    line = capsys.readouterr().err.strip()
-    assert line.startswith("celery beat: error: ") and "\n" not in line
+    lines = [ln for ln in (env.root / "botssys/logging/beat.log").read_text().splitlines() if "CRITICAL" in ln]
+    assert len(lines) == 1 and "celery beat: error: " in lines[0]
     import re
-    assert re.search(err, line), line
+    assert re.search(err, lines[0]), lines[0]
 
 
-def test_beat_refuses_when_the_queue_is_disabled(published, make_env, monkeypatch, capsys):
+def test_beat_refuses_when_the_queue_is_disabled(published, make_env, monkeypatch):
     env = make_env(ini="[jobqueue]\nenabled = False\n", routes=ROUTES)
     monkeypatch.setenv("BOTSQ_CONFIG", str(env.configdir))
     with pytest.raises(SystemExit):
         scheduler()
-    assert "[jobqueue] enabled" in capsys.readouterr().err
+    assert "[jobqueue] enabled" in (env.root / "botssys/logging/beat.log").read_text()
