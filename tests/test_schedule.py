@@ -308,7 +308,7 @@ def test_build_schedule_gives_celery_entries(make_env):
     timezone = Europe/Amsterdam
     [schedule.every5min]
     cadence = 5min
-    job = bots-engine.py --new -p1
+    job = bots-engine.py --new
     priority = 1
     [schedule.both]
     cadence = hourly
