@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.channels import Channel, CommunicationError, make_channel, safe_name
@@ -41,7 +41,7 @@ from engine.db import DatabaseError, get_engine, session_scope
 from engine.lock import LockInfo, acquire, hostname, overtime_minutes
 from engine.log import component_logger
 from engine.models import (COMM_FAILED, COMM_PENDING, COMM_SENT, IN_COMMERROR, IN_DONE, IN_ERROR, IN_RECEIVED,
-                           RUN_CRASHED, RUN_ERRORS, RUN_FAILED, RUN_OK, RUN_RUNNING, EngineState, Incoming,
+                           OUT_OK, RUN_CRASHED, RUN_ERRORS, RUN_FAILED, RUN_OK, RUN_RUNNING, EngineState, Incoming,
                            Outgoing, Run, utcnow)
 from engine.report import send_report
 from engine.translate import TranslateError, Translator
@@ -137,7 +137,7 @@ def _syncfs(path: Path) -> None:
         os.sync()
 
 
-def _digest(path: Path) -> tuple[int, str]:
+def _digest(path: Path | str) -> tuple[int, str]:
     with open(path, "rb") as f:
         h = hashlib.file_digest(f, "sha256")
         return f.tell(), h.hexdigest()
@@ -155,6 +155,63 @@ class _Error:
     route: str
     file: str
     reason: str
+
+
+_IN = Incoming.__table__
+_OUT = Outgoing.__table__
+_UPDATE_IN = (update(_IN).where(_IN.c.id == bindparam("b_id"))
+              .values(status=bindparam("b_status"), error=bindparam("b_error"), updated=bindparam("b_updated"),
+                      run_id=bindparam("b_run"), times_processed=bindparam("b_tp"), rereceive=False))
+_UPDATE_OUT = (update(_OUT).where(_OUT.c.id == bindparam("b_id"))
+               .values(commstatus=bindparam("b_comm"), attempts=bindparam("b_attempts"), error=bindparam("b_error"),
+                       sent_at=bindparam("b_sent"), resend=bindparam("b_resend")))
+
+
+class InRec:
+    """An incoming file on its way through a run (a light stand-in for the ORM row)."""
+    __slots__ = ("id", "run_id", "route", "part", "channel", "filename", "size", "checksum", "archive_path",
+                 "status", "error", "times_processed")
+
+    def __init__(self, *, id: int | None = None, run_id: int | None, route: str, part: int, channel: str,
+                 filename: str, size: int | None, checksum: str = "", archive_path: str = "",
+                 status: str = IN_RECEIVED, error: str = "", times_processed: int = 0) -> None:
+        self.id, self.run_id, self.route, self.part, self.channel = id, run_id, route, part, channel
+        self.filename, self.size, self.checksum, self.archive_path = filename, size, checksum, archive_path
+        self.status, self.error, self.times_processed = status, error, times_processed
+
+    @classmethod
+    def of(cls, r: Incoming) -> "InRec":
+        return cls(id=r.id, run_id=r.run_id, route=r.route, part=r.part, channel=r.channel, filename=r.filename,
+                   size=r.size, checksum=r.checksum, archive_path=r.archive_path, status=r.status, error=r.error,
+                   times_processed=r.times_processed or 0)
+
+
+class OutRec:
+    """An outgoing file on its way through a run."""
+    __slots__ = ("id", "run_id", "incoming_id", "route", "part", "channel", "filename", "size", "checksum",
+                 "store_path", "commstatus", "attempts", "error", "sent_at", "resend")
+
+    def __init__(self, *, id: int | None = None, run_id: int | None, incoming_id: int | None, route: str, part: int,
+                 channel: str, filename: str, size: int, checksum: str, store_path: str,
+                 commstatus: str = COMM_PENDING, attempts: int = 0, error: str = "", sent_at: datetime | None = None,
+                 resend: bool = False) -> None:
+        self.id, self.run_id, self.incoming_id, self.route, self.part = id, run_id, incoming_id, route, part
+        self.channel, self.filename, self.size, self.checksum = channel, filename, size, checksum
+        self.store_path, self.commstatus, self.attempts, self.error = store_path, commstatus, attempts, error
+        self.sent_at, self.resend = sent_at, resend
+
+    @classmethod
+    def of(cls, o: Outgoing) -> "OutRec":
+        return cls(id=o.id, run_id=o.run_id, incoming_id=o.incoming_id, route=o.route, part=o.part,
+                   channel=o.channel, filename=o.filename, size=o.size, checksum=o.checksum, store_path=o.store_path,
+                   commstatus=o.commstatus, attempts=o.attempts or 0, error=o.error, sent_at=o.sent_at,
+                   resend=o.resend)
+
+    def row(self, now: datetime) -> dict:
+        return dict(run_id=self.run_id, incoming_id=self.incoming_id, route=self.route, part=self.part,
+                    channel=self.channel, filename=self.filename, size=self.size, checksum=self.checksum,
+                    store_path=self.store_path, status=OUT_OK, commstatus=self.commstatus, attempts=self.attempts,
+                    error=self.error, resend=False, created=now, sent_at=self.sent_at)
 
 
 class EngineRun:
@@ -194,6 +251,10 @@ class EngineRun:
             self.progress_cb(data)
         except Exception:  # noqa: BLE001 - a progress consumer never breaks a run
             self.log.debug("progress callback failed", exc_info=True)
+
+    def tx(self):  # type: ignore[no-untyped-def]
+        """A Core connection in a transaction (commits on success): the hot path skips the ORM."""
+        return get_engine(self.url).begin()
 
     def _dir(self, p: Path) -> Path:
         if p not in self._dirs_made:
@@ -280,41 +341,49 @@ class EngineRun:
         total = len(items)
         done = 0
         failures = 0
+        stop = False
         self.progress(force=True, route=route.name, part=partno, files_done=0, files_total=total, phase="receive")
         archive_day = self._dir(self.cfg.directories.archive / self.day)
+        adir = str(archive_day)
+        rel_prefix = f"data/{self.day}/"
         for start in range(0, total, BATCH):
             self.check_lock()
             if deadline is not None and time.monotonic() > deadline:
                 self.log.info("route %s: maxsecondsperchannel (%ss) reached for channel %s; %d file(s) left for the "
                               "next run", route.name, limit, inname, total - start)
                 break
-            got: list[tuple[Any, Incoming]] = []
-            rows: list[Incoming] = []
+            got: list[tuple[Any, InRec]] = []
+            recs: list[InRec] = []
             for item in items[start:start + BATCH]:
                 if deadline is not None and time.monotonic() > deadline:
+                    stop = True
                     break
                 name = safe_name(item.name)
                 self._in_seq += 1
                 base = f"{self.run_id}-{self._in_seq}"
-                tmp = archive_day / f".tmp-{base}"
+                tmp = f"{adir}/.tmp-{base}"
                 try:
-                    ch.fetch(item, tmp)
+                    fetched = ch.fetch(item, Path(tmp))
                 except CommunicationError as exc:
                     _unlink(tmp)
                     self.comm_error(route.name, name, str(exc))
-                    rows.append(Incoming(run_id=self.run_id, route=route.name, part=partno, channel=inname,
-                                         filename=name, size=item.size, status=IN_COMMERROR, error=str(exc)))
+                    recs.append(InRec(run_id=self.run_id, route=route.name, part=partno, channel=inname,
+                                      filename=name, size=item.size, status=IN_COMMERROR, error=str(exc)))
                     failures += 1
                     if failures >= MAX_FETCH_FAILURES:
                         self.log.error("route %s: %d fetches in a row failed on channel %s; the rest waits for the "
                                        "next run", route.name, failures, inname)
+                        stop = True
                         break
                     continue
                 failures = 0
-                final = archive_day / base
                 try:
-                    size, checksum = _digest(tmp)
-                    os.replace(tmp, final)
+                    # a channel may hand back (size, sha256) it computed while copying; else read it back
+                    if isinstance(fetched, tuple) and len(fetched) == 2:
+                        size, checksum = fetched
+                    else:
+                        size, checksum = _digest(tmp)
+                    os.replace(tmp, f"{adir}/{base}")
                 except OSError as exc:
                     _unlink(tmp)
                     raise ConfigError(f"{self.cfg.directories.archive}: cannot write the archive: "
@@ -325,52 +394,63 @@ class EngineRun:
                                                f"({maxsize}) in bots.ini")
                 elif size == 0:
                     status, error = IN_ERROR, "empty file (0 bytes)"
-                inc = Incoming(run_id=self.run_id, route=route.name, part=partno, channel=inname, filename=name,
-                               size=size, checksum=checksum, archive_path=f"data/{self.day}/{base}",
-                               status=status, error=error)
-                rows.append(inc)
-                got.append((item, inc))
+                rec = InRec(run_id=self.run_id, route=route.name, part=partno, channel=inname, filename=name,
+                            size=size, checksum=checksum, archive_path=rel_prefix + base, status=status, error=error)
+                recs.append(rec)
+                got.append((item, rec))
             if got:
                 _syncfs(archive_day)            # archived copies are on disk before any source goes
-            with session_scope(self.url) as s:
-                s.add_all(rows)
+            self.insert_incoming(recs)          # ... and recorded (committed)
             self.counts["received"] += len(got)
-            for _item, inc in got:
-                if inc.status == IN_ERROR:
-                    self.file_error(route.name, inc.filename, inc.error)
+            for _item, rec in got:
+                if rec.status == IN_ERROR:
+                    self.file_error(route.name, rec.filename, rec.error)
             if remove:
-                for item, inc in got:
+                for item, rec in got:
                     try:
                         ch.delete(item)
                     except CommunicationError as exc:
-                        self.comm_error(route.name, inc.filename, f"received, but not removed at the source "
+                        self.comm_error(route.name, rec.filename, f"received, but not removed at the source "
                                                                   f"(it will be received again): {exc}")
-            self.process([inc for _i, inc in got if inc.status == IN_RECEIVED], phase="receive")
-            done += len(rows)
+            self.process([rec for _i, rec in got if rec.status == IN_RECEIVED])
+            done += len(recs)
             self.progress(route=route.name, part=partno, files_done=done, files_total=total, phase="receive")
-            if failures >= MAX_FETCH_FAILURES or len(rows) < min(BATCH, total - start):
+            if stop:
                 break
 
+    def insert_incoming(self, recs: list[InRec]) -> None:
+        if not recs:
+            return
+        now = utcnow()
+        rows = [dict(run_id=r.run_id, route=r.route, part=r.part, channel=r.channel, filename=r.filename, size=r.size,
+                     checksum=r.checksum, archive_path=r.archive_path, status=r.status, error=r.error,
+                     rereceive=False, times_processed=0, created=now, updated=now) for r in recs]
+        with self.tx() as conn:
+            result = conn.execute(insert(_IN).returning(_IN.c.id, sort_by_parameter_order=True), rows)
+            for rec, row in zip(recs, result):
+                rec.id = row[0]
+
     # ------------------------------------------------------------------ translate + send
-    def process(self, incs: list[Incoming], phase: str) -> None:
-        """Translate recorded incoming files and send their outputs (one commit per batch)."""
+    def process(self, incs: list[InRec]) -> None:
+        """Translate recorded incoming files, send their outputs, record both (one commit per batch)."""
         for start in range(0, len(incs), BATCH):
             self.check_lock()
             batch = incs[start:start + BATCH]
-            outs: list[Outgoing] = []
+            outs: list[OutRec] = []
             for inc in batch:
                 outs.extend(self.translate_one(inc))
-            with session_scope(self.url) as s:
-                s.execute(update(Incoming), [
-                    dict(id=i.id, status=i.status, error=i.error, updated=i.updated, rereceive=i.rereceive,
-                         run_id=i.run_id, times_processed=i.times_processed) for i in batch])
-                s.add_all(outs)
-            self.send_all(outs)
+            for out in outs:
+                self.send_one(out)
+            now = utcnow()
+            with self.tx() as conn:
+                conn.execute(_UPDATE_IN, [dict(b_id=i.id, b_status=i.status, b_error=i.error, b_updated=now,
+                                               b_run=self.run_id, b_tp=i.times_processed) for i in batch])
+                if outs:
+                    conn.execute(insert(_OUT), [o.row(now) for o in outs])
 
-    def translate_one(self, inc: Incoming) -> list[Outgoing]:
+    def translate_one(self, inc: InRec) -> list[OutRec]:
         part = self.part_of(inc.route, inc.part)
-        inc.updated = utcnow()
-        inc.times_processed = (inc.times_processed or 0) + 1
+        inc.times_processed += 1
         if part is None:
             inc.status, inc.error = IN_ERROR, f"route {inc.route!r} part {inc.part} is no longer configured"
             self.file_error(inc.route, inc.filename, inc.error)
@@ -380,15 +460,18 @@ class EngineRun:
             inc.status, inc.error = IN_ERROR, f"archived copy {inc.archive_path or '(none)'} is missing"
             self.file_error(inc.route, inc.filename, inc.error)
             return []
-        meta = dict(route=inc.route, part=inc.part, filename=inc.filename, channel=inc.channel, run=self.run_id,
-                    incoming_id=inc.id, size=inc.size, checksum=inc.checksum)
         written: list[Path] = []
         try:
-            results = self.translator.translate(part.translate, src, meta)
+            if part.translate == "passthrough":
+                results: list = [(None, {})]
+            else:
+                meta = dict(route=inc.route, part=inc.part, filename=inc.filename, channel=inc.channel,
+                            run=self.run_id, incoming_id=inc.id, size=inc.size, checksum=inc.checksum)
+                results = self.translator.translate(part.translate, src, meta)
             if not part.tochannel:
                 results = []
             outs = []
-            tpl = self.cfg.channels[part.tochannel].get("filename") or DEFAULT_FILENAME if part.tochannel else ""
+            tpl = (self.cfg.channels[part.tochannel].get("filename") or DEFAULT_FILENAME) if part.tochannel else ""
             for content, ometa in results:
                 self._out_seq += 1
                 seq = self._out_seq
@@ -406,12 +489,14 @@ class EngineRun:
                     store, size, checksum = rel, len(content), hashlib.sha256(content).hexdigest()
                 if ometa.get("filename"):
                     filename = safe_name(str(ometa["filename"]))
+                elif tpl == "{infile}":
+                    filename = inc.filename
                 else:
                     filename = render_filename(tpl, route=inc.route, run=self.run_id, seq=seq, infile=inc.filename,
                                                datetime=datetime.now().strftime("%Y%m%d%H%M%S"))
-                outs.append(Outgoing(run_id=self.run_id, incoming_id=inc.id, route=inc.route, part=inc.part,
-                                     channel=part.tochannel, filename=filename, size=size, checksum=checksum,
-                                     store_path=store, commstatus=COMM_PENDING))
+                outs.append(OutRec(run_id=self.run_id, incoming_id=inc.id, route=inc.route, part=inc.part,
+                                   channel=part.tochannel, filename=filename, size=size, checksum=checksum,
+                                   store_path=store))
         except TranslateError as exc:
             for p in written:
                 _unlink(p)
@@ -420,32 +505,24 @@ class EngineRun:
             return []
         inc.status, inc.error = IN_DONE, ""
         self.counts["processed"] += 1
-        if not outs and part.translate not in ("none",) and part.tochannel:
+        if not outs and part.translate != "none" and part.tochannel:
             self.log.info("route %s, file %s: no output", inc.route, inc.filename)
         return outs
 
-    def send_all(self, outs: list[Outgoing], count: str | None = None) -> None:
-        """Send outgoing files and record each result (one commit)."""
-        if not outs:
-            return
-        for out in outs:
-            self.send_one(out, count)
-        with session_scope(self.url) as s:
-            for out in outs:
-                s.execute(update(Outgoing).where(Outgoing.id == out.id).values(
-                    commstatus=out.commstatus, attempts=out.attempts, error=out.error, sent_at=out.sent_at,
-                    resend=out.resend))
-
-    def send_one(self, out: Outgoing, count: str | None) -> None:
-        out.attempts = (out.attempts or 0) + 1
+    def send_one(self, out: OutRec, count: str | None = None) -> None:
+        out.attempts += 1
         out.resend = False
         src = self.botssys / out.store_path
         try:
             if out.channel not in self.cfg.channels:
                 raise CommunicationError(f"channel {out.channel!r} is no longer configured")
-            if not src.is_file():
-                raise CommunicationError(f"stored content {out.store_path} is missing")
-            self.channel(out.channel).send(src, out.filename)
+            ch = self.channel(out.channel)
+            try:
+                ch.send(src, out.filename)
+            except (CommunicationError, OSError):
+                if not src.is_file():
+                    raise CommunicationError(f"stored content {out.store_path} is missing") from None
+                raise
         except CommunicationError as exc:
             out.commstatus, out.error = COMM_FAILED, str(exc)
             self.comm_error(out.route, out.filename, str(exc))
@@ -458,6 +535,16 @@ class EngineRun:
         self.counts["sent"] += 1
         if count:
             self.counts[count] += 1
+
+    def resend_existing(self, outs: list[OutRec], count: str | None = None) -> None:
+        """Send recorded outgoing files again and record each result (one commit)."""
+        if not outs:
+            return
+        for out in outs:
+            self.send_one(out, count)
+        with self.tx() as conn:
+            conn.execute(_UPDATE_OUT, [dict(b_id=o.id, b_comm=o.commstatus, b_attempts=o.attempts, b_error=o.error,
+                                            b_sent=o.sent_at, b_resend=o.resend) for o in outs])
 
     # ------------------------------------------------------------------ commands
     def routes_for(self, command: str) -> list[Route]:
@@ -473,26 +560,23 @@ class EngineRun:
         if not names:
             return
         with session_scope(self.url) as s:
-            incs = list(s.scalars(select(Incoming).where(Incoming.rereceive.is_(True), Incoming.route.in_(names))
-                                  .order_by(Incoming.id)))
+            incs = [InRec.of(r) for r in s.scalars(select(Incoming).where(
+                Incoming.rereceive.is_(True), Incoming.route.in_(names)).order_by(Incoming.id))]
         if not incs:
             return
         self.log.info("rereceive: %d file(s) marked", len(incs))
         self.progress(force=True, files_done=0, files_total=len(incs), phase="rereceive")
-        for inc in incs:
-            inc.rereceive = False
-            inc.run_id = self.run_id
         before = self.counts["processed"]
-        self.process(incs, phase="rereceive")
+        self.process(incs)
         self.counts["rereceived"] += self.counts["processed"] - before
 
     def _send_selected(self, where, phase: str, count: str) -> int:  # type: ignore[no-untyped-def]
         with session_scope(self.url) as s:
-            outs = list(s.scalars(select(Outgoing).where(*where).order_by(Outgoing.id)))
+            outs = [OutRec.of(o) for o in s.scalars(select(Outgoing).where(*where).order_by(Outgoing.id))]
         total = len(outs)
         for start in range(0, total, BATCH):
             self.check_lock()
-            self.send_all(outs[start:start + BATCH], count)
+            self.resend_existing(outs[start:start + BATCH], count)
             self.progress(files_done=min(start + BATCH, total), files_total=total, phase=phase)
         return total
 
@@ -527,7 +611,11 @@ class EngineRun:
 
     # ------------------------------------------------------------------ crash recovery
     def recover(self, crashed: LockInfo | None) -> None:
-        """Finish what earlier runs left half-way (crashed or interrupted); nothing is lost."""
+        """Finish what earlier runs left half-way (crashed or interrupted); nothing is lost.
+
+        ``received`` incoming files (archived and recorded, not processed) are processed again
+        from the archive; ``pending`` outgoing files are sent.
+        """
         now = utcnow()
         with session_scope(self.url) as s:
             stale = list(s.scalars(select(Run).where(Run.status == RUN_RUNNING, Run.id != self.run_id)))
@@ -537,17 +625,15 @@ class EngineRun:
                 why = (f"holder {crashed.describe()} gone (process ended or heartbeat silent since "
                        f"{crashed.heartbeat.isoformat(timespec='seconds')})") if crashed else "did not finish"
                 r.message = f"crashed: {why}; recovered by run {self.run_id}"
-            left_in = list(s.scalars(select(Incoming).where(Incoming.status == IN_RECEIVED).order_by(Incoming.id)))
-            in_ids = [i.id for i in left_in]
-            partial: list[Outgoing] = []
-            if in_ids:
-                for chunk in _chunks(in_ids, 500):
-                    partial += list(s.scalars(select(Outgoing).where(Outgoing.incoming_id.in_(chunk))))
-                for o in partial:
-                    s.delete(o)
-            left_out = list(s.scalars(select(Outgoing).where(Outgoing.commstatus == COMM_PENDING)
-                                      .order_by(Outgoing.id)))
-            left_out = [o for o in left_out if o.incoming_id not in set(in_ids)]
+            left_in = [InRec.of(i) for i in s.scalars(select(Incoming).where(Incoming.status == IN_RECEIVED)
+                                                      .order_by(Incoming.id))]
+            in_ids = {i.id for i in left_in}
+            left_out = [OutRec.of(o) for o in s.scalars(select(Outgoing).where(Outgoing.commstatus == COMM_PENDING)
+                                                        .order_by(Outgoing.id))]
+            partial = [o for o in left_out if o.incoming_id in in_ids]
+            left_out = [o for o in left_out if o.incoming_id not in in_ids]
+            for chunk in _chunks([o.id for o in partial], 500):
+                s.execute(delete(Outgoing).where(Outgoing.id.in_(chunk)))
         for o in partial:
             if o.store_path.startswith("outfiles/"):
                 _unlink(self.botssys / o.store_path)
@@ -564,10 +650,8 @@ class EngineRun:
                      f"{len(left_out)} outgoing file(s) not yet sent are sent now.")
         self.log.warning("crash recovery: %s", " ".join(lines))
         self.progress(force=True, files_done=0, files_total=len(left_in) + len(left_out), phase="recover")
-        for inc in left_in:
-            inc.run_id = self.run_id
-        self.process(left_in, phase="recover")
-        self.send_all(left_out)
+        self.process(left_in)
+        self.resend_existing(left_out)
         self.counts["recovered"] += len(left_in) + len(left_out)
         if crashed is not None or stale:
             files = [f"  incoming {i.id}: route {i.route}, file {i.filename} -> {i.status}"
@@ -575,9 +659,9 @@ class EngineRun:
             files += [f"  outgoing {o.id}: route {o.route}, file {o.filename} -> {o.commstatus}"
                       f"{' (' + o.error + ')' if o.error else ''}" for o in left_out]
             body = "\n".join(lines) + "\n\nRecovered files:\n" + ("\n".join(files) if files else "  (none)") + "\n"
-            send_report(self.cfg, f"crash recovery by run {self.run_id}: run {crashed.run_id if crashed else ''} "
-                                  f"crashed, {len(left_in) + len(left_out)} file(s) recovered".replace("run  ", "run "),
-                        body)
+            which = f"run {crashed.run_id} crashed" if crashed is not None and crashed.run_id else "a run crashed"
+            send_report(self.cfg, f"crash recovery by run {self.run_id}: {which}, "
+                                  f"{len(left_in) + len(left_out)} file(s) recovered", body)
 
     # ------------------------------------------------------------------ overall
     def overtime_alert(self, minutes: float) -> None:
@@ -685,7 +769,7 @@ class EngineRun:
         send_report(self.cfg, subject, "\n".join(lines) + "\n")
 
 
-def _unlink(p: Path) -> None:
+def _unlink(p: Path | str) -> None:
     try:
         os.unlink(p)
     except OSError:

@@ -9,6 +9,7 @@ reader never sees half a file. A missing or unwritable out folder is a communica
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import shutil
 import stat
@@ -16,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from engine.channels.base import Channel, CommunicationError, IncomingItem
+
+_CHUNK = 1024 * 1024
 
 
 def _reason(exc: OSError) -> str:
@@ -25,9 +28,13 @@ def _reason(exc: OSError) -> str:
 class FileChannel(Channel):
     type = "file"
 
+    _folder: Path | None = None
+
     @property
     def folder(self) -> Path:
-        return self.cfg.resolve(self.spec.get("path"))
+        if self._folder is None:
+            self._folder = self.cfg.resolve(self.spec.get("path"))
+        return self._folder
 
     def describe(self) -> str:
         return f"channel {self.name!r} (file {self.folder})"
@@ -61,17 +68,31 @@ class FileChannel(Channel):
         for name, size in names:
             yield IncomingItem(name=name, size=size, ref=str(folder / name))
 
-    def fetch(self, item: IncomingItem, dest: Path) -> None:
+    def fetch(self, item: IncomingItem, dest: Path) -> tuple[int, str]:
+        """Copy to ``dest``; returns (size, sha256 hex) computed on the way, sparing the engine a re-read."""
         try:
             # O_NONBLOCK: a FIFO swapped in after listing must never hang the run.
             fd = os.open(item.ref, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-            with os.fdopen(fd, "rb") as src:
-                if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
                     raise OSError(0, "not a regular file")
-                with open(dest, "wb") as out:
-                    shutil.copyfileobj(src, out, 1024 * 1024)
+                out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    h = hashlib.sha256()
+                    size = 0
+                    while chunk := os.read(fd, _CHUNK):
+                        h.update(chunk)
+                        size += len(chunk)
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(out, view):]
+                finally:
+                    os.close(out)
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise CommunicationError(f"{self.describe()}: cannot read {item.name!r}: {_reason(exc)}") from None
+        return size, h.hexdigest()
 
     def delete(self, item: IncomingItem) -> None:
         try:
@@ -84,10 +105,8 @@ class FileChannel(Channel):
     # ------------------------------------------------------------------ out
     def send(self, src: Path, filename: str) -> None:
         folder = self.folder
-        if not folder.is_dir():
-            raise CommunicationError(f"{self.describe()}: output folder does not exist or is not a folder")
-        target = folder / filename
-        tmp = folder / f".{filename[:180]}.{os.getpid()}.tmp"
+        target = os.path.join(folder, filename)
+        tmp = os.path.join(folder, f".{filename[:180]}.{os.getpid()}.tmp")
         try:
             shutil.copyfile(src, tmp)
             os.replace(tmp, target)
@@ -96,4 +115,7 @@ class FileChannel(Channel):
                 os.unlink(tmp)
             except OSError:
                 pass
+            if not folder.is_dir():
+                raise CommunicationError(f"{self.describe()}: output folder does not exist or is not a folder") \
+                    from None
             raise CommunicationError(f"{self.describe()}: cannot write {filename!r}: {_reason(exc)}") from None

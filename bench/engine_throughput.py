@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Engine throughput: N files of SIZE bytes through file -> passthrough -> file in one run (SQLite).
+
+Compared, in the same script and on the same disk, with the floor: a plain Python loop that
+only copies each file to an archive folder and to the output folder. Both are timed until
+their data is on disk (a final sync), in alternating rounds; medians are reported. Reports files/s of
+both, the ratio (goal >= 50 %), and the engine's peak RSS (goal < 150 MB). With ``--big N``
+it also runs N files and compares the rate of the first and the last 10 % of them (the time
+per file must not grow with the number of files already in the database).
+
+    .venv/bin/python bench/engine_throughput.py                 # 10,000 files, then 100,000
+    .venv/bin/python bench/engine_throughput.py --files 2000 --big 0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+ROUTES = """
+[channels.in]
+type = "file"
+path = "data/in"
+filemask = "*.edi"
+remove = true
+
+[channels.out]
+type = "file"
+path = "data/out"
+filename = "{infile}"
+
+[routes.bench]
+[[routes.bench.parts]]
+fromchannel = "in"
+translate = "passthrough"
+tochannel = "out"
+"""
+
+INI = """
+[settings]
+whencleanup = never
+maxfilesizeincoming = 100000000
+
+[jobqueue]
+enabled = False
+"""
+
+# Runs in a child process so its peak RSS is the engine's alone.
+CHILD = r"""
+import json, os, resource, sys, time
+sys.path.insert(0, sys.argv[2])
+import engine.run as run_mod
+from engine.config import load_config
+run_mod.PROGRESS_EVERY = 0.0
+marks = []
+def progress(info):
+    if info.get("phase") == "receive" and info.get("files_total"):
+        marks.append((time.perf_counter(), info["files_done"], info["files_total"]))
+cfg = load_config(sys.argv[1])
+t0 = time.perf_counter()
+res = run_mod.run_engine(cfg, ["new"], progress=progress)
+os.sync()
+elapsed = time.perf_counter() - t0
+print(json.dumps(dict(elapsed=elapsed, t0=t0, exit_code=res.exit_code, counts=res.counts, marks=marks,
+                      maxrss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
+"""
+
+
+def make_files(folder: Path, n: int, size: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    block = (b"UNB+UNOC:3+SENDER+RECEIVER+251126:0900+1'" * (size // 40 + 1))[:size]
+    for i in range(n):
+        (folder / f"f{i:07d}.edi").write_bytes(block)
+
+
+def floor(root: Path, n: int, size: int) -> float:
+    """A plain loop doing the same disk work: copy each file to an archive folder and the out folder."""
+    src, arch, out = root / "in", root / "archive", root / "out"
+    make_files(src, n, size)
+    arch.mkdir()
+    out.mkdir()
+    os.sync()
+    t0 = time.perf_counter()
+    for entry in os.scandir(src):
+        shutil.copyfile(entry.path, arch / entry.name)
+        shutil.copyfile(entry.path, out / entry.name)
+    os.sync()                                   # the same "on disk" end point as the engine's
+    elapsed = time.perf_counter() - t0
+    shutil.rmtree(root, ignore_errors=True)
+    return n / elapsed
+
+
+def engine(root: Path, n: int, size: int) -> dict:
+    (root / "config").mkdir(parents=True)
+    (root / "config" / "bots.ini").write_text(INI)
+    (root / "config" / "routes.toml").write_text(ROUTES)
+    make_files(root / "data" / "in", n, size)
+    (root / "data" / "out").mkdir(parents=True)
+    os.sync()
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(root / "config"), str(REPO)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        sys.exit(f"engine child failed:\n{proc.stderr[-3000:]}")
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    sent = data["counts"]["sent"]
+    if sent != n or len(os.listdir(root / "data" / "out")) != n:
+        sys.exit(f"engine sent {sent} of {n} files")
+    data["rate"] = n / data["elapsed"]
+    shutil.rmtree(root, ignore_errors=True)
+    return data
+
+
+def tenth_rates(data: dict, n: int) -> tuple[float, float]:
+    """files/s over the first and the last 10 % of the files (from the progress marks)."""
+    marks = [(data["t0"], 0)] + [(t, d) for t, d, _total in data["marks"]]
+    tenth = n // 10
+
+    def time_at(done: int) -> float:
+        for (t1, d1), (t2, d2) in zip(marks, marks[1:]):
+            if d1 <= done <= d2 and d2 > d1:
+                return t1 + (t2 - t1) * (done - d1) / (d2 - d1)
+        return marks[-1][0]
+
+    first = tenth / (time_at(tenth) - time_at(0))
+    last = tenth / (time_at(n) - time_at(n - tenth))
+    return first, last
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--files", type=int, default=10_000, help="files in the floor/engine comparison (default 10000)")
+    ap.add_argument("--size", type=int, default=2048, help="bytes per file (default 2048)")
+    ap.add_argument("--big", type=int, default=100_000, help="files in the growth run (default 100000; 0 skips)")
+    ap.add_argument("--rounds", type=int, default=3, help="floor/engine rounds, medians reported (default 3)")
+    ap.add_argument("--dir", default=None, help="work folder (default: a temporary folder, removed afterwards)")
+    args = ap.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="botsq-bench-", dir=args.dir))
+    try:
+        print(f"engine throughput: {args.files} files of {args.size} bytes, file -> passthrough -> file, SQLite, "
+              f"{args.rounds} round(s), floor and engine alternating")
+        floors, engines = [], []
+        for r in range(args.rounds):
+            floors.append(floor(base / f"floor{r}", args.files, args.size))
+            engines.append(engine(base / f"engine{r}", args.files, args.size))
+            print(f"  round {r + 1}: floor {floors[-1]:6.0f} files/s, engine {engines[-1]['rate']:6.0f} files/s, "
+                  f"ratio {engines[-1]['rate'] / floors[-1]:.0%}")
+        f = statistics.median(floors)
+        e = statistics.median(x["rate"] for x in engines)
+        rss = max(x["maxrss_kb"] for x in engines) / 1024
+        print(f"  floor (copy to archive + out): {f:8.0f} files/s (median)")
+        print(f"  engine run:                    {e:8.0f} files/s (median)")
+        print(f"  ratio engine/floor:            {e / f:8.0%}   (goal >= 50%)")
+        print(f"  engine peak RSS:               {rss:8.1f} MB   (goal < 150 MB)")
+        if args.big:
+            b = engine(base / "big", args.big, args.size)
+            first, last = tenth_rates(b, args.big)
+            print(f"growth: {args.big} files in one run: {b['rate']:.0f} files/s overall ({b['elapsed']:.1f} s), "
+                  f"peak RSS {b['maxrss_kb'] / 1024:.1f} MB")
+            print(f"  first 10%: {first:8.0f} files/s   last 10%: {last:8.0f} files/s   last/first: {last / first:.0%}")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
