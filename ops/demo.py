@@ -293,12 +293,6 @@ def run_queue_demo(cfg: Config) -> int:
     return 0
 
 
-def _queue_installed() -> bool:
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) is not None for m in ("tasks.jobs", "tasks.submit"))
-
-
 def _was_added(status: str) -> bool:
     return "dup" not in status.lower() and "discard" not in status.lower()
 
@@ -318,11 +312,9 @@ def run(args: argparse.Namespace) -> int:
     register_secrets(cfg.secrets())
     say(f"environment {target}")
     broker = cfg.jobqueue.broker
-    problem = broker_problem(broker, BROKER_TIMEOUT) if cfg.jobqueue.enabled else "the job queue is disabled"
-    if not problem and not _queue_installed():
-        problem = "the job queue package (tasks) is not installed"
+    problem = broker_problem(cfg, BROKER_TIMEOUT) if cfg.jobqueue.enabled else "the job queue is disabled"
     if problem:
-        say(f"no broker at {mask_url(broker)} ({problem}): running the engine directly on {mask_url(cfg.database_url).split(':')[0]}")
+        say(f"no broker answers ({problem}); running the engine directly on {mask_url(cfg.database_url).split(':')[0]}")
         return run_direct(cfg)
     say(f"broker {mask_url(broker)} answers: running worker, beat and directory monitor")
     try:

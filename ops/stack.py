@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.config import ENV_CONFIG, Config, ConfigError, add_config_argument, load_config, mask_url
+from engine.config import ENV_CONFIG, Config, ConfigError, add_config_argument, load_config
 from engine.log import register_secrets
 from ops.procs import Stopped, Supervisor, venv_command
 
@@ -42,9 +42,9 @@ def check_queue(cfg: Config, timeout: float = 3.0) -> None:
 
     if not cfg.jobqueue.enabled:
         raise ConfigError(f"{cfg.ini_path}: [jobqueue] enabled is False: the stack needs the job queue")
-    problem = broker_problem(cfg.jobqueue.broker, timeout)
+    problem = broker_problem(cfg, timeout)
     if problem:
-        raise ConfigError(f"broker {mask_url(cfg.jobqueue.broker)} does not answer: {problem}")
+        raise ConfigError(problem)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

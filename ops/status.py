@@ -16,23 +16,19 @@ from typing import Any
 from engine.config import Config, add_config_argument, load_config, mask_url
 from engine.log import redact, register_secrets
 
-ENGINE_QUEUE = "engine"
 LAST_RUNS = 5
 
 
-def broker_problem(url: str, timeout: float = 3.0) -> str | None:
-    """None when the broker at ``url`` answers within ``timeout`` s, else a one-line reason."""
-    from kombu import Connection
+def broker_problem(cfg: Config, timeout: float = 3.0) -> str | None:
+    """None when the environment's broker answers within ``timeout`` s, else one line saying why."""
+    from tasks.app import app_for
+    from tasks.submit import QueueError, connect
 
     try:
-        with Connection(url, connect_timeout=timeout, transport_options={
-                "max_retries": 0, "socket_connect_timeout": timeout, "socket_timeout": timeout}) as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
-            conn.default_channel  # a virtual transport (Redis) connects only here  # noqa: B018
+        connect(app_for(cfg), timeout).release()
         return None
-    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"; the reason is shown
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        return redact(text.replace(url, mask_url(url)))
+    except QueueError as exc:
+        return redact(str(exc))
 
 
 def _now() -> datetime:
@@ -53,14 +49,9 @@ def check_database(cfg: Config) -> dict[str, Any]:
 
 def check_workers(cfg: Config, timeout: float) -> dict[str, Any]:
     """Workers answering a ping, with the queues each consumes."""
-    try:
-        from tasks.app import app_for  # type: ignore[attr-defined]
+    from tasks.app import QUEUE, app_for
 
-        app = app_for(cfg)
-    except ImportError:
-        from celery import Celery
-
-        app = Celery("botsq-status", broker=cfg.jobqueue.broker)
+    app = app_for(cfg)
     try:
         queues = app.control.inspect(timeout=timeout).active_queues() or {}
         # the second question returns as soon as every worker found has answered
@@ -69,10 +60,10 @@ def check_workers(cfg: Config, timeout: float) -> dict[str, Any]:
         return {"ok": False, "workers": [], "error": redact(" ".join(str(exc).split()))}
     workers = [{"name": name, "queues": sorted(q.get("name", "?") for q in qs),
                 "running": len(active.get(name) or [])} for name, qs in sorted(queues.items())]
-    ok = any(ENGINE_QUEUE in w["queues"] for w in workers)
+    ok = any(QUEUE in w["queues"] for w in workers)
     out: dict[str, Any] = {"ok": ok, "workers": workers}
     if not ok:
-        out["error"] = f"no worker consumes queue {ENGINE_QUEUE!r}"
+        out["error"] = f"no worker consumes queue {QUEUE!r}"
     return out
 
 
@@ -89,10 +80,8 @@ def check_lock(cfg: Config) -> dict[str, Any]:
 
 def check_waiting(cfg: Config) -> dict[str, Any]:
     """Waiting jobs by Bots priority, from the pending-key registry."""
-    try:
-        from tasks.registry import waiting_jobs  # type: ignore[attr-defined]
-    except ImportError:
-        return {"known": False}
+    from tasks.registry import waiting_jobs
+
     by_priority: dict[str, int] = {}
     jobs = waiting_jobs(cfg)
     for job in jobs:
@@ -118,10 +107,8 @@ def check_monitor(cfg: Config) -> dict[str, Any]:
     """The directory monitor's heartbeat (a file it touches while it runs)."""
     if not cfg.dirmonitors:
         return {"configured": False}
-    try:
-        from ops.dirmonitor import heartbeat_age  # type: ignore[attr-defined]
-    except ImportError:
-        return {"configured": True, "ok": False, "error": "bots-dirmonitor is not installed"}
+    from ops.dirmonitor import heartbeat_age
+
     age, limit = heartbeat_age(cfg)
     if age is None:
         return {"configured": True, "ok": False, "error": "no heartbeat: bots-dirmonitor is not running"}
@@ -140,11 +127,11 @@ def collect(cfg: Config, timeout: float = 2.0) -> dict[str, Any]:
     if not db["ok"]:
         problems.append(db["error"])
     if cfg.jobqueue.enabled:
-        problem = broker_problem(cfg.jobqueue.broker, timeout)
+        problem = broker_problem(cfg, timeout)
         report["broker"] = {"url": mask_url(cfg.jobqueue.broker), "ok": problem is None}
         if problem:
             report["broker"]["error"] = problem
-            problems.append(f"broker {mask_url(cfg.jobqueue.broker)} does not answer: {problem}")
+            problems.append(problem)
             report["workers"] = {"ok": False, "workers": [], "error": "broker unreachable"}
         else:
             report["workers"] = check_workers(cfg, timeout)
@@ -183,7 +170,7 @@ def render(report: dict[str, Any]) -> str:
     if br.get("enabled") is False:
         lines.append("  broker    -     job queue disabled ([jobqueue] enabled = False)")
     else:
-        lines.append(f"  broker    {_ok(br['ok']):4}  {br['url']}" + (f"  ({br['error']})" if not br["ok"] else ""))
+        lines.append(f"  broker    {_ok(br['ok']):4}  " + (br["url"] if br["ok"] else br["error"]))
         wk = report["workers"]
         if wk["workers"]:
             for w in wk["workers"]:

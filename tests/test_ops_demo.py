@@ -29,7 +29,7 @@ def test_without_a_broker_it_says_so_in_one_line_and_runs_the_engine(tmp_path: P
     assert time.monotonic() - t0 < 30
     no_broker = [line for line in res.stdout.splitlines() if "no broker" in line]
     assert len(no_broker) == 1
-    assert "amqp://guest:***@127.0.0.1:1//" in no_broker[0] and "running the engine directly" in no_broker[0]
+    assert "@127.0.0.1:1// cannot be reached" in no_broker[0] and "running the engine directly" in no_broker[0]
     assert re.search(r"run 1 +new \(default run\) +ok +3 in, 4 sent", res.stdout), res.stdout
     out = tmp_path / "demo-env" / "data" / "out"
     assert sorted(p.name for p in (out / "invoices").iterdir()) == ["invoice_5001.edi"]

@@ -37,7 +37,7 @@ def test_unreachable_broker_is_unhealthy_and_no_secret_is_shown(make_env) -> Non
     env = make_env(ini=SECRETS_INI)
     code, out = status(env)
     assert code == 1, out
-    assert "broker    FAIL  amqp://botsq:***@127.0.0.1:1//" in out
+    assert "broker    FAIL  broker amqp://botsq:***@127.0.0.1:1// cannot be reached" in out
     assert "UNHEALTHY: broker" in out
     code, out_json = status(env, "--json")
     assert code == 1
