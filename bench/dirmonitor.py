@@ -156,7 +156,8 @@ def main() -> int:
         subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
         subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
                        check=True, capture_output=True)
-        broker = broker.rsplit("/", 1)[0] + "/" + vhost
+        host_end = broker.find("/", broker.index("://") + 3)
+        broker = (broker if host_end < 0 else broker[:host_end]) + "/" + vhost
     root = Path(tempfile.mkdtemp(prefix="botsq-bench-"))
     (root / "config").mkdir()
     (root / "config" / "bots.ini").write_text(ini(broker, args.debounce))
@@ -169,6 +170,7 @@ def main() -> int:
     cfg = load_config(root / "config")
     stack = Stack(root, broker)
     result: dict = {"debounce_s": args.debounce, "files": args.files, "burst": args.burst}
+    ok = False
     try:
         stack.wait_ready()
         # warm-up: the first run creates tables, imports the engine
@@ -224,11 +226,12 @@ def main() -> int:
                   f"({args.burst / took:.0f} files/s) in {runs} engine runs")
         result["bots_design_floor_s"] = {"debounce": 2.0, "launch_wait_max": 5.0, "min": 2.0, "max": 7.0}
         print("Bots' design floor: 2 s fixed debounce + up to 5 s job-queue launch wait = 2.0 .. 7.0 s per file")
+        ok = True
     finally:
         stack.stop()
         if vhost:
             subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
-        if not args.keep:
+        if ok and not args.keep:
             shutil.rmtree(root, ignore_errors=True)
         else:
             print(f"environment kept: {root}")

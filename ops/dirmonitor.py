@@ -697,6 +697,15 @@ def _main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001
             raise UsageError(f"route {route!r}: {exc}") from None
 
+    try:                                            # connect now: the first file need not wait for it
+        from tasks.app import app_for
+        from tasks.submit import connect
+
+        connect(app_for(cfg), cfg.jobqueue.connect_timeout).release()
+    except Exception as exc:  # noqa: BLE001 - not fatal: jobs are retried until the broker answers
+        log.warning("broker not reachable yet (%s); jobs are kept and retried until it is",
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
     def stop(signum: int, _frame: Any) -> None:
         log.info("received %s; stopping", signal.Signals(signum).name)
         mon.stop_event.set()
