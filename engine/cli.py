@@ -6,6 +6,7 @@ unreachable) · 2 ran, with file or communication errors · 3 locked by a live r
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from engine.cli_util import EXIT_SYSTEM, UsageError, run_cli
@@ -30,6 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(BaseException):
+    """SIGTERM (systemd, a scheduler's timeout): stop like Ctrl-C, releasing the lock on the way out."""
+
+
+def _on_sigterm(signum, frame):  # type: ignore[no-untyped-def]
+    raise Terminated()
+
+
 def _main() -> int:
     from engine.progress import ProgressBar
     from engine.run import ENGINE_COMMANDS, run_engine
@@ -38,8 +47,14 @@ def _main() -> int:
     commands = [c for c in ENGINE_COMMANDS if getattr(args, c)] or ["new"]
     cfg = load_config(args.configdir)
     bar = ProgressBar()
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         result = run_engine(cfg, commands, args.routes, progress=bar)
+    except Terminated:
+        bar.finish()
+        print("bots-engine: error: terminated (SIGTERM); the lock is released, the next run finishes the files",
+              file=sys.stderr)
+        return EXIT_SYSTEM
     except Exception as exc:
         from engine.config import ConfigError
         from engine.db import DatabaseError

@@ -221,7 +221,11 @@ class EngineRun:
         self.commands = commands
         self.route_names = list(route_names)
         self.progress_cb = progress
-        self.log = component_logger("engine", cfg)
+        try:
+            self.log = component_logger("engine", cfg)
+        except OSError as exc:
+            raise ConfigError(f"{cfg.directories.logging}: cannot write the engine log: {exc.strerror or exc}") \
+                from None
         self.url = cfg.database_url
         self.botssys = cfg.directories.botssys
         self.counts: dict[str, int] = dict(received=0, processed=0, sent=0, file_errors=0, comm_errors=0,
@@ -285,14 +289,25 @@ class EngineRun:
                 obj = make_channel(spec, self.cfg, self.log)
                 obj.open()
                 ch = obj
-            except CommunicationError as exc:
-                ch = exc
             except ImportError as exc:
                 ch = CommunicationError(f"channel {name!r}: {spec.type} channels are not available: {exc}")
+            except ConfigError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                ch = self._comm(exc, name, "opening failed")
             self.channels[name] = ch
         if isinstance(ch, CommunicationError):
             raise ch
         return ch
+
+    def _comm(self, exc: BaseException, channel: str, what: str) -> CommunicationError:
+        """Any failure inside a channel as a CommunicationError (one line, no secrets)."""
+        if isinstance(exc, CommunicationError):
+            return exc
+        self.log.debug("channel %s: %s", channel, what, exc_info=exc)
+        text = str(exc).strip().splitlines()
+        return CommunicationError(f"channel {channel!r}: {what}: {type(exc).__name__}"
+                                  f"{': ' + text[0] if text else ''}")
 
     def close_channels(self) -> None:
         for ch in self.channels.values():
@@ -328,8 +343,10 @@ class EngineRun:
         try:
             ch = self.channel(inname)
             items = list(ch.list_incoming())
-        except CommunicationError as exc:
-            self.comm_error(route.name, f"in-channel {inname}", str(exc))
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a channel raises is a communication error
+            self.comm_error(route.name, f"in-channel {inname}", str(self._comm(exc, inname, "listing failed")))
             return
         if not items:
             return
@@ -364,7 +381,10 @@ class EngineRun:
                 tmp = f"{adir}/.tmp-{base}"
                 try:
                     fetched = ch.fetch(item, Path(tmp))
-                except CommunicationError as exc:
+                except ConfigError:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    exc = self._comm(exc, inname, f"fetching {name!r} failed")
                     _unlink(tmp)
                     self.comm_error(route.name, name, str(exc))
                     recs.append(InRec(run_id=self.run_id, route=route.name, part=partno, channel=inname,
@@ -409,7 +429,10 @@ class EngineRun:
                 for item, rec in got:
                     try:
                         ch.delete(item)
-                    except CommunicationError as exc:
+                    except ConfigError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001
+                        exc = self._comm(exc, inname, f"removing {rec.filename!r} failed")
                         self.comm_error(route.name, rec.filename, f"received, but not removed at the source "
                                                                   f"(it will be received again): {exc}")
             self.process([rec for _i, rec in got if rec.status == IN_RECEIVED])
@@ -519,17 +542,15 @@ class EngineRun:
             ch = self.channel(out.channel)
             try:
                 ch.send(src, out.filename)
-            except (CommunicationError, OSError):
+            except ConfigError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the file is kept for retry whatever went wrong
                 if not src.is_file():
                     raise CommunicationError(f"stored content {out.store_path} is missing") from None
-                raise
+                raise self._comm(exc, out.channel, f"sending {out.filename!r} failed") from None
         except CommunicationError as exc:
             out.commstatus, out.error = COMM_FAILED, str(exc)
             self.comm_error(out.route, out.filename, str(exc))
-            return
-        except OSError as exc:  # a channel bug must not lose the file: treat as communication error
-            out.commstatus, out.error = COMM_FAILED, f"{out.channel}: {exc.strerror or exc}"
-            self.comm_error(out.route, out.filename, out.error)
             return
         out.commstatus, out.error, out.sent_at = COMM_SENT, "", utcnow()
         self.counts["sent"] += 1
@@ -705,6 +726,9 @@ class EngineRun:
                                  got.crashed.describe(), got.crashed.run_id)
             self.log.info("run %d started: %s%s", self.run_id, " ".join(f"--{c}" for c in self.commands),
                           (" routes " + ", ".join(self.route_names)) if self.route_names else "")
+            for name in self.route_names:
+                if not cfg.routes[name].active:
+                    self.log.warning("route %s is not active (active = false in routes.toml): skipped", name)
             self.recover(got.crashed)
             for command in self.commands:
                 self.check_lock()
@@ -723,6 +747,11 @@ class EngineRun:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
             message = f"database {mask_url(self.url)} cannot be used: {reason[0] if reason else type(exc).__name__}"
             raise DatabaseError(message) from None
+        except BaseException as exc:
+            message = (f"run {self.run_id}: interrupted ({type(exc).__name__}); files left half-way are finished "
+                       f"by the next run")
+            self.log.error(message, exc_info=not isinstance(exc, (KeyboardInterrupt, SystemExit)))
+            raise
         finally:
             self.close_channels()
             code = EXIT_OK if status == RUN_OK else EXIT_ERRORS
@@ -736,8 +765,7 @@ class EngineRun:
                 except SQLAlchemyError as exc:
                     self.log.error("could not record the end of run %s: %s", self.run_id,
                                    str(getattr(exc, "orig", exc)).splitlines()[0])
-            if not getattr(self.lock, "lost", False):
-                self.lock.release()
+            self.lock.release()             # deletes the lock row only while it is still ours
         self.log.info(message)
         if status == RUN_ERRORS:
             self.maybe_report(message)

@@ -12,6 +12,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
+from conftest import bin_path
 from engine.db import session_scope
 from engine.lock import read_lock
 from engine.models import EngineLock, Incoming, Outgoing, Run, utcnow
@@ -221,3 +222,27 @@ def test_real_crash_mid_run_loses_nothing(env):
         assert [r.status for r in runs] == ["crashed", "ok"]
         assert all(o.commstatus == "sent" for o in s.scalars(select(Outgoing)))
         assert {i.status for i in s.scalars(select(Incoming))} == {"done"}
+
+
+def test_sigterm_releases_the_lock_and_the_next_run_finishes_the_files(env):
+    import signal
+    env.drop("data/in/a", "SLOW 30")
+    env.drop("data/in/b", "B")
+    p = subprocess.Popen([bin_path("bots-engine"), "-c", str(env.configdir)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=env.root)
+    cfg = env.config()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and os.listdir(env.path("data/in")):
+        time.sleep(0.05)                             # wait until both are received (sources removed)
+    time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 1, err
+    assert "terminated" in err
+    assert read_lock(cfg) is None                    # released on the way out: no stale lock
+    with session_scope(cfg.database_url) as s:
+        assert [r.status for r in s.scalars(select(Run))] == ["failed"]
+    env.drop("usersys/mappings/slow.py", SLOW.replace("time.sleep(float(content.split()[1]))", "pass"))
+    res = run_engine(cfg)
+    assert res.exit_code == 0 and res.counts["recovered"] == 2
+    assert sorted(os.listdir(env.path("data/out"))) == ["a", "b"]

@@ -566,3 +566,34 @@ def test_daily_cleanup_runs_at_first_run_of_the_day(make_env, db_ini):
         s.get(EngineState, "last_cleanup").value = "2000-01-01"
     run_engine(cfg)
     assert not old_dir.exists() and first.exit_code == 2   # (data/in missing in this env: comm error)
+
+
+def test_any_exception_inside_a_channel_is_a_communication_error(env, monkeypatch):
+    """Channels should raise CommunicationError; if one lets something else slip, no file is lost."""
+    env.drop("data/in/a.edi", "A")
+    env.path("data/out").mkdir(parents=True)
+    from engine.channels.file import FileChannel
+
+    def send(self, src, filename):
+        raise RuntimeError("library bug")
+
+    monkeypatch.setattr(FileChannel, "send", send)
+    cfg = env.config()
+    res = run_engine(cfg)
+    assert res.exit_code == 2 and res.counts["comm_errors"] == 1
+    _i, outs, _r = _state(cfg)
+    assert outs[0].commstatus == "failed" and "RuntimeError: library bug" in outs[0].error
+    with session_scope(cfg.database_url) as s:
+        s.scalars(select(Outgoing)).one().resend = True
+    monkeypatch.undo()
+    assert run_engine(cfg, ["resend"]).counts["resent"] == 1
+    assert env.path("data/out/a.edi").read_text() == "A"
+
+
+def test_named_inactive_route_is_skipped_with_a_warning(make_env):
+    env = make_env(ini=INI, routes=ROUTES.replace("[routes.r1]", "[routes.r1]\nactive = false"))
+    env.drop("data/in/a.edi", "A")
+    cfg = env.config()
+    res = run_engine(cfg, ["new"], ["r1"])
+    assert res.exit_code == 0 and res.counts["received"] == 0
+    assert "route r1 is not active" in (cfg.directories.logging / "engine.log").read_text()
