@@ -271,3 +271,28 @@ def test_heartbeat_written_and_marked_stopped(monitor):
     mon.stop_event.set()
     rec.wait(lambda: (read_heartbeat(mon.cfg) or {}).get("state") == "stopped")
     assert heartbeat_age(mon.cfg)[0] is None
+
+
+@pytest.mark.parametrize("ini_text,err", [
+    ("[jobqueue]\nenabled = False\n[dirmonitor1]\npath = data/in\n", r"\[jobqueue\] enabled: the queue is disabled"),
+    ("[jobqueue]\nenabled = True\n", r"no \[dirmonitorN\] section"),
+    ("[jobqueue]\nenabled = True\n[dirmonitor1]\npath = data/nothere\nroute = r1\n",
+     r"\[dirmonitor1\] path: .*data/nothere does not exist"),
+    ("[jobqueue]\nenabled = True\n[dirmonitor1]\npath = data/in\nroute = nosuch\n", r"\[dirmonitor1\] route: no route"),
+])
+def test_refuses_to_start_with_one_line(make_env, ini_text, err):
+    import re
+
+    env = make_env(ini=ini_text, routes=ROUTES)
+    env.path("data/in").mkdir(parents=True)
+    res = env.run(cmd="bots-dirmonitor", timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("bots-dirmonitor: error: ")
+    assert re.search(err, res.stderr), res.stderr
+
+
+def test_help():
+    from conftest import bin_path
+
+    res = subprocess.run([bin_path("bots-dirmonitor"), "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "-c DIR" in res.stdout and "[dirmonitorN]" in res.stdout
