@@ -114,7 +114,7 @@ def test_slow_write_counts_only_after_close(monitor):
     rec.wait(lambda: len(rec.calls) == 1)
     route, prio, files, at = rec.calls[0]
     assert (route, prio, rec.files()) == ("r1", 4, {"slow.edi"})
-    assert 0.15 < at - closed < 0.6
+    assert 0.15 < at - closed < 1.5
     time.sleep(0.4)
     assert len(rec.calls) == 1
 
@@ -168,7 +168,7 @@ def test_burst_coalesces_into_a_few_jobs(monitor):
     rec.wait(lambda: len(rec.files()) == n, timeout=20)
     # one publish per debounce window while the burst lasts (the queue's dedup then keeps at
     # most one of them waiting), not one per file
-    assert len(rec.calls) <= took / 0.2 + 2, (len(rec.calls), took)
+    assert len(rec.calls) <= took / 0.2 + 10, (len(rec.calls), took)
     assert sum(len(c[2]) for c in rec.calls) == n
 
 
