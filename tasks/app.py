@@ -138,8 +138,15 @@ def app_for(cfg: Config) -> Celery:
 
 
 def app_from_env() -> Celery:
-    """The app for ``$BOTSQ_CONFIG`` (default ``./config``): what ``celery -A tasks`` uses."""
-    return app_for(load_config(None))
+    """The app for ``$BOTSQ_CONFIG`` (default ``./config``): what ``celery -A tasks`` uses.
+
+    It is also made the process-wide default: Flower publishes from executor threads, where
+    ``current_app`` (thread-local) would otherwise be Celery's empty default app and the publish
+    handler could neither map the priority nor register the job for dedup.
+    """
+    app = app_for(load_config(None))
+    app.set_default()
+    return app
 
 
 def queue_logger(cfg: Config, console: bool = True) -> logging.Logger:
