@@ -79,6 +79,9 @@ QUEUED = [
 ]
 
 
+OUTCOME = {"duplicate": "discarded: identical to a waiting job", "raised": "raised the waiting job's priority"}
+
+
 def say(line: str) -> None:
     print(f"botsq demo: {line}", flush=True)
 
@@ -236,7 +239,7 @@ def run_queue_demo(cfg: Config) -> int:
     from ops.stack import service_commands
 
     log_dir = cfg.directories.logging / "demo"
-    sup = Supervisor(log_dir=log_dir)
+    sup = Supervisor(log_dir=log_dir, label="botsq demo")
     before = last_run_id(cfg)
     drop_dir = cfg.envdir / DROP_DIR
     out_dir = cfg.envdir / DROP_OUT
@@ -251,8 +254,8 @@ def run_queue_demo(cfg: Config) -> int:
         submitted = queue_jobs(cfg)
         for priority, argv, status in submitted:
             note = "  (keeps the worker busy for a moment)" if argv == ["demo_pause"] else ""
-            print(f"  queued  p{priority}  {' '.join(argv):<28} {status}{note}")
-        added = {job_key(a): p for p, a, st in submitted if job_key(a) and _was_added(st)}
+            print(f"  queued  p{priority}  {' '.join(argv):<28} {OUTCOME.get(status, status)}{note}")
+        added = {job_key(a): p for p, a, st in submitted if job_key(a) and st == "added"}
         wanted = set(added)
 
         def queued_runs_done() -> bool:
@@ -291,10 +294,6 @@ def run_queue_demo(cfg: Config) -> int:
           f"median {statistics.median(latencies):.2f} s, max {latencies[-1]:.2f} s")
     say("all processed; worker, beat and monitor stopped")
     return 0
-
-
-def _was_added(status: str) -> bool:
-    return "dup" not in status.lower() and "discard" not in status.lower()
 
 
 # --------------------------------------------------------------------------- command

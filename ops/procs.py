@@ -85,8 +85,9 @@ class Supervisor:
     KEEP_LINES = 40
 
     def __init__(self, out: IO[str] | None = None, colour: bool | None = None,
-                 log_dir: Path | None = None, width: int = 7) -> None:
+                 log_dir: Path | None = None, width: int = 7, label: str = "botsq") -> None:
         self.out = out or sys.stdout
+        self.label = label
         self.colour = use_colour(self.out) if colour is None else colour
         self.log_dir = log_dir
         self.width = width
@@ -138,10 +139,12 @@ class Supervisor:
             if logfile is not None:
                 logfile.close()
 
-    def say(self, line: str, child: Child | None = None, name: str = "botsq") -> None:
-        """Write one line, prefixed with the child's (or ``name``'s) label."""
-        if child is None:
-            label = f"{name:<{self.width}} |"
+    def say(self, line: str, child: Child | None = None) -> None:
+        """Write one line, prefixed with the child's label (or the supervisor's own)."""
+        if child is None and self.log_dir is not None:
+            prefix = f"{self.label}: "                   # no child output on the console to align with
+        elif child is None:
+            label = f"{self.label:<{self.width}} |"
             prefix = f"\033[1m{label}{_RESET} " if self.colour else f"{label} "
         else:
             prefix = self._prefix(child)

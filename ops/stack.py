@@ -23,8 +23,8 @@ def service_commands(cfg: Config, flower: bool = True) -> list[tuple[str, list[s
     env = {ENV_CONFIG: cdir}
     out: list[tuple[str, list[str], dict[str, str]]] = [
         ("worker", [venv_command("bots-jobqueueserver"), "-c", cdir], env),
-        ("beat", [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--loglevel", "INFO",
-                  "--schedule", str(cfg.directories.botssys / "celerybeat-schedule")], env),
+        # beat keeps its state (last runs, lock) in the tracking database: no schedule file
+        ("beat", [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--loglevel", "INFO"], env),
     ]
     if cfg.dirmonitors:
         out.append(("monitor", [venv_command("bots-dirmonitor"), "-c", cdir], env))

@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,82 @@ def test_without_a_broker_it_says_so_in_one_line_and_runs_the_engine(tmp_path: P
     again = demo(tmp_path, CLOSED_PORT_BROKER)
     assert again.returncode == 0, again.stdout + again.stderr
     assert re.search(r"run 2 +new \(default run\) +ok +3 in", again.stdout), again.stdout
+
+
+@pytest.fixture
+def own_vhost(rabbit_url: str):  # type: ignore[no-untyped-def]
+    """A RabbitMQ vhost for one demo, so no other test's message can reach its worker."""
+    vhost = f"{rabbit_url.rsplit('/', 1)[1]}-demo-{uuid.uuid4().hex[:6]}"
+    for cmd in (["add_vhost", vhost], ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]):
+        subprocess.run(["rabbitmqctl", "-q", *cmd], check=True, capture_output=True)
+    yield rabbit_url.rsplit("/", 1)[0] + "/" + vhost
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+
+
+def descendants(pid: int) -> set[int]:
+    out: set[int] = set()
+    try:
+        kids = [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return out
+    for k in kids:
+        out |= {k} | descendants(k)
+    return out
+
+
+def gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.slow
+def test_with_a_broker_the_whole_stack_runs_by_priority_and_stops(tmp_path: Path, own_vhost: str) -> None:
+    res = demo(tmp_path, own_vhost)
+    out = res.stdout
+    assert res.returncode == 0, out + res.stderr
+    assert "answers: running worker, beat and directory monitor" in out
+    assert "started worker, beat, monitor" in out
+    queued = [line.split(None, 2)[1:] for line in out.splitlines() if line.startswith("  queued")]
+    assert [q[0] for q in queued] == ["p1", "p9", "p5", "p5", "p1"]
+    assert queued[3][1].endswith("discarded: identical to a waiting job")
+    assert sum("added" in q[1] for q in queued) == 4
+    order = re.findall(r"^\s+\d+\. (p\d) (queued|monitor)\s+run \d+\s+new (\S+)", out, re.M)
+    # (a run beat starts, should its 5-minute slot fall inside the demo, is labelled "beat")
+    assert order == [("p1", "queued", "orders"), ("p5", "queued", "invoices"), ("p9", "queued", "(default"),
+                     ("p3", "monitor", "drop")], out
+    m = re.search(r"File to output \(5 dropped files\): min ([\d.]+) s, median ([\d.]+) s, max ([\d.]+) s", out)
+    assert m and float(m.group(3)) < 10, out
+    assert "all processed; worker, beat and monitor stopped" in out
+    env = tmp_path / "demo-env"
+    assert sorted(p.name for p in (env / "data" / "out" / "drop").iterdir()) == [f"demo_drop_{i}.edi" for i in range(1, 6)]
+    for name in ("worker", "beat", "monitor"):
+        assert (env / "botssys" / "logging" / "demo" / f"{name}.out").stat().st_size > 0
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.slow
+def test_ctrl_c_stops_the_demo_and_every_child(tmp_path: Path, own_vhost: str) -> None:
+    env = {**os.environ, "BOTSQ_BROKER_URL": own_vhost}
+    proc = subprocess.Popen([bin_path("botsq"), "demo", "--dir", str(tmp_path / "demo-env")], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "started worker, beat, monitor" in line:
+            break
+    kids = descendants(proc.pid)
+    assert len(kids) >= 3, lines
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert "interrupted; everything stopped" in rest
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(gone(k) for k in kids):
+        time.sleep(0.1)
+    assert all(gone(k) for k in kids), [k for k in kids if not gone(k)]
