@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
+import itertools
 import os
 import string
 import time
@@ -342,20 +343,25 @@ class EngineRun:
         inname = part.fromchannel
         try:
             ch = self.channel(inname)
-            items = list(ch.list_incoming())
+            listing = ch.list_incoming()
+            # a sized listing is consumed as it goes (a 100,000-file folder never sits in memory
+            # as objects); anything else is read whole here, where its errors belong to the listing
+            if not hasattr(listing, "__len__"):
+                listing = list(listing)
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever a channel raises is a communication error
             self.comm_error(route.name, f"in-channel {inname}", str(self._comm(exc, inname, "listing failed")))
             return
-        if not items:
+        total = len(listing)
+        if not total:
             return
+        items = iter(listing)
         spec = self.cfg.channels[inname]
         limit = spec.get("maxsecondsperchannel") or self.cfg.settings.maxsecondsperchannel
         deadline = time.monotonic() + limit if limit else None
         remove = bool(spec.get("remove", False))
         maxsize = self.cfg.settings.maxfilesizeincoming
-        total = len(items)
         done = 0
         failures = 0
         stop = False
@@ -363,15 +369,18 @@ class EngineRun:
         archive_day = self._dir(self.cfg.directories.archive / self.day)
         adir = str(archive_day)
         rel_prefix = f"data/{self.day}/"
-        for start in range(0, total, BATCH):
+        while not stop:
             self.check_lock()
             if deadline is not None and time.monotonic() > deadline:
                 self.log.info("route %s: maxsecondsperchannel (%ss) reached for channel %s; %d file(s) left for the "
-                              "next run", route.name, limit, inname, total - start)
+                              "next run", route.name, limit, inname, total - done)
+                break
+            batch = list(itertools.islice(items, BATCH))
+            if not batch:
                 break
             got: list[tuple[Any, InRec]] = []
             recs: list[InRec] = []
-            for item in items[start:start + BATCH]:
+            for item in batch:
                 if deadline is not None and time.monotonic() > deadline:
                     stop = True
                     break

@@ -246,3 +246,32 @@ def test_sigterm_releases_the_lock_and_the_next_run_finishes_the_files(env):
     res = run_engine(cfg)
     assert res.exit_code == 0 and res.counts["recovered"] == 2
     assert sorted(os.listdir(env.path("data/out"))) == ["a", "b"]
+
+
+def test_two_runs_racing_for_a_free_or_crashed_lock_only_one_wins(env):
+    import logging
+
+    from engine.lock import acquire
+    cfg = env.config()
+    from engine.db import get_engine
+    get_engine(cfg.database_url)
+    log = logging.getLogger("test")
+    for setup in (lambda: None, lambda: _put_lock(cfg, "gone.example", 1, started_ago=900, heartbeat_ago=600)):
+        setup()
+        barrier = threading.Barrier(4)
+        results = []
+
+        def grab():
+            barrier.wait()
+            results.append(acquire(cfg, log))
+
+        threads = [threading.Thread(target=grab) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        winners = [r for r in results if r.lock is not None]
+        assert len(results) == 4 and len(winners) == 1
+        assert all(r.holder is not None and r.holder.alive for r in results if r.lock is None)
+        winners[0].lock.release()
+        assert read_lock(cfg) is None

@@ -40,33 +40,33 @@ class FileChannel(Channel):
         return f"channel {self.name!r} (file {self.folder})"
 
     # ------------------------------------------------------------------ in
-    def list_incoming(self) -> Iterator[IncomingItem]:
+    def list_incoming(self) -> "_Listing":
+        """The waiting files, sorted by name: a compact sized listing, items made as they are used."""
         folder = self.folder
         mask = self.spec.get("filemask") or "*"
+        names: list[tuple[str, int]] = []
         try:
-            entries = list(os.scandir(folder))
+            with os.scandir(folder) as it:
+                for entry in it:
+                    if entry.name.startswith(".") or not fnmatch.fnmatchcase(entry.name, mask):
+                        continue
+                    try:
+                        st = entry.stat()
+                    except OSError as exc:
+                        self.log.warning("%s: skipping %r: %s", self.describe(), entry.name, _reason(exc))
+                        continue
+                    if stat.S_ISDIR(st.st_mode):
+                        continue
+                    if not stat.S_ISREG(st.st_mode):
+                        self.log.warning("%s: skipping %r: not a regular file", self.describe(), entry.name)
+                        continue
+                    names.append((entry.name, st.st_size))
         except FileNotFoundError:
             raise CommunicationError(f"{self.describe()}: folder does not exist") from None
         except OSError as exc:
             raise CommunicationError(f"{self.describe()}: cannot list folder: {_reason(exc)}") from None
-        names = []
-        for entry in entries:
-            if entry.name.startswith(".") or not fnmatch.fnmatchcase(entry.name, mask):
-                continue
-            try:
-                st = entry.stat()
-            except OSError as exc:
-                self.log.warning("%s: skipping %r: %s", self.describe(), entry.name, _reason(exc))
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                self.log.warning("%s: skipping %r: not a regular file", self.describe(), entry.name)
-                continue
-            names.append((entry.name, st.st_size))
         names.sort()
-        for name, size in names:
-            yield IncomingItem(name=name, size=size, ref=str(folder / name))
+        return _Listing(str(folder), names)
 
     def fetch(self, item: IncomingItem, dest: Path) -> tuple[int, str]:
         """Copy to ``dest``; returns (size, sha256 hex) computed on the way, sparing the engine a re-read."""
@@ -119,3 +119,18 @@ class FileChannel(Channel):
                 raise CommunicationError(f"{self.describe()}: output folder does not exist or is not a folder") \
                     from None
             raise CommunicationError(f"{self.describe()}: cannot write {filename!r}: {_reason(exc)}") from None
+
+
+class _Listing:
+    """A folder listing that keeps only (name, size) per file: 100,000 waiting files stay small."""
+
+    def __init__(self, folder: str, names: list[tuple[str, int]]) -> None:
+        self.folder, self.names = folder, names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[IncomingItem]:
+        folder = self.folder
+        for name, size in self.names:
+            yield IncomingItem(name=name, size=size, ref=os.path.join(folder, name))
