@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shlex
-import sys
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time as dtime, timedelta, tzinfo
 from pathlib import Path
@@ -392,23 +391,6 @@ def _job_from_argv(cfg: Config, sec: IniSection, argv: list[str]) -> Any:
         raise ConfigError(f"{sec.where('job')}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
-def _check_routes(cfg: Config, sec: IniSection, routes: list[str]) -> None:
-    for r in routes:
-        if r not in cfg.routes:
-            raise ConfigError(f"{sec.where('job')}: no route named {r!r} in {cfg.configdir / 'routes.toml'}")
-    try:
-        from engine.run import select_routes  # the engine's own rule for naming routes
-    except ImportError:
-        return
-    from engine.cli_util import UsageError
-    try:
-        select_routes(cfg, ["new"], list(routes))
-    except UsageError as exc:
-        raise ConfigError(f"{sec.where('job')}: {exc}") from None
-    except TypeError:
-        pass
-
-
 def _job_parts(job: Any) -> tuple[str, dict[str, Any]]:
     task = getattr(job, "task", None) or getattr(job, "task_name", None)
     kwargs = getattr(job, "kwargs", None)
@@ -468,9 +450,7 @@ def load_jobs(cfg: Config, validate: bool = True) -> list[ScheduledJob]:
         if validate:
             job = _job_from_argv(cfg, sec, argv)
             sj.job = job
-            sj.task, sj.kwargs = _job_parts(job)
-            if sj.task == "bots.engine":
-                _check_routes(cfg, sec, list(sj.kwargs.get("routes") or []))
+            sj.task, sj.kwargs = _job_parts(job)       # routes/command checked by job_from_argv
         jobs.append(sj)
     return jobs
 
@@ -556,8 +536,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  job:  {r['job']}")
         if r["last_run"]:
             print(f"  last: {_fmt(state[job.name], zone)}")
-        for i, t in enumerate(job.schedule.next_runs(now, count)):
-            print(f"  {'next:' if i == 0 else '     '} {_fmt(t, zone)}")
+        for i, t in enumerate(r["next_runs"]):
+            print(f"  {'next:' if i == 0 else '     '} {_fmt(datetime.fromisoformat(t), zone)}")
     return 0
 
 
@@ -567,4 +547,3 @@ if __name__ == "__main__":  # pragma: no cover
     p = argparse.ArgumentParser(prog="botsq schedule")
     add_arguments(p)
     run_cli("botsq schedule", lambda: run(p.parse_args()))
-    sys.exit(0)

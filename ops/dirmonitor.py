@@ -31,7 +31,6 @@ import os
 import queue
 import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field

@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import pytest
 from celery import Celery
 
-import beat_schedule
 import ops.beat_lock as beat_lock
 from ops.beat_lock import BeatStore, BotsScheduler
 
