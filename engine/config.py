@@ -246,7 +246,8 @@ CHANNEL_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "ftp": {**_COMMON_REMOTE, "passive": bool},
     "ftps": {**_COMMON_REMOTE, "passive": bool, "cafile": str, "verify": bool},
     "sftp": {**_COMMON_REMOTE, "known_hosts": str, "key_file": str, "insecure_no_host_key_check": bool},
-    "smtp": {**_COMMON_REMOTE, "to": (str, list), "sender": str, "starttls": bool, "ssl": bool},
+    "smtp": {**_COMMON_REMOTE, "to": (str, list), "sender": str, "starttls": bool, "ssl": bool,
+             "cafile": str, "verify": bool},
 }
 REQUIRED_KEYS = {"file": ("path",), "ftp": ("host",), "ftps": ("host",), "sftp": ("host",), "smtp": ("host", "to")}
 ROUTE_KEYS = {"active": bool, "notindefaultrun": bool, "parts": list, "description": str}
