@@ -60,11 +60,21 @@ import json, os, resource, sys, time
 sys.path.insert(0, sys.argv[2])
 import engine.run as run_mod
 from engine.config import load_config
+import contextlib
 run_mod.PROGRESS_EVERY = 0.0
 marks = []
+db = [0.0]
+real_tx = run_mod.EngineRun.tx
+@contextlib.contextmanager
+def timed_tx(self):
+    t = time.perf_counter()
+    with real_tx(self) as conn:
+        yield conn
+    db[0] += time.perf_counter() - t
+run_mod.EngineRun.tx = timed_tx
 def progress(info):
     if info.get("phase") == "receive" and info.get("files_total"):
-        marks.append((time.perf_counter(), info["files_done"], info["files_total"]))
+        marks.append((time.perf_counter(), info["files_done"], db[0]))
 cfg = load_config(sys.argv[1])
 t0 = time.perf_counter()
 res = run_mod.run_engine(cfg, ["new"], progress=progress)
@@ -82,7 +92,7 @@ def make_files(folder: Path, n: int, size: int) -> None:
         (folder / f"f{i:07d}.edi").write_bytes(block)
 
 
-def floor(root: Path, n: int, size: int) -> float:
+def floor(root: Path, n: int, size: int, marks: list | None = None) -> float:
     """A plain loop doing the same disk work: copy each file to an archive folder and the out folder."""
     src, arch, out = root / "in", root / "archive", root / "out"
     make_files(src, n, size)
@@ -90,11 +100,17 @@ def floor(root: Path, n: int, size: int) -> float:
     out.mkdir()
     os.sync()
     t0 = time.perf_counter()
-    for entry in os.scandir(src):
+    if marks is not None:
+        marks.append((t0, 0))
+    for i, entry in enumerate(os.scandir(src), 1):
         shutil.copyfile(entry.path, arch / entry.name)
         shutil.copyfile(entry.path, out / entry.name)
+        if marks is not None and i % 250 == 0:
+            marks.append((time.perf_counter(), i))
     os.sync()                                   # the same "on disk" end point as the engine's
     elapsed = time.perf_counter() - t0
+    if marks is not None:
+        marks.append((time.perf_counter(), n))
     shutil.rmtree(root, ignore_errors=True)
     return n / elapsed
 
@@ -119,9 +135,8 @@ def engine(root: Path, n: int, size: int) -> dict:
     return data
 
 
-def tenth_rates(data: dict, n: int) -> tuple[float, float]:
-    """files/s over the first and the last 10 % of the files (from the progress marks)."""
-    marks = [(data["t0"], 0)] + [(t, d) for t, d, _total in data["marks"]]
+def tenth_rates(marks: list[tuple[float, int]], n: int) -> tuple[float, float]:
+    """files/s over the first and the last 10 % of the files, from (time, files done) marks."""
     tenth = n // 10
 
     def time_at(done: int) -> float:
@@ -162,10 +177,19 @@ def main() -> None:
         print(f"  engine peak RSS:               {rss:8.1f} MB   (goal < 150 MB)")
         if args.big:
             b = engine(base / "big", args.big, args.size)
-            first, last = tenth_rates(b, args.big)
+            first, last = tenth_rates([(b["t0"], 0)] + [(t, d) for t, d, _total in b["marks"]], args.big)
             print(f"growth: {args.big} files in one run: {b['rate']:.0f} files/s overall ({b['elapsed']:.1f} s), "
                   f"peak RSS {b['maxrss_kb'] / 1024:.1f} MB")
-            print(f"  first 10%: {first:8.0f} files/s   last 10%: {last:8.0f} files/s   last/first: {last / first:.0%}")
+            print(f"  engine first 10%: {first:6.0f} files/s   last 10%: {last:6.0f} files/s   "
+                  f"last/first: {last / first:.0%}")
+            dfirst, dlast = tenth_rates([(0.0, 0)] + [(dbt, d) for _t, d, dbt in b["marks"]], args.big)
+            print(f"  database work only: first 10% {1000 / dfirst:.3f} ms/file, last 10% {1000 / dlast:.3f} ms/file "
+                  f"(commits of records, {args.big} rows already in the tables at the end)")
+            fmarks: list = []
+            floor(base / "bigfloor", args.big, args.size, fmarks)
+            ffirst, flast = tenth_rates(fmarks, args.big)
+            print(f"  floor  first 10%: {ffirst:6.0f} files/s   last 10%: {flast:6.0f} files/s   "
+                  f"last/first: {flast / ffirst:.0%}   (the same folders growing, no database)")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
