@@ -216,7 +216,10 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str, sup: Any) ->
     while not cond():
         gone = sup.exited()
         if gone:
-            raise DemoFailed(f"{gone[0].name} exited with code {gone[0].proc.returncode} while waiting for {what}")
+            if gone[0].reader is not None:
+                gone[0].reader.join(timeout=2)          # its last lines
+            tail = "".join(f"\n    {gone[0].name} | {line}" for line in gone[0].lines[-5:])
+            raise DemoFailed(f"{gone[0].name} exited with code {gone[0].proc.returncode} while waiting for {what}{tail}")
         if time.monotonic() > deadline:
             raise DemoFailed(f"gave up after {timeout:.0f} s waiting for {what}")
         time.sleep(0.1)
@@ -238,10 +241,13 @@ def run_queue_demo(cfg: Config) -> int:
     from ops.procs import Supervisor
     from ops.stack import service_commands
 
+    drop_dir = cfg.envdir / DROP_DIR
+    mon = next((m for m in cfg.dirmonitors if m.path == drop_dir), None)
+    if mon is None:
+        raise DemoFailed(f"no [dirmonitorN] in {cfg.ini_path} watches {DROP_DIR}")
     log_dir = cfg.directories.logging / "demo"
     sup = Supervisor(log_dir=log_dir, label="botsq demo")
     before = last_run_id(cfg)
-    drop_dir = cfg.envdir / DROP_DIR
     out_dir = cfg.envdir / DROP_OUT
     for old in list(drop_dir.glob("*.edi")) + list(out_dir.glob("demo_drop_*")):
         old.unlink()
@@ -264,7 +270,6 @@ def run_queue_demo(cfg: Config) -> int:
 
         wait_until(queued_runs_done, WAIT_TIMEOUT, "the queued jobs to run", sup)
 
-        mon = cfg.dirmonitors[0]
         dropped: dict[str, float] = {}
         for i in range(1, DROP_FILES + 1):
             name = f"demo_drop_{i}.edi"
@@ -311,9 +316,13 @@ def run(args: argparse.Namespace) -> int:
     register_secrets(cfg.secrets())
     say(f"environment {target}")
     broker = cfg.jobqueue.broker
-    problem = broker_problem(cfg, BROKER_TIMEOUT) if cfg.jobqueue.enabled else "the job queue is disabled"
+    if not cfg.jobqueue.enabled:
+        problem = f"[jobqueue] enabled is False in {cfg.ini_path}"
+    else:
+        problem = broker_problem(cfg, BROKER_TIMEOUT)
+        problem = problem and f"no broker answers ({problem})"
     if problem:
-        say(f"no broker answers ({problem}); running the engine directly on {mask_url(cfg.database_url).split(':')[0]}")
+        say(f"{problem}; running the engine directly on {mask_url(cfg.database_url).split(':')[0]}")
         return run_direct(cfg)
     say(f"broker {mask_url(broker)} answers: running worker, beat and directory monitor")
     try:

@@ -31,8 +31,8 @@ ENV_ADDRESS = "BOTSQ_FLOWER_ADDRESS"
 ENV_PORT = "BOTSQ_FLOWER_PORT"
 ENV_AUTH = "BOTSQ_FLOWER_BASIC_AUTH"
 SETTINGS_MODULE = Path(__file__).with_name("flowerconfig.py")
-# Flower reads this one at each request: it would open the API without authentication.
-_FLOWER_ENV_DROP = ("FLOWER_UNAUTHENTICATED_API",)
+# Flower reads this at each request: set, it opens the API of a Flower without authentication.
+UNAUTHENTICATED_API = "FLOWER_UNAUTHENTICATED_API"
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,10 @@ def load_flower_settings(cfg: Config, address: str | None = None, port: int | No
 def settings_from_environment() -> dict[str, object]:
     """For ``ops/flowerconfig.py``: the options for the environment in BOTSQ_CONFIG.
 
-    A problem ends Flower's start-up with one line on stderr and exit 1.
+    A problem ends Flower's start-up with one line on stderr and exit 1. It runs inside Flower's
+    process, so it also drops FLOWER_UNAUTHENTICATED_API there: the API always needs a login.
     """
+    os.environ.pop(UNAUTHENTICATED_API, None)
     try:
         return load_flower_settings(load_config()).options()
     except ConfigError as exc:
@@ -134,13 +136,6 @@ def flower_command(cfg: Config, address: str | None = None, port: int | None = N
     return argv, env, settings
 
 
-def child_environment(extra: dict[str, str]) -> dict[str, str]:
-    """os.environ without Flower's own auth switches, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if k not in _FLOWER_ENV_DROP}
-    env.update(extra)
-    return env
-
-
 def describe(settings: FlowerSettings) -> str:
     auth = f"basic auth for {', '.join(a.split(':', 1)[0] for a in settings.basic_auth)}" \
         if settings.basic_auth else "no authentication (this host only)"
@@ -159,5 +154,5 @@ def run(args: argparse.Namespace) -> int:
     argv, extra, settings = flower_command(cfg, args.address, args.port)
     print(f"botsq flower: {describe(settings)}", file=sys.stderr, flush=True)
     # Replace this process: a service manager's signals then reach Flower directly.
-    os.execvpe(argv[0], argv, child_environment(extra))
+    os.execvpe(argv[0], argv, {**os.environ, **extra})
     return 1  # pragma: no cover

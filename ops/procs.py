@@ -61,11 +61,10 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 @dataclass
 class Child:
     name: str
-    argv: list[str]
     proc: subprocess.Popen[bytes]
     colour: str
     reader: threading.Thread | None = None
-    lines: list[str] = field(default_factory=list)   # last lines, for a failure message
+    lines: list[str] = field(default_factory=list)   # its last lines, for a failure message
 
     @property
     def pid(self) -> int:
@@ -111,7 +110,7 @@ class Supervisor:
             cwd=cwd, start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
-        child = Child(name, list(argv), proc, _COLOURS[len(self.children) % len(_COLOURS)])
+        child = Child(name, proc, _COLOURS[len(self.children) % len(_COLOURS)])
         child.reader = threading.Thread(target=self._pump, args=(child, logfile), daemon=True,
                                         name=f"pump-{name}")
         child.reader.start()

@@ -29,10 +29,10 @@ def service_commands(cfg: Config, flower: bool = True) -> list[tuple[str, list[s
     if cfg.dirmonitors:
         out.append(("monitor", [venv_command("bots-dirmonitor"), "-c", cdir], env))
     if flower:
-        from ops.flower import child_environment, flower_command
+        from ops.flower import flower_command
 
         argv, extra, _settings = flower_command(cfg)
-        out.append(("flower", argv, child_environment(extra)))
+        out.append(("flower", argv, extra))
     return out
 
 

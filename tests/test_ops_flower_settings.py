@@ -102,3 +102,16 @@ def test_settings_module_refuses_too(make_env) -> None:  # type: ignore[no-untyp
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert res.returncode == 1
     assert "refusing to listen on 0.0.0.0" in res.stderr
+
+
+def test_settings_module_drops_flowers_unauthenticated_api_switch(make_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Flower reads FLOWER_UNAUTHENTICATED_API at each request; its settings module runs in Flower's
+    process and removes it, so the API of a Flower without basic auth still answers 401."""
+    from ops.flower import settings_from_environment
+
+    env = make_env(ini=QUEUE_INI)
+    monkeypatch.setenv("BOTSQ_CONFIG", str(env.configdir))
+    monkeypatch.setenv("FLOWER_UNAUTHENTICATED_API", "true")
+    opts = settings_from_environment()
+    assert opts["address"] == "127.0.0.1" and opts["basic_auth"] == []
+    assert "FLOWER_UNAUTHENTICATED_API" not in os.environ

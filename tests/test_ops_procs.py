@@ -144,3 +144,13 @@ def test_children_die_with_a_killed_parent() -> None:
     proc.wait()
     for pid in pids:
         assert wait_for(lambda: not pid_alive(pid), 5), f"orphan {pid} still running"
+
+
+def test_demo_failure_names_the_child_and_shows_its_last_lines(tmp_path: Path) -> None:
+    from ops.demo import DemoFailed, wait_until
+
+    sup = Supervisor(out=io.StringIO(), colour=False, log_dir=tmp_path)
+    sup.start("worker", [PY, "-c", "print('cannot connect'); raise SystemExit(3)"])
+    with pytest.raises(DemoFailed, match=r"worker exited with code 3 while waiting for x\n    worker \| cannot connect"):
+        wait_until(lambda: False, 10, "x", sup)
+    sup.stop(grace=1)
