@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import bin_path
+from test_ops_procs import descendants, gone, wait_for
 
 CLOSED_PORT_BROKER = "amqp://guest:guest@127.0.0.1:1//"
 
@@ -49,25 +50,6 @@ def own_vhost(rabbit_url: str):  # type: ignore[no-untyped-def]
         subprocess.run(["rabbitmqctl", "-q", *cmd], check=True, capture_output=True)
     yield rabbit_url.rsplit("/", 1)[0] + "/" + vhost
     subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
-
-
-def descendants(pid: int) -> set[int]:
-    out: set[int] = set()
-    try:
-        kids = [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return out
-    for k in kids:
-        out |= {k} | descendants(k)
-    return out
-
-
-def gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 @pytest.mark.rabbitmq
@@ -114,7 +96,4 @@ def test_ctrl_c_stops_the_demo_and_every_child(tmp_path: Path, own_vhost: str) -
     rest = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130, "".join(lines) + rest
     assert "interrupted; everything stopped" in rest
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not all(gone(k) for k in kids):
-        time.sleep(0.1)
-    assert all(gone(k) for k in kids), [k for k in kids if not gone(k)]
+    assert wait_for(lambda: all(gone(k) for k in kids), 10), [k for k in kids if not gone(k)]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import os
 import signal
 import subprocess
 import sys
@@ -17,17 +16,25 @@ from ops.procs import Supervisor
 PY = sys.executable
 
 
-def pid_alive(pid: int) -> bool:
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie counts as gone
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def descendants(pid: int) -> set[int]:
+    """Children, grandchildren ... of a running process."""
+    out: set[int] = set()
     try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+        kids = [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return out
+    for k in kids:
+        out |= {k} | descendants(k)
+    return out
 
 
 def wait_for(cond, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
@@ -112,8 +119,8 @@ HARNESS = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_parent_signal_stops_all_children(sig: int, tmp_path: Path) -> None:
+def start_harness() -> tuple[subprocess.Popen[str], list[int]]:
+    """The harness running, and the pids of its two children."""
     proc = subprocess.Popen([PY, "-c", HARNESS], stdout=subprocess.PIPE, text=True,
                             cwd=Path(__file__).resolve().parent.parent)
     assert proc.stdout is not None
@@ -123,27 +130,25 @@ def test_parent_signal_stops_all_children(sig: int, tmp_path: Path) -> None:
         assert line, "harness ended early"
         if "| pid" in line:
             pids.append(int(line.split()[-1]))
+    return proc, pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_parent_signal_stops_all_children(sig: int) -> None:
+    proc, pids = start_harness()
     proc.send_signal(sig)
     rest = proc.communicate(timeout=20)[0]
     assert "stopping two, one" in rest
     for pid in pids:
-        assert wait_for(lambda: not pid_alive(pid), 5), f"child {pid} still running"
+        assert wait_for(lambda: gone(pid), 5), f"child {pid} still running"
 
 
 def test_children_die_with_a_killed_parent() -> None:
-    proc = subprocess.Popen([PY, "-c", HARNESS], stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parent.parent)
-    assert proc.stdout is not None
-    pids: list[int] = []
-    while len(pids) < 2:
-        line = proc.stdout.readline()
-        assert line
-        if "| pid" in line:
-            pids.append(int(line.split()[-1]))
+    proc, pids = start_harness()
     proc.kill()
     proc.wait()
     for pid in pids:
-        assert wait_for(lambda: not pid_alive(pid), 5), f"orphan {pid} still running"
+        assert wait_for(lambda: gone(pid), 5), f"orphan {pid} still running"
 
 
 def test_demo_failure_names_the_child_and_shows_its_last_lines(tmp_path: Path) -> None:

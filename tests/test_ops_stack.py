@@ -8,12 +8,11 @@ import signal
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 from conftest import bin_path, free_port
-from test_ops_demo import descendants, gone
+from test_ops_procs import descendants, gone, wait_for
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 
@@ -91,10 +90,7 @@ def test_stack_prefixes_each_child_and_ctrl_c_stops_all(stack_env) -> None:  # t
     assert "botsq   | stopping flower, monitor, beat, worker" in text
     assert "botsq   | all stopped" in text
     assert "worker  | " in text and "Warm shutdown" in text
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not all(gone(k) for k in kids):
-        time.sleep(0.1)
-    assert all(gone(k) for k in kids), [k for k in kids if not gone(k)]
+    assert wait_for(lambda: all(gone(k) for k in kids), 10), [k for k in kids if not gone(k)]
 
 
 def test_a_child_that_fails_stops_the_others_with_exit_1(stack_env) -> None:  # type: ignore[no-untyped-def]
