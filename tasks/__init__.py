@@ -1,8 +1,9 @@
 """botsq's job queue on Celery: ``celery -A tasks worker|beat|flower|call|inspect ...``.
 
-``tasks.app`` (and ``tasks.celery``) is the Celery app for the config dir in ``$BOTSQ_CONFIG``
-(default ``./config``), its broker from ``[jobqueue] broker`` or ``$BOTSQ_BROKER_URL``. It is
-built on first access, so importing ``tasks.jobs`` or ``tasks.submit`` reads no config.
+``tasks.celery`` (and ``tasks.app``, until the submodule ``tasks.app`` is imported and takes that
+name) is the Celery app for the config dir in ``$BOTSQ_CONFIG`` (default ``./config``), its broker
+from ``[jobqueue] broker`` or ``$BOTSQ_BROKER_URL``. It is built on first access, so importing
+``tasks.jobs`` or ``tasks.submit`` reads no config. ``celery -A tasks`` finds it either way.
 
 Modules: ``app`` (settings), ``priority`` (Bots 1..9 -> broker), ``jobs`` (job identity),
 ``registry`` (pending-key registry and start records), ``submit`` (the one publish path),
@@ -21,11 +22,6 @@ def __getattr__(name: str) -> Any:
         from engine.log import redact
         from tasks.app import app_from_env
 
-        # Importing the submodule ``tasks.app`` set the attribute ``app`` to that module; drop
-        # it so ``tasks.app`` keeps resolving here, to the Celery instance. (``celery -A tasks``
-        # falls back to ``tasks.celery`` when it meets the module anyway.)
-        if isinstance(globals().get("app"), type(sys)):
-            del globals()["app"]
         try:
             return app_from_env()
         except (ConfigError, ValueError) as exc:

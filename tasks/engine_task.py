@@ -15,6 +15,7 @@ Every job goes through the same steps:
 from __future__ import annotations
 
 import shlex
+import signal
 import subprocess
 import threading
 import time
@@ -282,12 +283,26 @@ def _run_engine(task: Task, cfg: Config, job: Job, log: Any) -> dict[str, Any]:
     return {"exit_code": res.exit_code, "run_id": res.run_id, "message": res.message, "counts": res.counts}
 
 
+def _parent_death_signal() -> Any:
+    """A pre-exec hook making a command die (SIGTERM) with the pool process that started it, so a
+    job whose worker was killed never runs on beside its own rerun. Resolved here, not in the
+    forked child: the child only makes the system call."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGTERM)         # PR_SET_PDEATHSIG
+
+
 def _run_command(cfg: Config, job: Job, task_id: str, log: Any) -> dict[str, Any]:
     argv = [*cfg.jobqueue.commands[job.name], *job.args]
     log.info("job %s: running %s (in %s)", task_id, shlex.join(argv), cfg.envdir)
     try:
         proc = subprocess.Popen(argv, cwd=cfg.envdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace")
+                                stderr=subprocess.STDOUT, text=True, errors="replace",
+                                preexec_fn=_parent_death_signal())  # noqa: PLW1509
     except OSError as exc:
         msg = f"{job.name}: cannot start {argv[0]}: {exc.strerror or exc}"
         log.error("job %s: %s", task_id, msg)

@@ -91,14 +91,19 @@ _ready: set[str] = set()
 
 
 def _url(cfg: Config) -> str:
+    """The database URL, its tables created. Processes starting together on a new PostgreSQL
+    database race to create the schema (one gets a duplicate-key error): look again."""
     url = cfg.database_url
-    if url not in _ready:
-        eng = get_engine(url)
+    for attempt in range(3):
+        if url in _ready:
+            break
         try:
-            Base.metadata.create_all(eng, tables=_TABLES)
-        except SQLAlchemyError as exc:
-            raise _db_error(cfg, exc) from None
-        _ready.add(url)
+            Base.metadata.create_all(get_engine(url), tables=_TABLES)
+            _ready.add(url)
+        except (DatabaseError, SQLAlchemyError) as exc:
+            if attempt == 2:
+                raise exc if isinstance(exc, DatabaseError) else _db_error(cfg, exc) from None
+            time.sleep(0.2 * (attempt + 1))
     return url
 
 

@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -49,8 +50,14 @@ def check_enabled(cfg: Config) -> None:
 
 
 def connect(app: Any, timeout: float) -> Any:
-    """A broker connection, established within ``timeout`` seconds, or QueueError."""
-    conn = app.connection_for_write(connect_timeout=timeout)
+    """A (pooled) broker connection, established within ``timeout`` seconds, or QueueError.
+
+    Release it when done; long-lived callers (beat, the directory monitor) reuse it that way.
+    """
+    try:
+        conn = app.pool.acquire(block=True, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001
+        raise QueueError(f"broker {mask_url(app.conf.broker_url)}: no connection free: {_reason(exc)}") from None
     try:
         conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
         return conn
@@ -60,9 +67,26 @@ def connect(app: Any, timeout: float) -> Any:
                          f"{_reason(exc)}") from None
 
 
+_busy_until: dict[str, float] = {}
+BUSY_CACHE = 1.0     # seconds a non-empty queue answer is reused (a burst of duplicates asks once)
+
+
+def _depth(app: Any, conn: Any) -> int:
+    """Messages waiting in queue engine; a non-empty answer is remembered for BUSY_CACHE s."""
+    from tasks.app import queue_depth
+
+    url = app.conf.broker_url
+    if _busy_until.get(url, 0.0) > time.monotonic():
+        return 1
+    depth = queue_depth(app, conn)
+    if depth:
+        _busy_until[url] = time.monotonic() + BUSY_CACHE
+    return depth
+
+
 def submit(cfg: Config, job: Job, priority: int = prio.DEFAULT) -> SubmitResult:
     """Queue ``job`` at Bots priority 1 (highest) .. 9; see the module doc."""
-    from tasks.app import QUEUE, app_for, queue_depth, queue_logger
+    from tasks.app import QUEUE, app_for, queue_logger
     from tasks.signals import submitting
 
     check_enabled(cfg)
@@ -79,7 +103,7 @@ def submit(cfg: Config, job: Job, priority: int = prio.DEFAULT) -> SubmitResult:
     task_id = str(uuid.uuid4())
     conn = connect(app, cfg.jobqueue.connect_timeout)
     try:
-        reg = registry.register(jcfg, job, task_id, p, queue_depth=lambda: queue_depth(app, conn))
+        reg = registry.register(jcfg, job, task_id, p, queue_depth=lambda: _depth(app, conn))
         if reg.status == "duplicate":
             log.info("duplicate discarded: %s (priority %d) is identical to waiting job %s (priority %d)",
                      job, p, reg.task_id, reg.priority)

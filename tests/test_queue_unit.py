@@ -1,0 +1,381 @@
+"""The job queue's parts without a broker: priorities, job identity and COMMAND lines, the registry
+(SQLite and PostgreSQL), the publish handler, settings, and the commands' refusals."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import bin_path, free_port
+from queue_helpers import make_queue_env
+
+from engine.config import load_config
+from tasks import priority as prio
+from tasks import registry
+from tasks.jobs import COMMAND_TASK, ENGINE_TASK, Job, JobError, job_from_argv
+
+# --------------------------------------------------------------------------- priorities
+
+
+def test_bots_priorities_map_to_each_brokers_scale():
+    assert [prio.to_broker(p, prio.RABBITMQ) for p in range(1, 10)] == [9, 8, 7, 6, 5, 4, 3, 2, 1]
+    assert [prio.to_broker(p, prio.REDIS) for p in range(1, 10)] == list(range(1, 10))
+    for kind in (prio.RABBITMQ, prio.REDIS):
+        assert [prio.from_broker(prio.to_broker(p, kind), kind) for p in range(1, 10)] == list(range(1, 10))
+    # a message sent without priority: the lowest on RabbitMQ, the highest on Redis - never what we send
+    assert prio.from_broker(None, prio.RABBITMQ) == 9 and prio.from_broker(None, prio.REDIS) == 1
+    assert prio.broker_kind("amqp://x//") == prio.RABBITMQ and prio.broker_kind("redis://h/1") == prio.REDIS
+    for bad in (0, 10, "x", "3.5", None, True):
+        with pytest.raises(ValueError, match="from 1 \\(highest\\) to 9"):
+            prio.check(bad)
+    assert prio.check("3") == 3
+    assert [prio.clamp(v) for v in (0, 1, 9, 12, "x")] == [1, 1, 9, 9, 5]
+    with pytest.raises(ValueError, match="unsupported broker"):
+        prio.broker_kind("sqs://")
+
+
+# --------------------------------------------------------------------------- jobs
+
+@pytest.fixture
+def env(make_env, tmp_path):
+    return make_queue_env(tmp_path / "q", "memory://", commands="sweep = /usr/local/bin/archive-sweep --days 7")
+
+
+def test_command_lines_in_every_bots_form_give_the_same_engine_job(env):
+    cfg = env.config()
+    forms = [["bots-engine", "--new", "r1"], ["bots-engine.py", "r1"], ["/opt/bots/bots-engine.py", "--new", "r1"],
+             ["python3", "/usr/local/bin/bots-engine.py", "--new", f"-C{env.configdir}", "r1"],
+             ["python", "bots-engine", "-c", str(env.configdir), "--new", "r1", "r1"]]
+    jobs = [job_from_argv(cfg, f) for f in forms]
+    assert {j.key for j in jobs} == {jobs[0].key}
+    assert jobs[0] == Job(ENGINE_TASK, str(env.configdir), ("new",), ("r1",))
+    assert jobs[0].describe() == "bots-engine --new r1"
+    assert jobs[0].kwargs == {"commands": ["new"], "routes": ["r1"], "configdir": str(env.configdir)}
+    # sorted commands and routes; no option means --new, no route means the default run
+    a = job_from_argv(cfg, ["bots-engine", "--resend", "--new", "slow2", "slow"])
+    b = job_from_argv(cfg, ["bots-engine", "--new", "--resend", "slow", "slow2"])
+    assert a.key == b.key and a.commands == ("new", "resend") and a.routes == ("slow", "slow2")
+    assert job_from_argv(cfg, ["bots-engine"]).commands == ("new",)
+    assert job_from_argv(cfg, ["bots-engine"]).key != job_from_argv(cfg, ["bots-engine", "r1"]).key
+    assert job_from_argv(cfg, ["bots-engine", "--cleanup"]).key != job_from_argv(cfg, ["bots-engine"]).key
+
+
+def test_the_engines_own_config_dir_is_part_of_the_job(env, tmp_path):
+    other = make_queue_env(tmp_path / "prod", "memory://")
+    cfg = env.config()
+    here = job_from_argv(cfg, ["bots-engine", "--new"])
+    there = job_from_argv(cfg, ["python3", "/usr/bin/bots-engine.py", "--new", f"-C{other.configdir}"])
+    assert there.configdir == str(other.configdir) and here.key != there.key
+    old = os.getcwd()
+    os.chdir(other.root)
+    try:                                   # a relative -C is relative to where bots-job2queue runs
+        assert job_from_argv(cfg, ["bots-engine", "-Cconfig"]).configdir == str(other.configdir)
+    finally:
+        os.chdir(old)
+    with pytest.raises(JobError, match="config dir does not exist"):
+        job_from_argv(cfg, ["bots-engine", "-C/nonexistent/config"])
+
+
+def test_allow_listed_commands_by_name_or_exact_line_everything_else_refused(env):
+    cfg = env.config()
+    job = job_from_argv(cfg, ["sweep", "--dry-run", "a b"])
+    assert (job.task, job.name, job.args) == (COMMAND_TASK, "sweep", ("--dry-run", "a b"))
+    assert job.describe() == "sweep --dry-run 'a b'"
+    exact = job_from_argv(cfg, ["/usr/local/bin/archive-sweep", "--days", "7"])
+    assert (exact.name, exact.args) == ("sweep", ())
+    assert exact.key == job_from_argv(cfg, ["sweep"]).key
+    assert job.key != exact.key
+    for argv, msg in ((["/usr/local/bin/archive-sweep", "--days", "8"], "command not allowed"),
+                      (["rm", "-rf", "/"], "command not allowed"), ([], "no command given"),
+                      (["bots-engine", "nosuchroute"], "unknown route 'nosuchroute'"),
+                      (["bots-engine", "--bogus"], "unrecognized arguments"),
+                      (["bots-engine", "--help"], "not a job")):
+        with pytest.raises(JobError, match=msg):
+            job_from_argv(cfg, argv)
+
+
+def test_a_message_names_its_job_or_says_what_is_wrong(env):
+    cfg = env.config()
+    for job in (job_from_argv(cfg, ["bots-engine", "--resend", "r1"]), job_from_argv(cfg, ["sweep", "x"])):
+        assert Job.from_message(job.task, [], job.kwargs, "/elsewhere") == job
+    # without configdir a message means the worker's (the app's) config dir
+    assert Job.from_message(ENGINE_TASK, [], {"routes": ["r1"]}, env.configdir).key == \
+        job_from_argv(cfg, ["bots-engine", "r1"]).key
+    for task, args, kwargs, msg in (
+            ("bots.other", [], {}, "unknown task"), (ENGINE_TASK, ["r1"], {}, "keyword arguments only"),
+            (ENGINE_TASK, [], {"route": ["r1"]}, "unknown argument\\(s\\) 'route'"),
+            (ENGINE_TASK, [], {"commands": ["explode"]}, "unknown engine command"),
+            (ENGINE_TASK, [], {"routes": [1]}, "routes must be a list of strings"),
+            (COMMAND_TASK, [], {"args": ["x"]}, "needs a command name"),
+            (COMMAND_TASK, [], "nope", "kwargs must be an object")):
+        with pytest.raises(JobError, match=msg):
+            Job.from_message(task, args, kwargs, env.configdir)
+
+
+# --------------------------------------------------------------------------- registry
+
+@pytest.fixture
+def reg_cfg(make_env, db_ini, tmp_path):
+    env = make_queue_env(tmp_path / "r", "memory://")
+    ini = env.configdir / "bots.ini"
+    ini.write_text(ini.read_text().replace("stale_after = 1", "stale_after = 30") + db_ini)
+    return env.config()
+
+
+def _job(cfg, name="x", *args):
+    return Job.command(cfg.configdir, name, args)
+
+
+def test_registry_adds_discards_raises_and_undoes(reg_cfg):
+    cfg = reg_cfg
+    a = _job(cfg, "rec", "a")
+    assert registry.register(cfg, a, "id1", 5).status == "added"
+    dup = registry.register(cfg, a, "id2", 5)
+    assert (dup.status, dup.task_id, dup.priority) == ("duplicate", "id1", 5)
+    assert registry.register(cfg, a, "id3", 7).status == "duplicate"
+    raised = registry.register(cfg, a, "id4", 2)
+    assert (raised.status, raised.previous, raised.previous_priority) == ("raised", "id1", 5)
+    assert [(w.task_id, w.priority, w.job) for w in registry.waiting_jobs(cfg)] == [("id4", 2, "rec a")]
+    registry.unregister(cfg, a, raised)                   # its publish failed: back to id1 at 5
+    assert [(w.task_id, w.priority) for w in registry.waiting_jobs(cfg)] == [("id1", 5)]
+    b = _job(cfg, "rec", "b")
+    added = registry.register(cfg, b, "idb", 9)
+    registry.unregister(cfg, b, added)
+    assert registry.count_pending(cfg) == 1
+    assert registry.clear(cfg) == 1 and registry.waiting_jobs(cfg) == []
+
+
+def test_registry_begin_claims_skips_superseded_and_fails_open(reg_cfg):
+    cfg = reg_cfg
+    a, b, c = _job(cfg, "rec", "a"), _job(cfg, "rec", "b"), _job(cfg, "rec", "c")
+    registry.register(cfg, a, "a1", 5)
+    registry.register(cfg, a, "a2", 1)                    # raise: a1 is superseded
+    assert registry.begin(cfg, a, "a2", 3).action == "run"
+    assert registry.register(cfg, a, "a3", 5).status == "added"       # identical while running: accepted
+    skip = registry.begin(cfg, a, "a1", 3)
+    assert (skip.action, skip.reason) == ("skip", "superseded by a copy queued at a higher priority")
+    assert registry.begin(cfg, a, "stray", 3).action == "skip"         # a3 waits: the stray copy is a duplicate
+    run = registry.begin(cfg, c, "c1", 3)                               # never registered: run anyway
+    assert (run.action, run.registered) == ("run", False)
+    registry.register(cfg, b, "b1", 5)
+    assert registry.begin(cfg, b, "b1", 3).registered is True
+    registry.finish(cfg, "b1", registry.DONE, "ok")
+    again = registry.begin(cfg, b, "b1", 3)               # redelivered after it ran (consumer timeout)
+    assert again.action == "skip" and "already ran" in again.reason
+    assert registry.started(cfg, "b1") == {"state": "done", "attempts": 1, "result": "ok"}
+
+
+def test_registry_redelivery_waits_for_a_live_holder_and_bounds_dead_ones(reg_cfg):
+    from sqlalchemy import update
+
+    from engine.db import session_scope
+    from engine.models import utcnow
+
+    cfg = reg_cfg
+    a = _job(cfg, "rec", "a")
+    registry.register(cfg, a, "a1", 5)
+    assert registry.begin(cfg, a, "a1", 2).action == "run"
+    with session_scope(cfg.database_url) as s:              # the holder: another machine, beating
+        s.execute(update(registry.StartedJob).values(host="elsewhere", pid=1, heartbeat=utcnow()))
+    assert registry.begin(cfg, a, "a1", 2).action == "wait"
+    with session_scope(cfg.database_url) as s:              # it went silent: a lost worker
+        s.execute(update(registry.StartedJob).values(heartbeat=utcnow().replace(year=2000)))
+    rerun = registry.begin(cfg, a, "a1", 2)
+    assert (rerun.action, rerun.attempts) == ("run", 2) and "lost" in rerun.reason
+    with session_scope(cfg.database_url) as s:              # this host, a pid that is gone
+        s.execute(update(registry.StartedJob).values(pid=2 ** 22 + 7))
+    give = registry.begin(cfg, a, "a1", 2)
+    assert (give.action, give.attempts) == ("giveup", 2)
+    assert registry.started(cfg, "a1")["state"] == "gaveup"
+    assert registry.running_jobs(cfg) == []
+
+
+def test_registry_detects_stale_entries_and_sweeps(reg_cfg, monkeypatch):
+    from sqlalchemy import update
+
+    from engine.db import session_scope
+    from engine.models import utcnow
+
+    cfg = reg_cfg
+    a = _job(cfg, "rec", "a")
+    registry.register(cfg, a, "a1", 5)
+    asked = []
+
+    def depth(n):
+        return lambda: asked.append(n) or n
+
+    assert registry.register(cfg, a, "a2", 5, queue_depth=depth(0)).status == "duplicate"
+    assert asked == []                                     # too young to be stale: the broker is not asked
+    with session_scope(cfg.database_url) as s:
+        s.execute(update(registry.PendingJob).values(updated=utcnow().replace(year=2000),
+                                                      created=utcnow().replace(year=2000)))
+    assert registry.register(cfg, a, "a2", 5, queue_depth=depth(3)).status == "duplicate"
+    stale = registry.register(cfg, a, "a3", 5, queue_depth=depth(0))
+    assert (stale.status, stale.stale, stale.previous) == ("added", True, "a1")
+    assert asked == [3, 0]
+    with session_scope(cfg.database_url) as s:
+        s.execute(update(registry.PendingJob).values(updated=utcnow().replace(year=2000)))
+    assert registry.sweep(cfg, queue_depth=lambda: 2)["stale"] == 0
+    assert registry.sweep(cfg, queue_depth=lambda: 0)["stale"] == 1 and registry.count_pending(cfg) == 0
+    registry.begin(cfg, a, "old", 3)
+    registry.finish(cfg, "old", registry.DONE, "")
+    with session_scope(cfg.database_url) as s:
+        s.execute(update(registry.StartedJob).values(ended=utcnow().replace(year=2000)))
+    assert registry.sweep(cfg)["old"] == 1
+
+
+def _flood(configdir: str, n: int, q) -> None:  # runs in a child process
+    from engine.db import dispose_all
+
+    dispose_all()
+    cfg = load_config(configdir)
+    job = Job.command(cfg.configdir, "rec", ("same",))
+    q.put([registry.register(cfg, job, f"{os.getpid()}-{i}", 5).status for i in range(n)])
+
+
+def test_concurrent_registrations_leave_exactly_one_entry(reg_cfg):
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_flood, args=(str(reg_cfg.configdir), 40, q)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [s for _ in procs for s in q.get(timeout=120)]
+    for p in procs:
+        p.join(30)
+    assert results.count("added") == 1 and results.count("duplicate") == 4 * 40 - 1
+    assert registry.count_pending(reg_cfg) == 1
+
+
+# --------------------------------------------------------------------------- publish handler, settings
+
+def test_publish_handler_fills_maps_and_marks_duplicates(env, monkeypatch):
+    from tasks.app import app_for
+    from tasks.signals import PAST, before_publish, submitting
+
+    for broker, kind in (("amqp://guest:guest@127.0.0.1:1//", prio.RABBITMQ), ("redis://127.0.0.1:1/0", prio.REDIS)):
+        monkeypatch.setenv("BOTSQ_BROKER_URL", broker)
+        cfg = env.config()
+        app = app_for(cfg)
+        body = ([], {"name": "rec", "args": [kind]}, {})
+        props: dict = {}
+        before_publish(sender="bots.command", body=body, headers={"id": f"{kind}-1"}, properties=props)
+        assert props["priority"] == prio.to_broker(5, kind)           # none given: Bots 5
+        headers = {"id": f"{kind}-2"}
+        props = {"priority": 8}
+        before_publish(sender="bots.command", body=body, headers=headers, properties=props)
+        assert props["priority"] == prio.to_broker(8, kind) and headers["expires"] == PAST   # a duplicate
+        headers = {"id": f"{kind}-3"}
+        props = {"priority": 2}
+        before_publish(sender="bots.command", body=body, headers=headers, properties=props)
+        assert props["priority"] == prio.to_broker(2, kind) and "expires" not in headers     # raised
+        props = {"priority": 7}
+        before_publish(sender="bots.command", body=body, headers={"id": "r", "retries": 1}, properties=props)
+        assert props == {"priority": 7}                                # a worker's retry: already mapped
+        token = submitting.set({"app": app, "task_id": "mine"})
+        try:
+            headers, props = {"id": "mine"}, {"priority": 1}
+            before_publish(sender="bots.command", body=([], {"name": "rec", "args": ["new"]}, {}),
+                           headers=headers, properties=props)
+        finally:
+            submitting.reset(token)
+        assert props["priority"] == prio.to_broker(1, kind) and "expires" not in headers
+        props = {}
+        before_publish(sender="other.task", body=body, headers={"id": "o"}, properties=props)
+        assert props == {}
+    assert [(w.job, w.task_id, w.priority) for w in registry.waiting_jobs(cfg)] == [
+        ("rec rabbitmq", "rabbitmq-3", 2), ("rec redis", "redis-3", 2)]
+
+
+def test_app_settings(env, monkeypatch):
+    from tasks.app import settings
+
+    monkeypatch.setenv("BOTSQ_BROKER_URL", "redis://127.0.0.1:6379/3")
+    ini = env.configdir / "bots.ini"
+    ini.write_text(ini.read_text().replace("[jobqueue]\n", "[jobqueue]\nhardtimelimit = 90\n"))
+    s = settings(env.config())
+    assert s["task_acks_late"] and s["worker_prefetch_multiplier"] == 1 and s["task_reject_on_worker_lost"]
+    assert s["accept_content"] == ["json"] and s["task_serializer"] == "json"
+    assert s["task_routes"]["bots.engine"] == {"queue": "engine"} == s["task_routes"]["bots.command"]
+    assert s["task_queues"][0].queue_arguments == {"x-max-priority": 10}
+    t = s["broker_transport_options"]
+    assert t["priority_steps"] == list(range(10)) and t["sep"] == ":" and t["queue_order_strategy"] == "priority"
+    assert t["visibility_timeout"] >= 2 * 90 * 60 and s["task_time_limit"] == 90 * 60
+    assert s["worker_send_task_events"] and s["task_send_sent_event"] and s["broker_channel_error_retry"]
+    monkeypatch.setenv("BOTSQ_BROKER_URL", "amqp://guest:guest@127.0.0.1//")
+    assert settings(env.config())["broker_transport_options"] == {"confirm_publish": True}
+
+
+def test_maxruntime_overrun_is_logged_and_reported_once_for_commands(env, monkeypatch):
+    import logging
+
+    from tasks import engine_task
+
+    sent = []
+    monkeypatch.setattr(engine_task, "send_report", lambda cfg, subject, body: sent.append(subject) or True)
+    cfg = env.config()
+    records: list[str] = []
+
+    class H(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    log = logging.getLogger("test-overtime")
+    log.addHandler(H())
+    for job in (_job(cfg, "rec", "long"), Job.engine(cfg.configdir, ["new"], [])):
+        w = engine_task._Watch(cfg, "tid", job, log)
+        w.check_overtime()
+        w.t0 = time.monotonic() - 61 * 60                  # maxruntime = 60 minutes
+        w.check_overtime()
+        w.check_overtime()
+    assert [r for r in records if "longer than maxruntime" in r] == [
+        "job tid (rec long) has been running for 61 minutes, longer than maxruntime (60); it is not stopped",
+        "job tid (bots-engine --new) has been running for 61 minutes, longer than maxruntime (60); it is not stopped"]
+    assert sent == ["job rec exceeds maxruntime"]          # engine runs report it themselves
+
+
+# --------------------------------------------------------------------------- the commands' refusals
+
+def _run(cmd: str, *argv: str, env_vars: dict | None = None, cwd: Path | None = None):
+    return subprocess.run([bin_path(cmd), *argv], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env_vars or {})}, cwd=cwd)
+
+
+def test_commands_help_and_one_line_refusals(env, tmp_path):
+    for cmd in ("bots-job2queue", "bots-jobqueueserver"):
+        r = _run(cmd, "--help")
+        assert r.returncode == 0 and "usage:" in r.stdout and "-c" in r.stdout
+    disabled = make_queue_env(tmp_path / "off", "memory://")
+    ini = disabled.configdir / "bots.ini"
+    ini.write_text(ini.read_text().replace("enabled = True", "enabled = False"))
+    down = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+    cases = [
+        ("bots-job2queue", ["-c", str(disabled.configdir), "bots-engine"], {}, "the job queue is disabled"),
+        ("bots-jobqueueserver", ["-c", str(disabled.configdir)], {}, "the job queue is disabled"),
+        ("bots-jobqueueserver", ["-c", str(env.configdir)], {"BOTSQ_BROKER_URL": down}, "cannot be reached within 3 s"),
+        ("bots-job2queue", ["-c", str(env.configdir), "-p", "0", "bots-engine"], {}, "priority must be"),
+        ("bots-job2queue", ["-c", str(env.configdir)], {}, "no COMMAND given"),
+        ("bots-job2queue", ["-c", str(env.configdir), "bots-engine", "nope"], {}, "unknown route 'nope'"),
+        ("bots-job2queue", ["-c", str(tmp_path / "none"), "bots-engine"], {}, "config dir does not exist"),
+    ]
+    for cmd, argv, extra, msg in cases:
+        r = _run(cmd, *argv, env_vars=extra)
+        assert r.returncode == 1 and msg in r.stderr and r.stderr.count("\n") == 1 and r.stdout == "", (cmd, r)
+    assert registry.count_pending(env.config()) == 0
+
+
+def test_celery_cli_finds_the_app_and_names_a_bad_config_in_one_line(env, tmp_path):
+    r = _run("celery", "-A", "tasks", "report", env_vars={"BOTSQ_CONFIG": str(env.configdir)}, cwd=tmp_path)
+    assert r.returncode == 0 and "broker_url: 'memory://" in r.stdout and "botsq_configdir" in r.stdout
+    r = _run("celery", "-A", "tasks", "report", env_vars={"BOTSQ_CONFIG": str(tmp_path / "nope")}, cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.strip().endswith("config dir does not exist (use -c DIR or set BOTSQ_CONFIG)")
+    assert r.stderr.count("\n") == 1
+    code = ("import tasks; a = tasks.app; from tasks.app import app_for; "
+            "print(type(a).__name__, type(tasks.celery).__name__, tasks.celery is a)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "BOTSQ_CONFIG": str(env.configdir)})
+    assert r.stdout.strip() == "Celery Celery True", r.stderr
