@@ -52,6 +52,7 @@ DEFAULT_FILENAME = "{route}_{run}_{seq}_{infile}"
 PLACEHOLDERS = ("route", "run", "seq", "infile", "datetime")
 BATCH = 250                 # files per commit
 PROGRESS_EVERY = 0.5        # seconds between progress callbacks
+MAX_REPORTED_ERRORS = 1000  # errors listed one by one in a report (all are in the log and the database)
 MAX_FETCH_FAILURES = 5      # consecutive fetch failures before giving up on an in-channel for this run
 
 
@@ -269,12 +270,14 @@ class EngineRun:
 
     def file_error(self, route: str, file: str, reason: str) -> None:
         self.counts["file_errors"] += 1
-        self.errors.append(_Error("file", route, file, reason))
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append(_Error("file", route, file, reason))
         self.log.error("route %s, file %s: %s", route, file, reason)
 
     def comm_error(self, route: str, file: str, reason: str) -> None:
         self.counts["comm_errors"] += 1
-        self.errors.append(_Error("communication", route, file, reason))
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append(_Error("communication", route, file, reason))
         self.log.error("route %s, %s: %s", route, file or "channel", reason)
 
     def check_lock(self) -> None:
@@ -797,10 +800,11 @@ class EngineRun:
             return
         subject = f"run {self.run_id} had errors: {fe} file error(s), {ce} communication error(s)"
         lines = [message, "", "Errors:"]
-        for e in self.errors[:1000]:
+        for e in self.errors:
             lines.append(f"  [{e.kind}] route {e.route}, file {e.file}: {e.reason}")
-        if len(self.errors) > 1000:
-            lines.append(f"  ... and {len(self.errors) - 1000} more (see botssys/logging/engine.log)")
+        if fe + ce > len(self.errors):
+            lines.append(f"  ... and {fe + ce - len(self.errors)} more (see botssys/logging/engine.log and "
+                         f"'botsq files list --status error')")
         lines += ["", f"Commands: {', '.join(self.commands)}; routes: {', '.join(self.route_names) or '(default run)'}",
                   f"Host {hostname()}, config {self.cfg.configdir}"]
         send_report(self.cfg, subject, "\n".join(lines) + "\n")
