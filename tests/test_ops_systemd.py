@@ -8,7 +8,9 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,42 @@ def test_execstart_command_runs_with_help(unit: str, make_env) -> None:  # type:
                          cwd=env_dir.root)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "usage" in (res.stdout + res.stderr).lower()
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.slow
+def test_sigterm_to_the_worker_main_process_lets_the_running_job_finish(rabbit_url: str, tmp_path: Path) -> None:
+    """What botsq-worker.service relies on: KillMode=mixed sends SIGTERM to the main process only,
+    and that is Celery's warm shutdown - the running job ends normally, no new job is taken, and
+    the job still waiting stays in the queue for the next worker."""
+    import uuid
+
+    from queue_helpers import Worker, ended, job2queue, make_queue_env, purge, started, wait_for
+
+    env = make_queue_env(tmp_path / "env", rabbit_url)
+    purge(env, rabbit_url)
+    worker = Worker(env, rabbit_url).wait_ready()
+    tag = uuid.uuid4().hex[:6]
+    release = env.root / f"release-{tag}"
+    try:
+        assert job2queue(env, rabbit_url, "-p1", "rec", f"running-{tag}", f"@{release}").returncode == 0
+        wait_for(lambda: f"running-{tag}" in started(env), 30, "the job to start", worker)
+        assert job2queue(env, rabbit_url, "-p5", "rec", f"waiting-{tag}").returncode == 0
+        worker.proc.send_signal(signal.SIGTERM)            # the main process only, as KillMode=mixed
+        time.sleep(1.0)
+        assert worker.alive(), "the worker left before its job ended"
+        release.write_text("go")
+        worker.proc.wait(30)
+        assert worker.proc.returncode == 0, worker.output()[-3000:]
+        assert f"running-{tag}" in ended(env)
+        assert f"waiting-{tag}" not in started(env)
+        assert "Warm shutdown" in worker.output()
+    finally:
+        release.write_text("go")
+        worker.stop()
+    # the waiting job was not lost: the next worker runs it
+    worker = Worker(env, rabbit_url).wait_ready()
+    try:
+        wait_for(lambda: f"waiting-{tag}" in ended(env), 30, "the waiting job after the restart", worker)
+    finally:
+        worker.stop()
