@@ -158,6 +158,14 @@ def test_unknown_host_key_is_refused_unless_opted_out(tmp_path: Path, server: Sf
     assert empty.read_text() == ""      # nothing is added behind the user's back
 
 
+def test_hashed_known_hosts_entries(tmp_path: Path, server: SftpServer) -> None:
+    name = f"[{HOST}]:{server.port}"
+    kh = tmp_path / "kh"
+    kh.write_text(f"{paramiko.HostKeys.hash_host(name)} {server.host_key.get_name()} {server.host_key.get_base64()}\n")
+    with chan(tmp_path, server, kh, path="") as ch:
+        ch.list_incoming()
+
+
 def test_changed_host_key_is_refused(tmp_path: Path, server: SftpServer) -> None:
     kh = tmp_path / "kh"
     kh.write_text(server.known_hosts_line(paramiko.ECDSAKey.generate()))

@@ -143,7 +143,8 @@ class FtpChannel(RemoteChannel):
     def put(self, src: Path, remote_name: str) -> None:
         ftp = self._transfer_conn()
         with open(src, "rb") as f, ftp.transfercmd(f"STOR {remote_name}") as conn:
-            conn.sendfile(f)
+            while buf := f.read(BLOCKSIZE):
+                conn.sendall(buf)
             _end_tls(conn)
         ftp.voidresp()
 
