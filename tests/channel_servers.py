@@ -23,16 +23,12 @@ from pathlib import Path
 
 import paramiko
 
+from conftest import free_port
+
 HOST = "127.0.0.1"
 
 for _name in ("pyftpdlib", "mail.log", "paramiko"):
     logging.getLogger(_name).setLevel(logging.WARNING)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- certificates

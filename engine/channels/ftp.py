@@ -168,15 +168,7 @@ class FtpsChannel(FtpChannel):
     type = "ftps"
 
     def _client(self) -> ftplib.FTP:
-        cafile = self.local_path("cafile")
-        try:
-            ctx = ssl.create_default_context(cafile=str(cafile) if cafile else None)
-        except (OSError, ssl.SSLError) as exc:
-            raise self.error(f"cannot load cafile {str(cafile)!r}", exc) from None
-        if not self.spec.get("verify", True):
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return _ReusingFTP_TLS(context=ctx, timeout=self.timeout, encoding="utf-8")
+        return _ReusingFTP_TLS(context=self.tls_context(), timeout=self.timeout, encoding="utf-8")
 
     def _secure(self, ftp: ftplib.FTP) -> None:
         assert isinstance(ftp, ftplib.FTP_TLS)

@@ -10,6 +10,7 @@ import fnmatch
 import re
 import secrets
 import socket
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -138,6 +139,18 @@ class RemoteChannel(Channel):
         value = self.spec.get(key)
         return self.cfg.resolve(value) if value else None
 
+    def tls_context(self) -> ssl.SSLContext:
+        """Certificate checking per ``cafile`` (default: the system's CAs) and ``verify``."""
+        cafile = self.local_path("cafile")
+        try:
+            ctx = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise self.error(f"cannot load cafile {str(cafile)!r}", exc) from None
+        if not self.spec.get("verify", True):
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
     def check_size(self, item: IncomingItem, got: int) -> None:
         """A download must bring the size the listing showed: otherwise the transfer was cut, or the
         partner is still writing the file; either way it stays at the partner for the next run."""
@@ -150,8 +163,16 @@ class RemoteChannel(Channel):
         name = safe_name(filename)  # a template-made name never leaves the remote folder
         if self.use_rename:
             tmp = self.temp_name(name)
-            with self.step(f"cannot send {name!r}"):
-                self.put(src, tmp)
+            try:
+                with self.step(f"cannot send {name!r}"):
+                    self.put(src, tmp)
+            except CommunicationError:
+                if not self.broken:   # refused (disk full, ...): do not leave a piece behind
+                    try:
+                        self.remove_quietly(tmp)
+                    except Exception:  # noqa: BLE001 - the upload's error is the one to report
+                        pass
+                raise
             with self.step(f"cannot rename {tmp!r} to {name!r}"):
                 refusal = self.rename(tmp, name)
             if refusal is None:

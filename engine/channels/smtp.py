@@ -6,7 +6,6 @@ so there is no temporary name to rename.
 from __future__ import annotations
 
 import smtplib
-import ssl
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -41,20 +40,9 @@ class SmtpChannel(RemoteChannel):
             return f"timed out after {self.timeout:g} s" if "timed out" in str(exc) else "connection closed by the server"
         return super().reason(exc)
 
-    def _context(self) -> ssl.SSLContext:
-        cafile = self.local_path("cafile")
-        try:
-            ctx = ssl.create_default_context(cafile=str(cafile) if cafile else None)
-        except (OSError, ssl.SSLError) as exc:
-            raise self.error(f"cannot load cafile {str(cafile)!r}", exc) from None
-        if not self.spec.get("verify", True):
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-
     def open(self) -> None:
         self.broken = False
-        ctx = self._context() if (self.ssl or self.starttls) else None
+        ctx = self.tls_context() if (self.ssl or self.starttls) else None
         smtp: smtplib.SMTP
         with self.step("cannot connect"):
             if self.ssl:
