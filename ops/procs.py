@@ -111,10 +111,10 @@ class Supervisor:
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         child = Child(name, proc, _COLOURS[len(self.children) % len(_COLOURS)])
+        self.children.append(child)        # before anything a Ctrl-C could interrupt: stop() sees it
         child.reader = threading.Thread(target=self._pump, args=(child, logfile), daemon=True,
                                         name=f"pump-{name}")
         child.reader.start()
-        self.children.append(child)
         return child
 
     def _prefix(self, child: Child) -> str:
@@ -200,7 +200,7 @@ class Supervisor:
                 c.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL'd children exit
                 pass
-            if c.reader is not None:
+            if c.reader is not None and c.reader.ident is not None:   # started (a signal may cut start())
                 c.reader.join(timeout=5)
 
     @staticmethod

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -42,14 +44,33 @@ def test_without_a_broker_it_says_so_in_one_line_and_runs_the_engine(tmp_path: P
     assert re.search(r"run 2 +new \(default run\) +ok +3 in", again.stdout), again.stdout
 
 
+def rabbitmqctl(*args: str) -> None:
+    """rabbitmqctl, tried again a few times: its CLI node sometimes fails to start when several
+    rabbitmqctl calls run at once ("Distribution failed")."""
+    for attempt in range(5):
+        res = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True)
+        if res.returncode == 0:
+            return
+        time.sleep(1 + attempt)
+    raise AssertionError(f"rabbitmqctl {' '.join(args)} failed: {res.stdout}{res.stderr}")
+
+
+@contextmanager
+def rabbit_vhost(rabbit_url: str, what: str) -> Iterator[str]:
+    """A RabbitMQ vhost of one test's own (so no other test's message reaches its worker); its URL."""
+    vhost = f"{rabbit_url.rsplit('/', 1)[1]}-{what}-{uuid.uuid4().hex[:6]}"
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield rabbit_url.rsplit("/", 1)[0] + "/" + vhost
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+
+
 @pytest.fixture
-def own_vhost(rabbit_url: str):  # type: ignore[no-untyped-def]
-    """A RabbitMQ vhost for one demo, so no other test's message can reach its worker."""
-    vhost = f"{rabbit_url.rsplit('/', 1)[1]}-demo-{uuid.uuid4().hex[:6]}"
-    for cmd in (["add_vhost", vhost], ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]):
-        subprocess.run(["rabbitmqctl", "-q", *cmd], check=True, capture_output=True)
-    yield rabbit_url.rsplit("/", 1)[0] + "/" + vhost
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+def own_vhost(rabbit_url: str) -> Iterator[str]:
+    with rabbit_vhost(rabbit_url, "demo") as url:
+        yield url
 
 
 @pytest.mark.rabbitmq
@@ -58,19 +79,20 @@ def test_with_a_broker_the_whole_stack_runs_by_priority_and_stops(tmp_path: Path
     res = demo(tmp_path, own_vhost)
     out = res.stdout
     assert res.returncode == 0, out + res.stderr
-    assert "answers: running worker, beat and directory monitor" in out
-    assert "started worker, beat, monitor" in out
+    assert "answers: running worker, directory monitor and beat" in out
+    assert "started worker, monitor" in out and "started beat" in out
     queued = [line.split(None, 2)[1:] for line in out.splitlines() if line.startswith("  queued")]
     assert [q[0] for q in queued] == ["p1", "p9", "p5", "p5", "p1"]
     assert queued[3][1].endswith("discarded: identical to a waiting job")
     assert sum("added" in q[1] for q in queued) == 4
     order = re.findall(r"^\s+\d+\. (p\d) (queued|monitor)\s+run \d+\s+new (\S+)", out, re.M)
-    # (a run beat starts, should its 5-minute slot fall inside the demo, is labelled "beat")
-    assert order == [("p1", "queued", "orders"), ("p5", "queued", "invoices"), ("p9", "queued", "(default"),
-                     ("p3", "monitor", "drop")], out
+    # beat starts after the queued jobs ran; a run of its schedule is labelled "beat"; the five
+    # dropped files normally share one monitor job (two, should the drop straddle a debounce window)
+    assert order[:3] == [("p1", "queued", "orders"), ("p5", "queued", "invoices"), ("p9", "queued", "(default")]
+    assert order[3:] and set(order[3:]) == {("p3", "monitor", "drop")}, out
     m = re.search(r"File to output \(5 dropped files\): min ([\d.]+) s, median ([\d.]+) s, max ([\d.]+) s", out)
     assert m and float(m.group(3)) < 10, out
-    assert "all processed; worker, beat and monitor stopped" in out
+    assert "all processed; worker, monitor and beat stopped" in out
     env = tmp_path / "demo-env"
     assert sorted(p.name for p in (env / "data" / "out" / "drop").iterdir()) == [f"demo_drop_{i}.edi" for i in range(1, 6)]
     for name in ("worker", "beat", "monitor"):
@@ -87,10 +109,10 @@ def test_ctrl_c_stops_the_demo_and_every_child(tmp_path: Path, own_vhost: str) -
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if "started worker, beat, monitor" in line:
+        if "started worker, monitor" in line:
             break
     kids = descendants(proc.pid)
-    assert len(kids) >= 3, lines
+    assert len(kids) >= 2, lines
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     rest = proc.communicate(timeout=60)[0]

@@ -31,6 +31,7 @@ import pytest
 from conftest import bin_path, free_port
 from queue_helpers import (Worker, celery_call, ended, in_process, job2queue, jobqueue_log, make_queue_env,
                            proc_env, purge, started, wait_for)
+from test_ops_demo import rabbit_vhost
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 
@@ -266,19 +267,13 @@ def test_status_is_healthy_and_shows_worker_queue_and_waiting_jobs(live) -> None
 
 def test_status_without_worker_is_unhealthy(live, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A broker that answers but where nobody consumes queue engine (a vhost of its own)."""
-    vhost = live.broker.rsplit("/", 1)[1] + "-noworker"
-    for cmd in (["add_vhost", vhost], ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]):
-        subprocess.run(["rabbitmqctl", "-q", *cmd], check=True, capture_output=True)
-    try:
-        broker = live.broker.rsplit("/", 1)[0] + "/" + vhost
+    with rabbit_vhost(live.broker, "noworker") as broker:
         other = make_queue_env(tmp_path / "other", broker)
         res = subprocess.run([bin_path("botsq"), "status", "-c", str(other.configdir)], cwd=other.root,
                              env=proc_env(other, broker), capture_output=True, text=True, timeout=60)
-        assert res.returncode == 1, res.stdout + res.stderr
-        assert "workers   FAIL  no worker consumes queue 'engine'" in res.stdout
-        assert res.stdout.rstrip().endswith("UNHEALTHY: no worker consumes queue 'engine'")
-    finally:
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "workers   FAIL  no worker consumes queue 'engine'" in res.stdout
+    assert res.stdout.rstrip().endswith("UNHEALTHY: no worker consumes queue 'engine'")
 
 
 # --------------------------------------------------------------------------- secrets

@@ -48,7 +48,7 @@ def wait_for(cond, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-de
 
 def test_output_is_prefixed_and_stop_terminates_each_child() -> None:
     out = io.StringIO()
-    sup = Supervisor(out=out, colour=False)
+    sup = Supervisor(out=out, colour=False, width=len("beta-long"))   # labels aligned from the first line
     loop = "import time,sys\nprint('ready', flush=True)\nwhile True: time.sleep(0.1)"
     a = sup.start("alpha", [PY, "-c", loop])
     b = sup.start("beta-long", [PY, "-c", "print('one'); print('two')"])

@@ -7,11 +7,11 @@ import re
 import signal
 import subprocess
 import time
-import uuid
 
 import pytest
 
 from conftest import bin_path, free_port
+from test_ops_demo import rabbit_vhost
 from test_ops_procs import descendants, gone, wait_for
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
@@ -26,29 +26,25 @@ READY = {  # a line each child prints once it runs
 
 @pytest.fixture
 def stack_env(rabbit_url: str, make_env):  # type: ignore[no-untyped-def]
-    vhost = f"{rabbit_url.rsplit('/', 1)[1]}-stack-{uuid.uuid4().hex[:6]}"
-    for cmd in (["add_vhost", vhost], ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]):
-        subprocess.run(["rabbitmqctl", "-q", *cmd], check=True, capture_output=True)
-    broker = rabbit_url.rsplit("/", 1)[0] + "/" + vhost
+    with rabbit_vhost(rabbit_url, "stack") as broker:
 
-    def make(watch: str = "data/in") -> object:
-        env = make_env(ini=f"""
-            [settings]
-            whencleanup = never
+        def make(watch: str = "data/in") -> object:
+            env = make_env(ini=f"""
+                [settings]
+                whencleanup = never
 
-            [jobqueue]
-            enabled = True
-            broker = {broker}
+                [jobqueue]
+                enabled = True
+                broker = {broker}
 
-            [dirmonitor1]
-            path = {watch}
-            route = r1
-        """)
-        env.path("data/in").mkdir(parents=True, exist_ok=True)
-        return env
+                [dirmonitor1]
+                path = {watch}
+                route = r1
+            """)
+            env.path("data/in").mkdir(parents=True, exist_ok=True)
+            return env
 
-    yield make
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+        yield make
 
 
 def start_stack(env) -> subprocess.Popen[str]:  # type: ignore[no-untyped-def]
