@@ -264,7 +264,8 @@ def run_queue_demo(cfg: Config) -> int:
     def start(*names: str) -> None:
         for name in names:
             sup.start(name, services[name][0], env=services[name][1], cwd=cfg.envdir)
-        say(f"started {', '.join(names)} (their logs: {log_dir})")
+        first = len(sup.children) == len(names)
+        say(f"started {', '.join(names)}" + (f" (their logs: {log_dir})" if first else ""))
 
     with sup.running(grace=30):
         start("worker", "monitor")
