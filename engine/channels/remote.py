@@ -112,7 +112,7 @@ class RemoteChannel(Channel):
         """Before each transfer. After a broken transfer, reconnect once; when that fails too, every
         later call of this run fails at once with the same error (no timeout per file)."""
         if self.dead is not None:
-            raise self.dead
+            raise CommunicationError(str(self.dead))
         if self.connected() and not self.broken:
             return
         if self.connected():
