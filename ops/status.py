@@ -1,9 +1,10 @@
 """``botsq status [-c DIR] [--json]``: is everything running? Exit 0 when healthy, 1 otherwise.
 
 Checks, each with a short timeout: the tracking database, the broker, the workers (Celery
-``inspect`` ping and active queues), the engine lock holder, waiting jobs by priority (the
-pending-key registry), the last runs and the directory monitor's heartbeat. No secret from the
-config reaches the output: URLs are shown with their password masked and every line is redacted.
+``inspect`` active queues), the engine lock holder, waiting jobs by priority (the pending-key
+registry), the last runs, beat (its lock, when the schedule has jobs) and the directory
+monitor's heartbeat. No secret from the config reaches the output: URLs are shown with their
+password masked and every line is redacted.
 """
 from __future__ import annotations
 
@@ -119,6 +120,26 @@ def check_monitor(cfg: Config) -> dict[str, Any]:
     return out
 
 
+def check_beat(cfg: Config) -> dict[str, Any]:
+    """Beat holding its lock (a row in the tracking database), when the schedule has jobs."""
+    from beat_schedule import load_jobs
+    from engine.config import ConfigError
+    from ops.beat_lock import BeatStore
+
+    try:
+        jobs = len(load_jobs(cfg, validate=False))
+    except ConfigError as exc:
+        return {"ok": False, "scheduled_jobs": None, "running": False, "error": f"schedule: {exc}"}
+    holder = BeatStore(cfg.database_url).holder(cfg.settings.lock_grace)
+    out: dict[str, Any] = {"scheduled_jobs": jobs, "running": bool(holder and holder["alive"])}
+    if holder:
+        out.update(host=holder["host"], pid=holder["pid"], heartbeat_age_s=round(holder["age"], 1))
+    out["ok"] = out["running"] or jobs == 0
+    if not out["ok"]:
+        out["error"] = f"beat is not running ({jobs} scheduled job(s))"
+    return out
+
+
 def collect(cfg: Config, timeout: float = 2.0) -> dict[str, Any]:
     """Every check, plus ``healthy`` and the ``problems`` that made it false."""
     report: dict[str, Any] = {"config": str(cfg.configdir), "checked": _now().isoformat(timespec="seconds")}
@@ -145,6 +166,10 @@ def collect(cfg: Config, timeout: float = 2.0) -> dict[str, Any]:
             report["lock"]["note"] = "holder is gone: the next run recovers it"
         report["waiting"] = check_waiting(cfg) if cfg.jobqueue.enabled else {"known": False}
         report["last_runs"] = check_runs(cfg)
+    if cfg.jobqueue.enabled and db["ok"]:
+        report["beat"] = check_beat(cfg)
+        if not report["beat"]["ok"]:
+            problems.append(report["beat"]["error"])
     if cfg.jobqueue.enabled:
         report["monitor"] = check_monitor(cfg)
         if report["monitor"].get("configured") and not report["monitor"]["ok"]:
@@ -190,6 +215,14 @@ def render(report: dict[str, Any]) -> str:
     if wt.get("known"):
         per = ", ".join(f"p{p}: {n}" for p, n in wt["by_priority"].items())
         lines.append(f"  waiting   {wt['total']} job(s)" + (f" ({per})" if per else ""))
+    bt = report.get("beat")
+    if bt and bt.get("running"):
+        lines.append(f"  beat      ok    on {bt['host']} pid {bt['pid']}, heartbeat {bt['heartbeat_age_s']:.0f} s ago, "
+                     f"{bt['scheduled_jobs']} scheduled job(s)")
+    elif bt and not bt["ok"]:
+        lines.append(f"  beat      FAIL  {bt['error']}")
+    elif bt:
+        lines.append("  beat      -     no [schedule.NAME] jobs")
     mon = report["monitor"]
     if mon.get("configured") and "ok" in mon:
         detail = f"heartbeat {mon['heartbeat_age_s']:.0f} s ago" if "heartbeat_age_s" in mon else mon.get("error", "")

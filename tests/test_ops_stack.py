@@ -40,6 +40,11 @@ def stack_env(rabbit_url: str, make_env):  # type: ignore[no-untyped-def]
                 [dirmonitor1]
                 path = {watch}
                 route = r1
+
+                [schedule.nightly]
+                cadence = daily
+                time = 03:00
+                job = bots-engine --new r1
             """)
             env.path("data/in").mkdir(parents=True, exist_ok=True)
             return env
@@ -79,6 +84,12 @@ def test_stack_prefixes_each_child_and_ctrl_c_stops_all(stack_env) -> None:  # t
         assert plain(line).startswith(f"{name:<7} | ")
     kids = descendants(proc.pid)
     assert len(kids) >= 5            # four children, and the worker's pool process
+    # with the whole stack up, `botsq status` is healthy: worker, beat and monitor all seen
+    status = subprocess.run([bin_path("botsq"), "status", "-c", str(env.configdir)], capture_output=True,
+                            text=True, timeout=60, cwd=env.root)
+    assert status.returncode == 0, status.stdout + status.stderr
+    for check in ("worker    ok", "beat      ok", "1 scheduled job(s)", "monitor   ok"):
+        assert check in status.stdout, status.stdout
     proc.send_signal(signal.SIGINT)
     rest = proc.communicate(timeout=90)[0]
     assert proc.returncode == 0, "".join(lines) + rest

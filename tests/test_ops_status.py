@@ -24,6 +24,10 @@ broker = {CLOSED_BROKER}
 host = 127.0.0.1
 user = mailer
 password = mail-s3cret
+
+[schedule.new]
+cadence = 5min
+job = bots-engine --new
 """
 
 
@@ -39,6 +43,7 @@ def test_unreachable_broker_is_unhealthy_and_no_secret_is_shown(make_env) -> Non
     assert code == 1, out
     assert "broker    FAIL  broker amqp://botsq:***@127.0.0.1:1// cannot be reached" in out
     assert "UNHEALTHY: broker" in out
+    assert "beat      FAIL  beat is not running (1 scheduled job(s))" in out
     code, out_json = status(env, "--json")
     assert code == 1
     report = json.loads(out_json)
