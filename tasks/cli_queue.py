@@ -88,12 +88,12 @@ def clear(cfg: Config) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.log import component_logger
+    from tasks.app import queue_logger
 
     cfg = load_config(args.configdir)
     if args.action == "clear":
         res = clear(cfg)
-        component_logger("jobqueue", cfg).warning("queue cleared by botsq queue clear: %d message(s) purged, "
+        queue_logger(cfg, console=False).warning("queue cleared by botsq queue clear: %d message(s) purged, "
                                                   "%d registry entr(ies) removed", res["purged"], res["cleared"])
         if args.json:
             print(json.dumps(res))
