@@ -175,7 +175,7 @@ def _on_revoked(request: Any = None, terminated: bool = False, signum: Any = Non
 
 @task_failure.connect(dispatch_uid="botsq-task-failure")
 def _on_failure(sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
-                **_: Any) -> None:
+                args: Any = None, kwargs: Any = None, **_: Any) -> None:
     if getattr(sender, "name", None) not in TASKS:
         return
     from celery.exceptions import TimeLimitExceeded, WorkerLostError
@@ -184,11 +184,14 @@ def _on_failure(sender: Any = None, task_id: str | None = None, exception: BaseE
         return      # failures inside the task are logged by the task itself
     app = sender.app
     log = _worker_log(app)
-    log.error("job %s failed: %s: %s", task_id, type(exception).__name__, exception)
+    reason = f"{type(exception).__name__}: {exception}"
+    log.error("job %s failed: %s", task_id, reason)
     try:
         from tasks import registry
-        from tasks.engine_task import worker_config
+        from tasks.app import configdir_of
+        from tasks.engine_task import config_for
 
-        registry.finish(worker_config(app), str(task_id), registry.FAILED, f"{type(exception).__name__}: {exception}")
-    except Exception:  # noqa: BLE001
+        job = Job.from_message(sender.name, args or (), kwargs or {}, configdir_of(app))
+        registry.finish(config_for(job.configdir), str(task_id), registry.FAILED, reason)
+    except Exception:  # noqa: BLE001 - the start record then ages out
         pass

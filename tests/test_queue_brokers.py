@@ -303,6 +303,15 @@ def test_engine_job_runs_reports_progress_and_waits_for_a_live_lock(q):
     conn.release()
     assert any(str(e.get("result", "")).startswith("waiting: engine is locked") for e in progress), progress
     assert all(e["uuid"] == res.task_id for e in progress)
+    from celery.events.state import State                 # what Flower keeps per task
+
+    state = State()
+    state.event({"type": "task-started", "uuid": res.task_id, "timestamp": progress[0]["timestamp"] - 1,
+                 "hostname": "w", "local_received": time.time(), "clock": 0})
+    for e in progress:
+        state.event(dict(e))
+    task = state.tasks[res.task_id]
+    assert task.state == "PROGRESS" and "route slow" in task.result, (task.state, task.result)
 
 
 def test_job2queue_with_the_broker_down_exits_1_and_leaves_no_entry(q):
