@@ -26,7 +26,7 @@ from celery.backends.base import DisabledBackend
 from celery.exceptions import Reject
 
 from engine.cli_util import EXIT_LOCKED, UsageError
-from engine.config import Config, ConfigError, load_config
+from engine.config import Config, ConfigError, JobQueue, load_config
 from engine.db import DatabaseError
 from engine.log import component_logger
 from engine.report import send_report
@@ -167,7 +167,14 @@ def run_job(task: Task, name: str, args: Any, kwargs: Any) -> dict[str, Any]:
     app = task.app
     from tasks.app import broker_kind_of, configdir_of
 
-    base = worker_config(app)
+    try:
+        base = worker_config(app)
+    except ConfigError as exc:      # bots.ini broken while the worker runs: keep the job, try again
+        import logging
+
+        logging.getLogger("botsq.jobqueue").error("job %s waits, the worker's config cannot be read: %s; "
+                                                  "trying again in %d s", task_id, _one_line(exc), DB_RETRY_SECONDS)
+        raise task.retry(exc=exc, countdown=DB_RETRY_SECONDS, max_retries=JobQueue().max_retries) from None
     log = component_logger("jobqueue", base)
     t0 = time.monotonic()
 

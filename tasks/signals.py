@@ -145,8 +145,7 @@ def _job_of(request: Any, app: Any) -> Job | None:
     from tasks.app import configdir_of
 
     try:
-        return Job.from_message(request.task_name if hasattr(request, "task_name") else request.task,
-                                request.args or (), request.kwargs or {}, configdir_of(app))
+        return Job.from_message(request.name, request.args or (), request.kwargs or {}, configdir_of(app))
     except Exception:  # noqa: BLE001
         return None
 

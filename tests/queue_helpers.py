@@ -7,13 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from conftest import DEFAULT_ROUTES, Env, bin_path
+from e2e_procs import Proc
+from e2e_procs import wait_for as _wait_for
 
 PY = sys.executable
 
@@ -131,9 +132,14 @@ def make_queue_env(root: Path, broker: str, extra: str = "", commands: str = "",
     return env
 
 
-def proc_env(env: Env, broker: str) -> dict[str, str]:
-    return {**os.environ, "BOTSQ_CONFIG": str(env.configdir), "BOTSQ_BROKER_URL": broker,
+def proc_vars(env: Env, broker: str) -> dict[str, str]:
+    """What a process of the environment gets on top of ours."""
+    return {"BOTSQ_CONFIG": str(env.configdir), "BOTSQ_BROKER_URL": broker,
             "BOTSQ_TEST_TRACE": str(env.root / "trace.log")}
+
+
+def proc_env(env: Env, broker: str) -> dict[str, str]:
+    return {**os.environ, **proc_vars(env, broker)}
 
 
 # --------------------------------------------------------------------------- records
@@ -159,18 +165,8 @@ def ended(env: Env, name: str = "order.log") -> list[str]:
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, worker: "Worker | None" = None) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if worker is not None and not worker.alive():
-            raise AssertionError(f"worker exited ({worker.proc.returncode}) while waiting for {what}:\n"
-                                 f"{worker.output()[-4000:]}")
-        if time.monotonic() > end:
-            tail = f"\n--- worker output:\n{worker.output()[-4000:]}" if worker is not None else ""
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}{tail}")
-        time.sleep(0.05)
+    """:func:`e2e_procs.wait_for`, failing at once (with its output) if ``worker`` exits."""
+    return _wait_for(pred, timeout, what, [worker] if worker is not None else [])
 
 
 def jobqueue_log(env: Env) -> str:
@@ -210,30 +206,21 @@ def in_process(env: Env, broker: str) -> Any:
 
 # --------------------------------------------------------------------------- workers
 
-class Worker:
+class Worker(Proc):
     """``bots-jobqueueserver`` (or ``celery -A tasks worker``) as a child process."""
 
     def __init__(self, env: Env, broker: str, name: str | None = None, celery_cli: bool = False) -> None:
         self.env, self.broker = env, broker
-        self.name = name or f"w{uuid.uuid4().hex[:6]}"
-        self.log_path = env.root / f"worker-{self.name}.out"
-        self._fh = open(self.log_path, "ab")
+        name = name or f"w{uuid.uuid4().hex[:6]}"
         if celery_cli:
             argv = [bin_path("celery"), "-A", "tasks", "worker", "-Q", "engine", "-c", "1", "-P", "prefork", "-E",
-                    "--without-mingle", "--without-gossip", "-l", "INFO", "-n", f"{self.name}@%h"]
+                    "--without-mingle", "--without-gossip", "-l", "INFO", "-n", f"{name}@%h"]
         else:
-            argv = [bin_path("bots-jobqueueserver"), "-c", str(env.configdir), "-n", f"{self.name}@%h"]
-        self.proc = subprocess.Popen(argv, cwd=env.root, env=proc_env(env, broker), stdout=self._fh,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    def output(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+            argv = [bin_path("bots-jobqueueserver"), "-c", str(env.configdir), "-n", f"{name}@%h"]
+        super().__init__(f"worker-{name}", argv, proc_vars(env, broker), env.root, env.root)
 
     def wait_ready(self, timeout: float = 30) -> "Worker":
-        wait_for(lambda: " ready." in self.output(), timeout, f"worker {self.name} ready", self)
+        wait_for(lambda: " ready." in self.output(), timeout, f"{self.name} ready", self)
         return self
 
     def children(self) -> list[int]:
@@ -247,18 +234,15 @@ class Worker:
         if self.alive():
             self.proc.send_signal(sig)
 
-    def stop(self, timeout: float = 20) -> None:
-        """Cold shutdown (SIGQUIT): the tests stop a worker only when no job of theirs is running."""
+    def stop(self, timeout: float = 20.0) -> int:
+        """Cold shutdown first (SIGQUIT): a test stops a worker only when no job of its own runs."""
         if self.alive():
             self.proc.send_signal(signal.SIGQUIT)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        else:
-            self.proc.wait(5)
-        self._fh.close()
+                pass
+        return super().stop(timeout)
 
 
 def purge(env: Env, broker: str) -> None:

@@ -7,8 +7,6 @@ import random
 import re
 import signal
 import subprocess
-import time
-import uuid
 
 import pytest
 
