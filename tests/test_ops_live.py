@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
+import re
 import subprocess
 import time
 import urllib.error
@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from conftest import bin_path, free_port
+from e2e_procs import Proc
 from queue_helpers import (Worker, celery_call, ended, in_process, job2queue, jobqueue_log, make_queue_env,
                            proc_env, purge, started, wait_for)
 from test_ops_demo import rabbit_vhost
@@ -64,22 +65,15 @@ def http(url: str, auth: tuple[str, str] | None = None, body: Any = None,
         return exc.code, exc.read().decode(errors="replace")
 
 
-class Flower:
+class Flower(Proc):
+    """``botsq flower`` for the environment, on a free port, with its HTTP helpers."""
+
     def __init__(self, env, broker: str) -> None:  # type: ignore[no-untyped-def]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = env.root / "flower.out"
-        self._fh = open(self.log_path, "ab")
-        penv = {**proc_env(env, broker), "BOTSQ_TEST_FLOWER_PW": FLOWER_PW, "BOTSQ_TEST_MAIL_PW": MAIL_PW}
-        self.proc = subprocess.Popen([bin_path("botsq"), "flower", "-c", str(env.configdir), "--port", str(self.port)],
-                                     cwd=env.root, env=penv, stdout=self._fh, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def output(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+        super().__init__("flower", [bin_path("botsq"), "flower", "-c", str(env.configdir), "--port", str(self.port)],
+                         {**proc_env(env, broker), "BOTSQ_TEST_FLOWER_PW": FLOWER_PW, "BOTSQ_TEST_MAIL_PW": MAIL_PW},
+                         env.root, env.root)
 
     def get(self, path: str, auth: bool = True) -> tuple[int, str]:
         return http(self.url + path, (FLOWER_USER, FLOWER_PW) if auth else None)
@@ -91,16 +85,6 @@ class Flower:
         code, text = self.get(f"/api/tasks?taskname={name}")
         assert code == 200, text
         return json.loads(text)
-
-    def stop(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._fh.close()
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +103,7 @@ def live(rabbit_url: str, tmp_path_factory: pytest.TempPathFactory):  # type: ig
     try:
         wait_for(lambda: _answers(ns.flower), 30, "Flower to answer", ns.flower)
         # Flower's event receiver is up once it has seen the worker's heartbeat
-        wait_for(lambda: ns.worker.name in ns.flower.get("/api/workers?status=true")[1], 30,
+        wait_for(lambda: any(json.loads(ns.flower.get("/api/workers?status=true")[1]).values()), 30,
                  "Flower to see the worker", ns.flower)
         yield ns
     finally:
@@ -252,7 +236,7 @@ def test_status_is_healthy_and_shows_worker_queue_and_waiting_jobs(live) -> None
         res = status(live)
         assert res.returncode == 0, res.stdout + res.stderr
         out = res.stdout
-        assert f"worker    ok    {live.worker.name}@" in out and "(queues: engine, running 1)" in out
+        assert re.search(r"^  worker    ok    \S+@\S+ \(queues: engine, running 1\)$", out, re.M), out
         assert "waiting   3 job(s) (p3: 1, p7: 2)" in out
         assert out.rstrip().endswith("healthy")
         report = json.loads(status(live, "--json").stdout)
