@@ -6,13 +6,13 @@ own PostgreSQL database, so concurrent runs (and developers) never see each othe
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -124,17 +124,51 @@ def make_env(tmp_path: Path) -> Callable[..., Env]:
 
 # --------------------------------------------------------------------------- real services
 
+def rabbitmqctl(*args: str, attempts: int = 5) -> None:
+    """rabbitmqctl, retried: its Erlang distribution start fails now and then under load."""
+    import time
+
+    for i in range(attempts):
+        proc = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True)
+        if proc.returncode == 0:
+            return
+        time.sleep(1 + i)
+    raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+
+
+@contextmanager
+def rabbit_vhost(label: str) -> Iterator[str]:
+    """A RabbitMQ vhost of the caller's own (no other test's message reaches its workers); its URL."""
+    if not port_open("127.0.0.1", 5672):
+        pytest.fail("RabbitMQ is not answering on 127.0.0.1:5672 (.ci/run starts it)")
+    vhost = f"botsq-test-{RUN_ID}-{label}-{uuid.uuid4().hex[:6]}"
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def rabbit_url() -> Iterator[str]:
     """A RabbitMQ vhost of this test session's own, deleted afterwards."""
-    if not port_open("127.0.0.1", 5672):
-        pytest.fail("RabbitMQ is not answering on 127.0.0.1:5672 (.ci/run starts it)")
-    vhost = f"botsq-test-{RUN_ID}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-                   check=True, capture_output=True)
-    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+    with rabbit_vhost("session") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_vhost(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A RabbitMQ vhost of one test module's own."""
+    with rabbit_vhost(request.module.__name__.rsplit(".", 1)[-1][:20]) as url:
+        yield url
+
+
+@pytest.fixture
+def own_vhost(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A RabbitMQ vhost of one test's own."""
+    with rabbit_vhost(request.node.name[:20]) as url:
+        yield url
 
 
 _redis_db = [0]

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 
@@ -48,21 +45,6 @@ tochannel = "b_out"
 """
 
 
-@pytest.fixture(scope="module")
-def vhost_url() -> Iterator[str]:
-    """A RabbitMQ vhost of this module's own: its queue `engine` sees only these tests' jobs."""
-    from conftest import port_open
-
-    if not port_open("127.0.0.1", 5672):
-        pytest.fail("RabbitMQ is not answering on 127.0.0.1:5672 (.ci/run starts it)")
-    vhost = f"botsq-test-dm-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-                   check=True, capture_output=True)
-    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
-
-
 def incoming(cfg) -> list[tuple[str, str, int | None]]:
     from sqlalchemy import select
 
@@ -84,13 +66,13 @@ def runs(cfg) -> list[tuple[int, str, float]]:
                 for r in s.scalars(select(Run)).all()]
 
 
-def test_files_slow_moved_and_burst_each_processed_once_by_its_route(make_env, vhost_url, tmp_path):
+def test_files_slow_moved_and_burst_each_processed_once_by_its_route(make_env, module_vhost, tmp_path):
     ini = f"""
     [settings]
     whencleanup = never
     [jobqueue]
     enabled = True
-    broker = {vhost_url}
+    broker = {module_vhost}
     [dirmonitor1]
     path = data/in/a
     filemask = *.edi
@@ -106,8 +88,8 @@ def test_files_slow_moved_and_burst_each_processed_once_by_its_route(make_env, v
     for d in ("data/in/a", "data/in/b", "data/out/a", "data/out/b"):
         env.path(d).mkdir(parents=True, exist_ok=True)
     cfg = env.config()
-    w = worker(env.root, env.configdir, vhost_url)
-    m = dirmonitor(env.root, env.configdir, vhost_url)
+    w = worker(env.root, env.configdir, module_vhost)
+    m = dirmonitor(env.root, env.configdir, module_vhost)
     procs = [w, m]
     try:
         wait_for(lambda: worker_ready(w), 60, "the worker", procs)
@@ -164,7 +146,7 @@ def test_files_slow_moved_and_burst_each_processed_once_by_its_route(make_env, v
             p.stop()
 
 
-def test_broker_down_at_first_the_trigger_is_kept(make_env, vhost_url):
+def test_broker_down_at_first_the_trigger_is_kept(make_env, module_vhost):
     """Nothing answers at the broker's address: the monitor logs it and retries; once the broker
     answers there (a TCP forwarder to the real RabbitMQ, started later) the job is queued."""
     import socket
@@ -173,7 +155,7 @@ def test_broker_down_at_first_the_trigger_is_kept(make_env, vhost_url):
     from conftest import free_port
 
     port = free_port()
-    url = f"amqp://guest:guest@127.0.0.1:{port}/{vhost_url.rsplit('/', 1)[1]}"
+    url = f"amqp://guest:guest@127.0.0.1:{port}/{module_vhost.rsplit('/', 1)[1]}"
     ini = f"""
     [jobqueue]
     enabled = True

@@ -6,9 +6,6 @@ import re
 import signal
 import subprocess
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -42,35 +39,6 @@ def test_without_a_broker_it_says_so_in_one_line_and_runs_the_engine(tmp_path: P
     again = demo(tmp_path, CLOSED_PORT_BROKER)
     assert again.returncode == 0, again.stdout + again.stderr
     assert re.search(r"run 2 +new \(default run\) +ok +3 in", again.stdout), again.stdout
-
-
-def rabbitmqctl(*args: str) -> None:
-    """rabbitmqctl, tried again a few times: its CLI node sometimes fails to start when several
-    rabbitmqctl calls run at once ("Distribution failed")."""
-    for attempt in range(5):
-        res = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True)
-        if res.returncode == 0:
-            return
-        time.sleep(1 + attempt)
-    raise AssertionError(f"rabbitmqctl {' '.join(args)} failed: {res.stdout}{res.stderr}")
-
-
-@contextmanager
-def rabbit_vhost(rabbit_url: str, what: str) -> Iterator[str]:
-    """A RabbitMQ vhost of one test's own (so no other test's message reaches its worker); its URL."""
-    vhost = f"{rabbit_url.rsplit('/', 1)[1]}-{what}-{uuid.uuid4().hex[:6]}"
-    rabbitmqctl("add_vhost", vhost)
-    try:
-        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        yield rabbit_url.rsplit("/", 1)[0] + "/" + vhost
-    finally:
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
-
-
-@pytest.fixture
-def own_vhost(rabbit_url: str) -> Iterator[str]:
-    with rabbit_vhost(rabbit_url, "demo") as url:
-        yield url
 
 
 @pytest.mark.rabbitmq

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -31,20 +29,6 @@ tochannel = "a_out"
 """
 
 
-@pytest.fixture(scope="module")
-def vhost_url() -> Iterator[str]:
-    from conftest import port_open
-
-    if not port_open("127.0.0.1", 5672):
-        pytest.fail("RabbitMQ is not answering on 127.0.0.1:5672 (.ci/run starts it)")
-    vhost = f"botsq-test-beat-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-                   check=True, capture_output=True)
-    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
-
-
 def runs(cfg) -> list[tuple[str, str]]:
     from sqlalchemy import select
 
@@ -55,7 +39,7 @@ def runs(cfg) -> list[tuple[str, str]]:
         return [(r.commands, r.routes) for r in s.scalars(select(Run)).all()]
 
 
-def test_beat_runs_the_schedule_and_a_second_beat_stays_idle(make_env, vhost_url):
+def test_beat_runs_the_schedule_and_a_second_beat_stays_idle(make_env, module_vhost):
     ini = f"""
     [settings]
     whencleanup = never
@@ -63,7 +47,7 @@ def test_beat_runs_the_schedule_and_a_second_beat_stays_idle(make_env, vhost_url
     lock_grace = 30
     [jobqueue]
     enabled = True
-    broker = {vhost_url}
+    broker = {module_vhost}
     [schedule]
     timezone = Europe/Amsterdam
     [schedule.tick]
@@ -81,8 +65,8 @@ def test_beat_runs_the_schedule_and_a_second_beat_stays_idle(make_env, vhost_url
     for d in ("data/in/a", "data/out/a"):
         env.path(d).mkdir(parents=True, exist_ok=True)
     cfg = env.config()
-    w = worker(env.root, env.configdir, vhost_url)
-    b1 = beat(env.root, env.configdir, vhost_url, "beat1")
+    w = worker(env.root, env.configdir, module_vhost)
+    b1 = beat(env.root, env.configdir, module_vhost, "beat1")
     procs = [w, b1]
     b2 = None
     try:
@@ -98,7 +82,7 @@ def test_beat_runs_the_schedule_and_a_second_beat_stays_idle(make_env, vhost_url
         assert len(runs(cfg)) >= 3
 
         # a second beat: idle while the first runs
-        b2 = beat(env.root, env.configdir, vhost_url, "beat2")
+        b2 = beat(env.root, env.configdir, module_vhost, "beat2")
         procs.append(b2)
         wait_for(lambda: "this one stays idle" in b2.output(), 30, "beat 2 to say it is idle", procs)
         from ops.beat_lock import BeatStore
@@ -133,19 +117,19 @@ def test_beat_refuses_a_schedule_naming_an_unknown_route(make_env):
     assert lines and all("[schedule.bad] job: unknown route 'nosuch'" in ln for ln in lines)
 
 
-def test_beat_job_identical_to_a_waiting_one_is_discarded(make_env, vhost_url):
+def test_beat_job_identical_to_a_waiting_one_is_discarded(make_env, module_vhost):
     """No worker: the per-second job waits in the queue, so beat's next sends are duplicates."""
     ini = f"""
     [jobqueue]
     enabled = True
-    broker = {vhost_url}
+    broker = {module_vhost}
     [schedule.tick]
     cadence = interval
     seconds = 0.5
     job = bots-engine --new ra
     """
     env = make_env(ini=ini, routes=ROUTES)
-    b = beat(env.root, env.configdir, vhost_url)
+    b = beat(env.root, env.configdir, module_vhost)
     try:
         beatlog = env.root / "botssys/logging/beat.log"
         wait_for(lambda: beatlog.exists() and beatlog.read_text().count("duplicate job, not added") >= 2, 30,
