@@ -211,7 +211,7 @@ def bench_broker(name: str, url: str, n: int, workdir: Path) -> dict:
     env = {**os.environ, "BOTSQ_CONFIG": str(root / "config"), "BOTSQ_BROKER_URL": url}
     os.environ.update({"BOTSQ_CONFIG": str(root / "config"), "BOTSQ_BROKER_URL": url})
     from engine.config import load_config
-    from tasks.app import app_for, transport_options
+    from tasks.celeryapp import app_for, transport_options
     from tasks.jobs import Job
     from tasks.submit import submit
 

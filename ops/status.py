@@ -22,7 +22,7 @@ LAST_RUNS = 5
 
 def broker_problem(cfg: Config, timeout: float = 3.0) -> str | None:
     """None when the environment's broker answers within ``timeout`` s, else one line saying why."""
-    from tasks.app import app_for
+    from tasks.celeryapp import app_for
     from tasks.submit import QueueError, connect
 
     try:
@@ -50,7 +50,7 @@ def check_database(cfg: Config) -> dict[str, Any]:
 
 def check_workers(cfg: Config, timeout: float) -> dict[str, Any]:
     """Workers answering a ping, with the queues each consumes."""
-    from tasks.app import QUEUE, app_for
+    from tasks.celeryapp import QUEUE, app_for
 
     app = app_for(cfg)
     try:

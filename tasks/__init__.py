@@ -1,11 +1,10 @@
 """botsq's job queue on Celery: ``celery -A tasks worker|beat|flower|call|inspect ...``.
 
-``tasks.celery`` (and ``tasks.app``, until the submodule ``tasks.app`` is imported and takes that
-name) is the Celery app for the config dir in ``$BOTSQ_CONFIG`` (default ``./config``), its broker
+``tasks.app`` (also ``tasks.celery``) is the Celery app for the config dir in ``$BOTSQ_CONFIG`` (default ``./config``), its broker
 from ``[jobqueue] broker`` or ``$BOTSQ_BROKER_URL``. It is built on first access, so importing
 ``tasks.jobs`` or ``tasks.submit`` reads no config. ``celery -A tasks`` finds it either way.
 
-Modules: ``app`` (settings), ``priority`` (Bots 1..9 -> broker), ``jobs`` (job identity),
+Modules: ``celeryapp`` (the app and its settings), ``priority`` (Bots 1..9 -> broker), ``jobs`` (job identity),
 ``registry`` (pending-key registry and start records), ``submit`` (the one publish path),
 ``signals`` (publish and worker hooks), ``engine_task`` (the tasks), ``job2queue`` and
 ``jobqueueserver`` (the Bots commands), ``cli_queue`` (``botsq queue``).
@@ -20,7 +19,7 @@ def __getattr__(name: str) -> Any:
     if name in ("app", "celery"):
         from engine.config import ConfigError
         from engine.log import redact
-        from tasks.app import app_from_env
+        from tasks.celeryapp import app_from_env
 
         try:
             return app_from_env()

@@ -34,7 +34,7 @@ def _age(seconds: float) -> str:
 
 def _broker(cfg: Config) -> tuple[Any, str | None]:
     """(app, None) when the broker answers, else (None, reason)."""
-    from tasks.app import app_for
+    from tasks.celeryapp import app_for
     from tasks.submit import QueueError, connect
 
     try:
@@ -47,7 +47,7 @@ def _broker(cfg: Config) -> tuple[Any, str | None]:
 
 def collect(cfg: Config) -> dict[str, Any]:
     from tasks import registry
-    from tasks.app import queue_depth
+    from tasks.celeryapp import queue_depth
 
     app, problem = _broker(cfg)
     out: dict[str, Any] = {"config": str(cfg.configdir), "broker": mask_url(cfg.jobqueue.broker),
@@ -66,7 +66,7 @@ def collect(cfg: Config) -> dict[str, Any]:
 
 def clear(cfg: Config) -> dict[str, int]:
     from tasks import registry
-    from tasks.app import QUEUE, app_for
+    from tasks.celeryapp import QUEUE, app_for
     from tasks.submit import connect
 
     app = app_for(cfg)
@@ -88,7 +88,7 @@ def clear(cfg: Config) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tasks.app import queue_logger
+    from tasks.celeryapp import queue_logger
 
     cfg = load_config(args.configdir)
     if args.action == "clear":

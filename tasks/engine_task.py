@@ -83,7 +83,7 @@ def config_for(configdir: str) -> Config:
 
 
 def worker_config(app: Celery) -> Config:
-    from tasks.app import configdir_of
+    from tasks.celeryapp import configdir_of
 
     return config_for(configdir_of(app))
 
@@ -165,7 +165,7 @@ def run_job(task: Task, name: str, args: Any, kwargs: Any) -> dict[str, Any]:
     req = task.request
     task_id = str(req.id)
     app = task.app
-    from tasks.app import broker_kind_of, configdir_of
+    from tasks.celeryapp import broker_kind_of, configdir_of
 
     try:
         base = worker_config(app)

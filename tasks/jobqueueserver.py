@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def worker_argv(loglevel: str = "INFO", hostname: str | None = None) -> list[str]:
-    from tasks.app import QUEUE
+    from tasks.celeryapp import QUEUE
 
     argv = ["worker", "-Q", QUEUE, "-c", "1", "-P", "prefork", "-E", "--without-mingle", "--without-gossip",
             "-l", loglevel]
@@ -41,7 +41,7 @@ def worker_argv(loglevel: str = "INFO", hostname: str | None = None) -> list[str
 
 
 def _main() -> int:
-    from tasks.app import app_for
+    from tasks.celeryapp import app_for
     from tasks.submit import check_enabled, connect
 
     args = build_parser().parse_args()

@@ -48,7 +48,7 @@ def before_publish(sender: str | None = None, body: Any = None, headers: dict | 
         return
     ctx = submitting.get()
     app = ctx["app"] if ctx else current_app
-    from tasks.app import broker_kind_of
+    from tasks.celeryapp import broker_kind_of
 
     try:
         kind = broker_kind_of(app)
@@ -73,7 +73,7 @@ def _register_foreign(app: Any, sender: str, body: Any, headers: dict, bots: int
     from engine.db import DatabaseError
     from engine.log import component_logger
     from tasks import registry
-    from tasks.app import configdir_of, queue_depth
+    from tasks.celeryapp import configdir_of, queue_depth
     from tasks.engine_task import config_for
 
     args, kwargs = _body_parts(body)
@@ -129,7 +129,7 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     log = _worker_log(app)
     try:
         from tasks import registry
-        from tasks.app import queue_depth
+        from tasks.celeryapp import queue_depth
         from tasks.engine_task import worker_config
 
         swept = registry.sweep(worker_config(app), queue_depth=lambda: queue_depth(app))
@@ -142,7 +142,7 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
 
 
 def _job_of(request: Any, app: Any) -> Job | None:
-    from tasks.app import configdir_of
+    from tasks.celeryapp import configdir_of
 
     try:
         return Job.from_message(request.name, request.args or (), request.kwargs or {}, configdir_of(app))
@@ -187,7 +187,7 @@ def _on_failure(sender: Any = None, task_id: str | None = None, exception: BaseE
     log.error("job %s failed: %s", task_id, reason)
     try:
         from tasks import registry
-        from tasks.app import configdir_of
+        from tasks.celeryapp import configdir_of
         from tasks.engine_task import config_for
 
         job = Job.from_message(sender.name, args or (), kwargs or {}, configdir_of(app))

@@ -73,7 +73,7 @@ BUSY_CACHE = 1.0     # seconds a non-empty queue answer is reused (a burst of du
 
 def _depth(app: Any, conn: Any) -> int:
     """Messages waiting in queue engine; a non-empty answer is remembered for BUSY_CACHE s."""
-    from tasks.app import queue_depth
+    from tasks.celeryapp import queue_depth
 
     url = app.conf.broker_url
     if _busy_until.get(url, 0.0) > time.monotonic():
@@ -86,7 +86,7 @@ def _depth(app: Any, conn: Any) -> int:
 
 def submit(cfg: Config, job: Job, priority: int = prio.DEFAULT) -> SubmitResult:
     """Queue ``job`` at Bots priority 1 (highest) .. 9; see the module doc."""
-    from tasks.app import QUEUE, app_for, queue_logger
+    from tasks.celeryapp import QUEUE, app_for, queue_logger
     from tasks.signals import submitting
 
     check_enabled(cfg)

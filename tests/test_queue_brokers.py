@@ -149,7 +149,7 @@ print(dict(seen))
 
 def test_eight_processes_submitting_the_same_job_leave_one_waiting(q):
     from tasks import registry
-    from tasks.app import app_for, queue_depth
+    from tasks.celeryapp import app_for, queue_depth
 
     name = f"flood-{uuid.uuid4().hex[:4]}"
     n = 1000
@@ -173,7 +173,7 @@ def test_eight_processes_submitting_the_same_job_leave_one_waiting(q):
 
 def test_stale_registry_entry_is_detected_and_replaced(q):
     from tasks import registry
-    from tasks.app import QUEUE, app_for
+    from tasks.celeryapp import QUEUE, app_for
 
     name = f"stale-{uuid.uuid4().hex[:4]}"
     with Busy(q) as busy:
@@ -234,7 +234,7 @@ def test_malformed_messages_are_rejected_with_a_logged_reason(q):
     from kombu import Producer
 
     from tasks import priority as prio
-    from tasks.app import app_for
+    from tasks.celeryapp import app_for
 
     tag = uuid.uuid4().hex[:4]
     ids = {k: f"{k}-{tag}" for k in ("badjson", "kwargs", "route", "pickle", "unknown", "args")}
@@ -272,7 +272,7 @@ def test_engine_job_runs_reports_progress_and_waits_for_a_live_lock(q):
 
     from engine.lock import acquire
     from tasks import registry
-    from tasks.app import app_for
+    from tasks.celeryapp import app_for
 
     q.env.drop("data/sin/slow-1.edi", "1.0")
     app = app_for(q.cfg)

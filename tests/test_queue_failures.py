@@ -204,7 +204,7 @@ def test_rabbitmq_restart_with_50_jobs_waiting_runs_all_in_priority_order(rabbit
     for step in ("stop_app", "start_app"):
         subprocess.run(["rabbitmqctl", "-q", step], check=True, capture_output=True, timeout=120)
     subprocess.run(["rabbitmqctl", "-q", "await_startup", "--timeout", "60"], check=True, capture_output=True)
-    from tasks.app import _apps
+    from tasks.celeryapp import _apps
 
     for app in _apps.values():              # this process's pooled connections died with the broker
         app.pool.force_close_all()

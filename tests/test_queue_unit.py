@@ -254,7 +254,7 @@ def test_concurrent_registrations_leave_exactly_one_entry(reg_cfg):
 # --------------------------------------------------------------------------- publish handler, settings
 
 def test_publish_handler_fills_maps_and_marks_duplicates(env, monkeypatch):
-    from tasks.app import app_for
+    from tasks.celeryapp import app_for
     from tasks.signals import PAST, before_publish, submitting
 
     for broker, kind in (("amqp://guest:guest@127.0.0.1:1//", prio.RABBITMQ), ("redis://127.0.0.1:1/0", prio.REDIS)):
@@ -292,7 +292,7 @@ def test_publish_handler_fills_maps_and_marks_duplicates(env, monkeypatch):
 
 
 def test_app_settings(env, monkeypatch):
-    from tasks.app import settings
+    from tasks.celeryapp import settings
 
     monkeypatch.setenv("BOTSQ_BROKER_URL", "redis://127.0.0.1:6379/3")
     ini = env.configdir / "bots.ini"
@@ -374,7 +374,7 @@ def test_celery_cli_finds_the_app_and_names_a_bad_config_in_one_line(env, tmp_pa
     r = _run("celery", "-A", "tasks", "report", env_vars={"BOTSQ_CONFIG": str(tmp_path / "nope")}, cwd=tmp_path)
     assert r.returncode == 1 and r.stderr.strip().endswith("config dir does not exist (use -c DIR or set BOTSQ_CONFIG)")
     assert r.stderr.count("\n") == 1
-    code = ("import tasks; a = tasks.app; from tasks.app import app_for; "
+    code = ("import tasks; from tasks.celeryapp import app_for; a = tasks.app; "
             "print(type(a).__name__, type(tasks.celery).__name__, tasks.celery is a)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                        env={**os.environ, "BOTSQ_CONFIG": str(env.configdir)})
