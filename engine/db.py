@@ -6,11 +6,12 @@ on first use. Models live beside this module and share :class:`Base`.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import MetaData, create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -63,13 +64,33 @@ def get_engine(url: str) -> Engine:
             with eng.connect() as conn:
                 conn.execute(text("SELECT 1"))
             import engine.models  # noqa: F401  (registers the tables on Base)
-            Base.metadata.create_all(eng)
+            create_tables(eng)
         except (SQLAlchemyError, OSError) as exc:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DatabaseError(f"database {mask_url(url)} cannot be used: {reason}") from None
         _engines[url] = eng
         _makers[url] = sessionmaker(eng, expire_on_commit=False)
         return eng
+
+
+_SCHEMA_LOCK = 0x626F7473  # PostgreSQL advisory lock key ("bots") serialising schema creation
+
+
+def create_tables(eng: Engine, tables: list | None = None, metadata: MetaData | None = None) -> None:
+    """Create missing tables. Processes starting together on a new database must not race
+    (PostgreSQL: duplicate key on pg_type; SQLite: table already exists), so PostgreSQL
+    serialises with an advisory lock and a lost race elsewhere is simply tried again."""
+    for attempt in range(3):
+        try:
+            with eng.begin() as conn:
+                if eng.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
+                (metadata or Base.metadata).create_all(conn, tables=tables)
+            return
+        except SQLAlchemyError:
+            if attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 @contextmanager

@@ -58,7 +58,11 @@ def pid_exists(pid: int) -> bool:
         return True
     except OSError:
         return False
-    return True
+    try:  # a zombie has ended: its parent just has not reaped it yet
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _aware(dt: datetime) -> datetime:

@@ -28,6 +28,7 @@ from typing import Any
 from celery.beat import ScheduleEntry, Scheduler
 from sqlalchemy import Column, Float, Integer, MetaData, String, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from engine.lock import pid_exists
 
 LOCK_NAME = "beat"
 RETRY_SECONDS = 5.0
@@ -50,28 +51,14 @@ state_table = Table(
 )
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purpose
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 class BeatStore:
     """The lock row and the last-run table, in the environment's tracking database."""
 
     def __init__(self, url: str) -> None:
-        from engine.db import get_engine
+        from engine.db import create_tables, get_engine
 
         self.engine = get_engine(url)
-        _meta.create_all(self.engine)
+        create_tables(self.engine, metadata=_meta)
         self.host = socket.gethostname()
 
     # ------------------------------------------------------------------ lock
@@ -87,7 +74,7 @@ class BeatStore:
                                  .values(heartbeat_at=now))
                     return True, row
                 gone = (now - row["heartbeat_at"] > grace
-                        or (row["host"] == self.host and not pid_alive(row["pid"])))
+                        or (row["host"] == self.host and not pid_exists(row["pid"])))
                 if not gone:
                     return False, row
                 res = conn.execute(
@@ -124,7 +111,7 @@ class BeatStore:
             return None
         out = dict(row)
         out["age"] = time.time() - out["heartbeat_at"]
-        out["alive"] = out["age"] <= grace and not (out["host"] == self.host and not pid_alive(out["pid"]))
+        out["alive"] = out["age"] <= grace and not (out["host"] == self.host and not pid_exists(out["pid"]))
         return out
 
     # ------------------------------------------------------------------ last runs

@@ -36,7 +36,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from engine.config import Config, mask_url
-from engine.db import Base, DatabaseError, get_engine, session_scope
+from engine.db import Base, DatabaseError, create_tables, get_engine, session_scope
 from engine.lock import hostname, pid_exists
 from engine.models import utcnow
 from tasks.jobs import Job
@@ -91,19 +91,14 @@ _ready: set[str] = set()
 
 
 def _url(cfg: Config) -> str:
-    """The database URL, its tables created. Processes starting together on a new PostgreSQL
-    database race to create the schema (one gets a duplicate-key error): look again."""
+    """The database URL, the registry's tables created."""
     url = cfg.database_url
-    for attempt in range(3):
-        if url in _ready:
-            break
+    if url not in _ready:
         try:
-            Base.metadata.create_all(get_engine(url), tables=_TABLES)
-            _ready.add(url)
-        except (DatabaseError, SQLAlchemyError) as exc:
-            if attempt == 2:
-                raise exc if isinstance(exc, DatabaseError) else _db_error(cfg, exc) from None
-            time.sleep(0.2 * (attempt + 1))
+            create_tables(get_engine(url), tables=_TABLES)
+        except SQLAlchemyError as exc:
+            raise _db_error(cfg, exc) from None
+        _ready.add(url)
     return url
 
 

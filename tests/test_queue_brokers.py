@@ -203,7 +203,7 @@ def test_botsq_queue_shows_waiting_jobs_and_clear_purges_queue_and_registry(q):
         assert all(w["age_s"] >= 0 for w in data["waiting"]) and data["broker_messages"] == 2
         assert [x["job"] for x in data["running"]] == [f"rec {busy.name} @{busy.release_file}"]
         r = botsq(q.env, q.broker, "queue")
-        assert f"p3" in r.stdout and f"rec a-{tag}" in r.stdout and "running" in r.stdout
+        assert "p3" in r.stdout and f"rec a-{tag}" in r.stdout and "running" in r.stdout
         r = botsq(q.env, q.broker, "queue", "clear")
         assert r.returncode == 0 and "purged 2 waiting message(s)" in r.stdout and "removed 2 registry" in r.stdout
         assert json.loads(botsq(q.env, q.broker, "queue", "--json").stdout)["waiting"] == []
