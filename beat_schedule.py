@@ -424,16 +424,10 @@ def load_jobs(cfg: Config, validate: bool = True) -> list[ScheduledJob]:
         cadence = sec.choice("cadence", CADENCES, "") if "cadence" in sec.keys() else ""
         if not cadence:
             raise ConfigError(f"{sec.where('cadence')}: required ({' | '.join(CADENCES)})")
-        line = sec.get("job", str, "")
-        if not line:
+        argv = sec.argv("job")
+        if not argv:
             raise ConfigError(f"{sec.where('job')}: required (e.g. bots-engine --new)")
-        try:
-            argv = shlex.split(line)
-        except ValueError as exc:
-            raise ConfigError(f"{sec.where('job')}: cannot split command line: {exc}") from None
-        priority = sec.get("priority", int, 5)
-        if not 1 <= priority <= 9:
-            raise ConfigError(f"{sec.where('priority')}: expected 1 (highest) to 9, got {priority}")
+        priority = sec.priority()
         if cadence == "interval":
             seconds = sec.get("seconds", float, 0.0)
             if seconds <= 0:

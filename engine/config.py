@@ -95,6 +95,21 @@ class IniSection:
             raise ConfigError(f"{self.where(key)}: expected one of {', '.join(choices)}, got {value!r}")
         return value
 
+    def priority(self, key: str = "priority", default: int = 5) -> int:
+        """A Bots job priority: 1 (highest) to 9."""
+        value = self.get(key, int, default)
+        if not 1 <= value <= 9:
+            raise ConfigError(f"{self.where(key)}: expected 1 (highest) to 9, got {value}")
+        return value
+
+    def argv(self, key: str) -> list[str]:
+        """A command line split the way a shell would (no shell runs it); [] when empty."""
+        line = self.get(key, str, "")
+        try:
+            return shlex.split(line)
+        except ValueError as exc:
+            raise ConfigError(f"{self.where(key)}: cannot split command line: {exc}") from None
+
     def keys(self) -> list[str]:
         return list(self.data)
 
@@ -423,11 +438,7 @@ def load_config(configdir: str | Path | None = None) -> Config:
     commands: dict[str, tuple[str, ...]] = {}
     cs = sec("jobqueue.commands")
     for name in cs.keys():
-        line = cs.get(name, str, "")
-        try:
-            argv = shlex.split(line)
-        except ValueError as exc:
-            raise ConfigError(f"{cs.where(name)}: cannot split command line: {exc}") from None
+        argv = cs.argv(name)
         if not argv:
             raise ConfigError(f"{cs.where(name)}: empty command line")
         commands[name] = tuple(argv)
@@ -446,9 +457,7 @@ def load_config(configdir: str | Path | None = None) -> Config:
         path = ms.get("path", str, "")
         if not path:
             raise ConfigError(f"{ms.where('path')}: required")
-        priority = ms.get("priority", int, 5)
-        if not 1 <= priority <= 9:
-            raise ConfigError(f"{ms.where('priority')}: expected 1 (highest) to 9, got {priority}")
+        priority = ms.priority()
         monitors.append(DirMonitor(
             name=name, path=resolve(path), filemask=ms.get("filemask", str, "*") or "*",
             route=ms.get("route", str, ""), recursive=ms.get("recursive", bool, False), priority=priority,

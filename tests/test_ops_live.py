@@ -32,7 +32,7 @@ from conftest import bin_path, free_port
 from e2e_procs import Proc
 from queue_helpers import (Worker, celery_call, ended, in_process, job2queue, jobqueue_log, make_queue_env,
                            proc_env, purge, started, wait_for)
-from test_ops_demo import rabbit_vhost
+from conftest import rabbit_vhost
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 
@@ -251,7 +251,7 @@ def test_status_is_healthy_and_shows_worker_queue_and_waiting_jobs(live) -> None
 
 def test_status_without_worker_is_unhealthy(live, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A broker that answers but where nobody consumes queue engine (a vhost of its own)."""
-    with rabbit_vhost(live.broker, "noworker") as broker:
+    with rabbit_vhost("noworker") as broker:
         other = make_queue_env(tmp_path / "other", broker)
         res = subprocess.run([bin_path("botsq"), "status", "-c", str(other.configdir)], cwd=other.root,
                              env=proc_env(other, broker), capture_output=True, text=True, timeout=60)

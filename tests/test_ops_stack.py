@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import bin_path, free_port
-from test_ops_demo import rabbit_vhost
+from conftest import rabbit_vhost
 from test_ops_procs import descendants, gone, wait_for
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
@@ -26,7 +26,7 @@ READY = {  # a line each child prints once it runs
 
 @pytest.fixture
 def stack_env(rabbit_url: str, make_env):  # type: ignore[no-untyped-def]
-    with rabbit_vhost(rabbit_url, "stack") as broker:
+    with rabbit_vhost("stack") as broker:
 
         def make(watch: str = "data/in") -> object:
             env = make_env(ini=f"""
