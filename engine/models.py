@@ -120,6 +120,27 @@ class Outgoing(Base):
 Index("ix_outgoing_comm_id", Outgoing.commstatus, Outgoing.id)
 
 
+class SourceRemoval(Base):
+    """A received file whose removal at the source is still pending.
+
+    Written in the same commit as the incoming record (before the source is removed) and
+    dropped once the channel removed the file. A row left behind (the delete failed, the
+    connection or the run died in between) tells a later run that a file of this name on this
+    channel was already received: if its size and sha256 are the same, it is only removed at
+    the source, never processed (and sent) a second time. A table of its own, not a column, so
+    databases made before it simply gain it on first use (create_all adds missing tables).
+    """
+    __tablename__ = "source_removals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    incoming_id: Mapped[int] = mapped_column(ForeignKey("incoming.id", ondelete="CASCADE"), index=True)
+    channel: Mapped[str] = mapped_column(String(200), index=True)
+    filename: Mapped[str] = mapped_column(Text)                    # safe_name'd, as in incoming
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    checksum: Mapped[str] = mapped_column(String(64), default="")
+    created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class EngineLock(Base):
     """At most one row (id 1): the run holding the engine."""
     __tablename__ = "engine_lock"

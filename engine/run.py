@@ -43,7 +43,7 @@ from engine.lock import LockInfo, acquire, hostname, overtime_minutes
 from engine.log import component_logger
 from engine.models import (COMM_FAILED, COMM_PENDING, COMM_SENT, IN_COMMERROR, IN_DONE, IN_ERROR, IN_RECEIVED,
                            OUT_OK, RUN_CRASHED, RUN_ERRORS, RUN_FAILED, RUN_OK, RUN_RUNNING, EngineState, Incoming,
-                           Outgoing, Run, utcnow)
+                           Outgoing, Run, SourceRemoval, utcnow)
 from engine.report import send_report
 from engine.translate import TranslateError, Translator
 
@@ -161,6 +161,7 @@ class _Error:
 
 _IN = Incoming.__table__
 _OUT = Outgoing.__table__
+_SR = SourceRemoval.__table__
 _UPDATE_IN = (update(_IN).where(_IN.c.id == bindparam("b_id"))
               .values(status=bindparam("b_status"), error=bindparam("b_error"), updated=bindparam("b_updated"),
                       run_id=bindparam("b_run"), times_processed=bindparam("b_tp"), rereceive=False))
@@ -231,7 +232,8 @@ class EngineRun:
         self.url = cfg.database_url
         self.botssys = cfg.directories.botssys
         self.counts: dict[str, int] = dict(received=0, processed=0, sent=0, file_errors=0, comm_errors=0,
-                                           rereceived=0, resent=0, retried=0, recovered=0, cleaned=0)
+                                           rereceived=0, resent=0, retried=0, recovered=0, cleaned=0,
+                                           removed_late=0)
         self.errors: list[_Error] = []
         self.channels: dict[str, Channel | CommunicationError] = {}
         self.translator = Translator(cfg)
@@ -364,6 +366,8 @@ class EngineRun:
         limit = spec.get("maxsecondsperchannel") or self.cfg.settings.maxsecondsperchannel
         deadline = time.monotonic() + limit if limit else None
         remove = bool(spec.get("remove", False))
+        # files an earlier run received but could not remove at the source (usually none: one query)
+        pending = self.pending_removals(inname, listing) if remove else {}
         maxsize = self.cfg.settings.maxfilesizeincoming
         done = 0
         failures = 0
@@ -383,6 +387,8 @@ class EngineRun:
                 break
             got: list[tuple[Any, InRec]] = []
             recs: list[InRec] = []
+            again: list[tuple[Any, Any]] = []     # (item, pending row): received before, only to be removed
+            stale: list[int] = []                 # pending rows whose name now holds another file
             for item in batch:
                 if deadline is not None and time.monotonic() > deadline:
                     stop = True
@@ -415,6 +421,14 @@ class EngineRun:
                         size, checksum = fetched
                     else:
                         size, checksum = _digest(tmp)
+                    if pending and name in pending:
+                        prior = pending.pop(name)
+                        same = next((p for p in prior if p.size == size and p.checksum == checksum), None)
+                        if same is not None:
+                            _unlink(tmp)
+                            again.append((item, same))
+                            continue
+                        stale.extend(p.id for p in prior)
                     os.replace(tmp, f"{adir}/{base}")
                 except OSError as exc:
                     _unlink(tmp)
@@ -432,38 +446,99 @@ class EngineRun:
                 got.append((item, rec))
             if got:
                 _syncfs(archive_day)            # archived copies are on disk before any source goes
-            self.insert_incoming(recs)          # ... and recorded (committed)
+            # ... and recorded (committed), with their removal at the source marked pending
+            self.insert_incoming(recs, [rec for _i, rec in got] if remove else (), stale)
             self.counts["received"] += len(got)
             for _item, rec in got:
                 if rec.status == IN_ERROR:
                     self.file_error(route.name, rec.filename, rec.error)
             if remove:
+                removed: list[int] = []
                 for item, rec in got:
-                    try:
-                        ch.delete(item)
-                    except ConfigError:
-                        raise
-                    except Exception as exc:  # noqa: BLE001
-                        exc = self._comm(exc, inname, f"removing {rec.filename!r} failed")
-                        self.comm_error(route.name, rec.filename, f"received, but not removed at the source "
-                                                                  f"(it will be received again): {exc}")
+                    if self.remove_at_source(ch, item, route.name, rec.filename):
+                        removed.append(rec.id)
+                removed_again: list[int] = []
+                for item, prior in again:
+                    if self.remove_at_source(ch, item, route.name, safe_name(item.name)):
+                        removed_again.append(prior.id)
+                        self.counts["removed_late"] += 1
+                        self.log.info("route %s, file %s: already received (incoming %s, same size and sha256) but "
+                                      "left at the source when its removal failed; removed at the source now, not "
+                                      "processed again", route.name, safe_name(item.name), prior.incoming_id)
+                self.clear_removals(removed, removed_again)
             self.process([rec for _i, rec in got if rec.status == IN_RECEIVED])
-            done += len(recs)
+            done += len(recs) + len(again)
             self.progress(route=route.name, part=partno, files_done=done, files_total=total, phase="receive")
             if stop:
                 break
 
-    def insert_incoming(self, recs: list[InRec]) -> None:
-        if not recs:
+    def insert_incoming(self, recs: list[InRec], removing: Sequence[InRec] = (), stale: Sequence[int] = ()) -> None:
+        """Record incoming files in one commit; ``removing`` (some of ``recs``) are about to be removed at the
+        source, so their removal is recorded as pending in the same commit; ``stale`` pending rows go."""
+        if not recs and not stale:
             return
         now = utcnow()
         rows = [dict(run_id=r.run_id, route=r.route, part=r.part, channel=r.channel, filename=r.filename, size=r.size,
                      checksum=r.checksum, archive_path=r.archive_path, status=r.status, error=r.error,
                      rereceive=False, times_processed=0, created=now, updated=now) for r in recs]
         with self.tx() as conn:
-            result = conn.execute(insert(_IN).returning(_IN.c.id, sort_by_parameter_order=True), rows)
-            for rec, row in zip(recs, result):
-                rec.id = row[0]
+            if rows:
+                result = conn.execute(insert(_IN).returning(_IN.c.id, sort_by_parameter_order=True), rows)
+                for rec, row in zip(recs, result):
+                    rec.id = row[0]
+            if removing:
+                conn.execute(insert(_SR), [dict(incoming_id=r.id, channel=r.channel, filename=r.filename,
+                                                size=r.size, checksum=r.checksum, created=now) for r in removing])
+            if stale:
+                conn.execute(delete(_SR).where(_SR.c.id.in_(list(stale))))
+
+    # ------------------------------------------------------------------ removal at the source
+    def pending_removals(self, channel: str, listing: Iterable[Any]) -> dict[str, list[Any]]:
+        """Files received on ``channel`` whose removal at the source is still pending, by (safe) name.
+
+        A pending row whose name is no longer listed is settled: the file is gone from the source
+        (removed after all, or by someone else), so a later file of that name is a new one.
+        """
+        with self.tx() as conn:
+            rows = list(conn.execute(select(_SR.c.id, _SR.c.incoming_id, _SR.c.filename, _SR.c.size, _SR.c.checksum)
+                                     .where(_SR.c.channel == channel).order_by(_SR.c.id)))
+            if not rows:
+                return {}
+            listed = {safe_name(item.name) for item in listing}
+            gone = [r.id for r in rows if r.filename not in listed]
+            for chunk in _chunks(gone, 500):
+                conn.execute(delete(_SR).where(_SR.c.id.in_(chunk)))
+        pending: dict[str, list[Any]] = {}
+        for r in rows:
+            if r.filename in listed:
+                pending.setdefault(r.filename, []).append(r)
+        if pending:
+            self.log.info("channel %s: %d file(s) received earlier are still at the source (their removal failed); "
+                          "each is compared with its record and removed, not processed again, when it is the same",
+                          channel, sum(len(v) for v in pending.values()))
+        return pending
+
+    def remove_at_source(self, ch: Channel, item: Any, route: str, filename: str) -> bool:
+        try:
+            ch.delete(item)
+            return True
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            exc = self._comm(exc, ch.name, f"removing {filename!r} failed")
+            self.comm_error(route, filename, f"received, but not removed at the source (the next run removes it "
+                                             f"without processing it again): {exc}")
+            return False
+
+    def clear_removals(self, incoming_ids: list[int], pending_ids: list[int]) -> None:
+        """The files were removed at the source: their pending marks go (one commit)."""
+        if not incoming_ids and not pending_ids:
+            return
+        with self.tx() as conn:
+            if incoming_ids:
+                conn.execute(delete(_SR).where(_SR.c.incoming_id.in_(incoming_ids)))
+            if pending_ids:
+                conn.execute(delete(_SR).where(_SR.c.id.in_(pending_ids)))
 
     # ------------------------------------------------------------------ translate + send
     def process(self, incs: list[InRec]) -> None:
@@ -787,7 +862,8 @@ class EngineRun:
         c = self.counts
         parts = [f"{c['received']} received", f"{c['processed']} processed", f"{c['sent']} sent"]
         for key, label in (("rereceived", "rereceived"), ("resent", "resent"), ("retried", "retried"),
-                           ("recovered", "recovered"), ("cleaned", "cleaned up")):
+                           ("recovered", "recovered"), ("cleaned", "cleaned up"),
+                           ("removed_late", "already received (only removed at the source)")):
             if c[key]:
                 parts.append(f"{c[key]} {label}")
         parts += [f"{c['file_errors']} file error(s)", f"{c['comm_errors']} communication error(s)"]

@@ -223,8 +223,47 @@ def test_in_channel_server_dies_mid_run(make_env, tmp_path: Path, reports: SmtpS
     srv.stop()
     srv.die_after_sent = 0
     with srv:
-        assert run(env, "--new").returncode == 0
+        again = run(env, "--new")
+        assert again.returncode == 0, again.stdout + again.stderr
     assert sorted(os.listdir(env.path("data/out"))) == names and os.listdir(root / "in") == []
+    # the files fetched before the server died were not removed there: the next run only removed them
+    delivered = [o["filename"] for o in outgoing(env)]
+    assert sorted(delivered) == names                           # each sent exactly once
+    assert sorted(i["filename"] for i in incoming(env) if i["status"] == "done") == names
+
+
+def test_ftp_server_refusing_dele_nothing_sent_twice(make_env, tmp_path: Path, reports: SmtpServer) -> None:  # type: ignore[no-untyped-def]
+    root = tmp_path / "partner"
+    (root / "in").mkdir(parents=True)
+    (root / "out").mkdir()
+    for n in range(3):
+        (root / "in" / f"d{n}.edi").write_text(f"order {n}")
+    srv = FtpServer(root, password=FTP_PW, perm="elrw").start()          # no 'd': DELE refused (550)
+    try:
+        env = make_env(ini=ini(reports), routes=routes(ftp(srv, "in", remove=True), ftp(srv, "out", filename="{infile}")))
+        first = run(env, "--new")
+        assert first.returncode == 2, first.stdout + first.stderr
+        assert "3 received, 3 processed, 3 sent" in first.stdout and "3 communication error(s)" in first.stdout
+        assert sorted(os.listdir(root / "in")) == ["d0.edi", "d1.edi", "d2.edi"]
+        for p in (root / "out").iterdir():                                # the partner took them
+            p.unlink()
+        still = run(env, "--new")                                         # still refused: nothing sent again
+        assert still.returncode == 2 and "0 received, 0 processed, 0 sent" in still.stdout
+        assert os.listdir(root / "out") == []
+        srv.stop()
+        srv.perm = "elradfmwMT"
+        srv.start()
+        ok = run(env, "--new")
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert "0 sent" in ok.stdout and "3 already received (only removed at the source)" in ok.stdout
+    finally:
+        srv.stop()
+    assert os.listdir(root / "in") == [] and os.listdir(root / "out") == []
+    assert sorted((o["filename"], o["attempts"]) for o in outgoing(env)) == [(f"d{n}.edi", 1) for n in range(3)]
+    assert len(incoming(env)) == 3
+    log = (env.root / "botssys" / "logging" / "engine.log").read_text()
+    assert "cannot delete 'd0.edi': 550" in log
+    assert_no_password_anywhere(env, first.stdout, ok.stdout)
 
 
 def test_maxsecondsperchannel_leaves_files_for_later_runs(make_env, tmp_path: Path, reports: SmtpServer) -> None:  # type: ignore[no-untyped-def]
