@@ -1,12 +1,15 @@
 """The worker's consumer: Celery's, plus a line in ``jobqueue.log`` for every message it refuses
 (not JSON, a pickled body, an unknown task, no task header). Celery already drops such a
 message and keeps serving; this makes the reason visible where the queue's operators look.
+
+Also the tasks' request class (:class:`Request`): no ack on a channel the broker has closed.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from celery.worker.consumer import Consumer as _CeleryConsumer
+from celery.worker.request import Request as _CeleryRequest
 
 
 def _describe(message: Any) -> str:
@@ -41,3 +44,33 @@ class Consumer(_CeleryConsumer):
     def on_unknown_message(self, body: Any, message: Any) -> None:
         self._log("not a task message", message, None)
         super().on_unknown_message(body, message)
+
+
+def _channel_gone(message: Any) -> bool:
+    """The channel a message came on is closed (py-amqp drops its connection then): an ack on it
+    can only fail. RabbitMQ closes it when a delivery outlives ``consumer_timeout``, and requeues
+    the message itself."""
+    chan = getattr(message, "channel", None)
+    return chan is not None and (getattr(chan, "connection", True) is None or getattr(chan, "is_open", True) is False)
+
+
+class Request(_CeleryRequest):
+    """Celery's request, but a job whose channel the broker has closed meanwhile is not acked
+    (kombu would log ``CRITICAL Couldn't ack ... connection already closed`` with a traceback);
+    ``jobqueue.log`` says instead what happened and why it is harmless."""
+
+    def acknowledge(self) -> None:
+        if not self.acknowledged and _channel_gone(self.message):
+            self.acknowledged = True
+            try:
+                from tasks.signals import _worker_log
+
+                _worker_log(self.app).warning(
+                    "job %s ended, but its message cannot be acknowledged: the broker closed the channel it came "
+                    "on (RabbitMQ's consumer_timeout is shorter than this job, or the connection was lost); the "
+                    "broker delivers it again and that copy is skipped, since this job already ran. Set "
+                    "consumer_timeout above the longest run (ops/rabbitmq.conf)", self.id)
+            except Exception:  # noqa: BLE001 - logging must not stop the consumer
+                pass
+            return
+        super().acknowledge()

@@ -39,7 +39,7 @@ DB_RETRY_SECONDS = 30       # a job that cannot reach the database is tried agai
 
 def register_tasks(app: Celery) -> None:
     opts = {"bind": True, "acks_late": True, "reject_on_worker_lost": True, "typing": False,
-            "ignore_result": True, "max_retries": None}
+            "ignore_result": True, "max_retries": None, "Request": "tasks.consumer:Request"}
     app.task(name=ENGINE_TASK, **opts)(engine_job)
     app.task(name=COMMAND_TASK, **opts)(command_job)
 
@@ -121,6 +121,10 @@ class _Watch:
             except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the grace period covers it
                 self.log.warning("job %s: heartbeat failed: %s", self.task_id, _one_line(exc))
             self.check_overtime()
+
+    def restart(self) -> None:
+        """Count from now: time spent waiting for the engine lock is not running time."""
+        self.t0 = time.monotonic()
 
     def check_overtime(self) -> None:
         minutes = (time.monotonic() - self.t0) / 60
@@ -217,9 +221,9 @@ def run_job(task: Task, name: str, args: Any, kwargs: Any) -> dict[str, Any]:
         raise Reject(_one_line(exc), requeue=False) from None
     log.info("started %s: %s (priority %d, attempt %d)", task_id, job, priority, began.attempts)
     try:
-        with _Watch(cfg, task_id, job, log):
+        with _Watch(cfg, task_id, job, log) as watch:
             if job.task == ENGINE_TASK:
-                result = _run_engine(task, cfg, job, log)
+                result = _run_engine(task, cfg, job, log, watch)
             else:
                 result = _run_command(cfg, job, task_id, log)
     except (ConfigError, UsageError) as exc:
@@ -270,13 +274,15 @@ def _finish(cfg: Config, task_id: str, state: str, result: str, log: Any) -> Non
         log.error("job %s: could not record its end: %s", task_id, _one_line(exc))
 
 
-def _run_engine(task: Task, cfg: Config, job: Job, log: Any) -> dict[str, Any]:
+def _run_engine(task: Task, cfg: Config, job: Job, log: Any, watch: _Watch | None = None) -> dict[str, Any]:
     from engine.run import run_engine
 
     progress = _Progress(task)
     poll = min(5.0, max(0.2, cfg.settings.lock_heartbeat / 2))
     waiting_since = None
     while True:
+        if watch is not None:
+            watch.restart()         # maxruntime counts from the attempt that gets the lock
         res = run_engine(cfg, job.commands, job.routes, progress=progress)
         if res.exit_code != EXIT_LOCKED:
             break

@@ -338,6 +338,47 @@ def test_maxruntime_overrun_is_logged_and_reported_once_for_commands(env, monkey
     assert sent == ["job rec exceeds maxruntime"]          # engine runs report it themselves
 
 
+def test_maxruntime_counts_from_the_run_not_from_waiting_for_the_engine_lock(env, monkeypatch):
+    import logging
+    from types import SimpleNamespace
+
+    import engine.run
+    from engine.cli_util import EXIT_LOCKED
+    from tasks import engine_task
+
+    cfg = env.config()
+    records: list[str] = []
+
+    class H(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    log = logging.getLogger("test-overtime-wait")
+    log.addHandler(H())
+    watch = engine_task._Watch(cfg, "tid", Job.engine(cfg.configdir, ["new"], []), log)
+    calls = []
+
+    def fake_run(cfg, commands, routes, progress=None):
+        calls.append(1)
+        if len(calls) < 3:                                  # locked: 61 minutes pass waiting for the lock
+            watch.t0 -= 61 * 60
+            return SimpleNamespace(exit_code=EXIT_LOCKED, run_id=None, message="locked by run 7", counts={})
+        watch.check_overtime()                              # the run itself has only just begun
+        assert not watch.alerted
+        watch.t0 -= 61 * 60                                 # ... and now it runs for 61 minutes
+        watch.check_overtime()
+        return SimpleNamespace(exit_code=0, run_id=8, message="run 8", counts={})
+
+    monkeypatch.setattr(engine.run, "run_engine", fake_run)
+    monkeypatch.setattr(engine_task.time, "sleep", lambda s: None)
+    task = SimpleNamespace(request=SimpleNamespace(id="tid"), backend=None,
+                           app=SimpleNamespace(conf=SimpleNamespace(worker_send_task_events=False)))
+    assert engine_task._run_engine(task, cfg, watch.job, log, watch)["exit_code"] == 0
+    assert len(calls) == 3
+    assert [r for r in records if "longer than maxruntime" in r] == [
+        "job tid (bots-engine --new) has been running for 61 minutes, longer than maxruntime (60); it is not stopped"]
+
+
 # --------------------------------------------------------------------------- the commands' refusals
 
 def _run(cmd: str, *argv: str, env_vars: dict | None = None, cwd: Path | None = None):
