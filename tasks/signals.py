@@ -141,22 +141,29 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     log.info("worker ready: %s consuming queue engine", getattr(sender, "hostname", "?"))
 
 
-def _job_of(request: Any, app: Any) -> Job | None:
+def _task_name(request: Any, sender: Any = None) -> str:
+    # the request a signal gets is a Context: the task's name is its ``task`` header, not ``name``
+    return (getattr(request, "name", None) or getattr(request, "task", None)
+            or getattr(sender, "name", None) or "?")
+
+
+def _job_of(request: Any, app: Any, sender: Any = None) -> Job | None:
     from tasks.celeryapp import configdir_of
 
     try:
-        return Job.from_message(request.name, request.args or (), request.kwargs or {}, configdir_of(app))
+        return Job.from_message(_task_name(request, sender), request.args or (), request.kwargs or {},
+                                configdir_of(app))
     except Exception:  # noqa: BLE001
         return None
 
 
 @task_revoked.connect(dispatch_uid="botsq-task-revoked")
-def _on_revoked(request: Any = None, terminated: bool = False, signum: Any = None, expired: bool = False,
-                **_: Any) -> None:
-    app = getattr(request, "app", None) or current_app
+def _on_revoked(sender: Any = None, request: Any = None, terminated: bool = False, signum: Any = None,
+                expired: bool = False, **_: Any) -> None:
+    app = getattr(sender, "app", None) or getattr(request, "app", None) or current_app
     log = _worker_log(app)
-    job = _job_of(request, app)
-    what = job.describe() if job else getattr(request, "name", "?")
+    job = _job_of(request, app, sender)
+    what = job.describe() if job else _task_name(request, sender)
     task_id = getattr(request, "id", "?")
     if expired:
         log.info("dropped unrun %s (%s): duplicate of a waiting job, or expired", task_id, what)

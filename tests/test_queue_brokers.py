@@ -101,6 +101,7 @@ def test_duplicates_discarded_via_job2queue_and_celery_call(q):
         dup_id = call.stdout.strip().splitlines()[-1]
     wait_done(q, [name])
     wait_for(lambda: f"dropped unrun {dup_id}" in jobqueue_log(q.env), 10, "the duplicate to be dropped", q.worker)
+    assert f"dropped unrun {dup_id} (rec {name}): duplicate of a waiting job" in jobqueue_log(q.env)
     assert started(q.env).count(name) == 1
     assert run_after(q, busy.name) == [name]
     log = jobqueue_log(q.env)
