@@ -110,6 +110,53 @@ def test_sigkill_of_the_worker_during_an_engine_run_reruns_it_after_restart(rabb
     assert "run again: the worker running it was lost (attempt 2)" in jobqueue_log(env)
 
 
+@pytest.mark.redis
+def test_redis_a_killed_pool_process_or_worker_does_not_lose_the_job(redis_url, tmp_path):
+    # Redis has no channel close to requeue on: a lost pool process is rejected back to the queue
+    # by the main process; a lost main process leaves the message unacked until the visibility
+    # timeout (shortened here) hands it to the next worker.
+    extra = "visibility_timeout = 2\n[jobqueue.transport_options]\nunacked_restore_interval = 1\n" \
+            "unacked_restore_throttle = 1\n"
+    env = make_queue_env(tmp_path / "env", redis_url, extra=extra)
+    purge(env, redis_url)
+    cfg = in_process(env, redis_url)
+    workers: list[Worker] = []
+    try:
+        w1 = Worker(env, redis_url).wait_ready()
+        workers.append(w1)
+        rel1, rel2 = env.root / "one.release", env.root / "two.release"
+        one = submit(cfg, ["rec", "one", f"@{rel1}"])
+        wait_for(lambda: "one" in started(env), 20, "job one to start", w1)
+        [child] = w1.children()
+        os.kill(child, signal.SIGKILL)                          # the pool process dies (OOM killer)
+        wait_for(lambda: started(env).count("one") == 2, 30, "job one to run again", w1)
+        rel1.write_text("go")
+        wait_for(lambda: f"finished {one.task_id}" in jobqueue_log(env), 20, "job one to finish", w1)
+
+        two = submit(cfg, ["rec", "two", f"@{rel2}"])
+        wait_for(lambda: "two" in started(env), 20, "job two to start", w1)
+        child = w1.children()[0]
+        w1.kill(signal.SIGKILL)                                 # the whole worker dies
+        w1.proc.wait(10)
+        wait_for(lambda: _pid_gone(child), 10, "the pool process to die with its parent")
+        w2 = Worker(env, redis_url).wait_ready()
+        workers.append(w2)
+        wait_for(lambda: started(env).count("two") == 2, 60, "job two to run again on the new worker", w2)
+        rel2.write_text("go")
+        wait_for(lambda: f"finished {two.task_id}" in jobqueue_log(env), 20, "job two to finish", w2)
+    finally:
+        for w in workers:
+            w.stop()
+    from tasks import registry
+
+    log = jobqueue_log(env)
+    for res, name in ((one, "one"), (two, "two")):
+        assert f"job {res.task_id} (rec {name} @{env.root}/{name}.release): run again: the worker running it was " \
+               f"lost (attempt 2)" in log
+        assert (registry.started(cfg, res.task_id) or {}).get("state") == "done"
+    assert started(env) == ["one", "one", "two", "two"] and ended(env) == ["one", "two"]
+
+
 @pytest.mark.rabbitmq
 def test_two_workers_never_overlap_and_a_locked_job_waits_then_runs(rabbit_env, rabbit_url):
     env, cfg, workers = rabbit_env
