@@ -65,8 +65,10 @@ def get_engine(url: str) -> Engine:
                 conn.execute(text("SELECT 1"))
             import engine.models  # noqa: F401  (registers the tables on Base)
             create_tables(eng)
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError, ImportError) as exc:   # ImportError: the URL's driver is not installed
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if isinstance(exc, ImportError):
+                reason = f"its database driver is not installed ({reason})"
             raise DatabaseError(f"database {mask_url(url)} cannot be used: {reason}") from None
         _engines[url] = eng
         _makers[url] = sessionmaker(eng, expire_on_commit=False)

@@ -98,6 +98,15 @@ def test_unreachable_database_exit_1_with_masked_url(make_env):
     assert not log.exists() or "Sup3rS3cret" not in log.read_text()
 
 
+def test_database_driver_not_installed_exit_1_with_masked_url(make_env):
+    env = make_env(ini=DEFAULT_INI + "\n[database]\nurl = mysql://bots:Sup3rS3cret@127.0.0.1/bots\n")
+    r = env.run()
+    assert r.returncode == 1
+    line = _one_line(r.stderr)
+    assert "database mysql://bots:***@127.0.0.1/bots cannot be used: its database driver is not installed" in line
+    assert "Sup3rS3cret" not in r.stderr + r.stdout and "Traceback" not in r.stderr
+
+
 def test_database_file_in_missing_folder_is_created(make_env):
     env = make_env(ini=DEFAULT_INI + "\n[database]\nurl = sqlite:///db/deeper/still/bots.sqlite\n")
     env.path("data/in").mkdir(parents=True)
