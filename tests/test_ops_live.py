@@ -202,6 +202,26 @@ def test_jobs_sent_through_flower_go_through_dedup(live) -> None:  # type: ignor
     assert name in ended(live.env)
 
 
+def test_priority_sent_through_flower_is_a_bots_priority(live) -> None:  # type: ignore[no-untyped-def]
+    """README: the ``priority`` of Flower's API is Bots' 1 (highest) .. 9, as everywhere else."""
+    tag = uuid.uuid4().hex[:6]
+    name, release = busy(live, tag)
+    try:
+        low = live.flower.post("/api/task/async-apply/bots.command",
+                               {"kwargs": {"name": "rec", "args": [f"fp9-{tag}"]}, "priority": 9})
+        high = live.flower.post("/api/task/async-apply/bots.command",
+                                {"kwargs": {"name": "rec", "args": [f"fp1-{tag}"]}, "priority": 1})
+        assert low[0] == 200 and high[0] == 200, (low, high)
+        log = jobqueue_log(live.env)
+        assert f"added {json.loads(low[1])['task-id']} priority 9" in log
+        assert f"added {json.loads(high[1])['task-id']} priority 1" in log
+    finally:
+        release()
+    wait_for(lambda: f"fp9-{tag}" in ended(live.env), 30, "both Flower jobs to run", live.worker)
+    order = [n for n in started(live.env) if n.endswith(tag)]
+    assert order == [name, f"fp1-{tag}", f"fp9-{tag}"], order
+
+
 def test_command_not_in_the_allow_list_is_refused_through_flower_and_celery_call(live) -> None:  # type: ignore[no-untyped-def]
     marker = live.env.root / "pwned"
     tag = uuid.uuid4().hex[:6]
