@@ -112,14 +112,17 @@ def _list(cfg, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
     if not rows:
         print("no files")
         return 0
-    print(f"{'kind':4} {'id':>7} {'run':>6} {'route':14} {'status':9} {'mark':4} {'created (UTC)':19} file / error")
+    # tries: delivery attempts of an outgoing file, times processed of an incoming one
+    print(f"{'kind':4} {'id':>7} {'run':>6} {'route':14} {'status':9} {'tries':>5} {'mark':4} {'created (UTC)':19} "
+          f"file / error")
     for r in rows:
         status = r["status"] if r["kind"] == "in" else r["commstatus"]
+        tries = r["times_processed"] if r["kind"] == "in" else r["attempts"]
         mark = "R" if r.get("rereceive") or r.get("resend") else ""
         created = (r["created"] or "")[:19].replace("T", " ")
         extra = f"  ({r['error']})" if r.get("error") else ""
-        print(f"{r['kind']:4} {r['id']:>7} {r['run_id'] or '':>6} {r['route'][:14]:14} {status:9} {mark:4} "
-              f"{created:19} {r['filename']}{extra}")
+        print(f"{r['kind']:4} {r['id']:>7} {r['run_id'] or '':>6} {r['route'][:14]:14} {status:9} {tries or 0:>5} "
+              f"{mark:4} {created:19} {r['filename']}{extra}")
     return 0
 
 

@@ -79,6 +79,15 @@ def test_files_list_mark_rereceive_resend_and_runs(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "1 rereceived" in r.stdout and "3 resent" in r.stdout
 
+    # the table shows each outgoing file's delivery attempts: the 3 resent ones went twice, the
+    # invoice once (its rereceive made a new outgoing file, also sent once)
+    r = botsq("files", "list", "-c", c, "--kind", "out")
+    assert r.returncode == 0 and "tries" in r.stdout.splitlines()[0]
+    tries = {int(ln.split()[1]): int(ln.split()[5]) for ln in r.stdout.splitlines()[1:]}
+    assert {o["id"]: tries[o["id"]] for o in outs} == {o["id"]: 2 if o["route"] == "orders" else 1
+                                                                   for o in outs}
+    assert sorted(tries.values()) == [1, 1, 2, 2, 2]
+
     r = botsq("runs", "-c", c, "--json")
     assert r.returncode == 0
     runs = json.loads(r.stdout)
