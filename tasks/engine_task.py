@@ -231,7 +231,15 @@ def run_job(task: Task, name: str, args: Any, kwargs: Any) -> dict[str, Any]:
         log.error("finished %s after %.1f s: system error: %s", task_id, time.monotonic() - t0, _one_line(exc))
         return {"exit_code": 1, "message": _one_line(exc)}
     except DatabaseError as exc:
-        _finish(cfg, task_id, registry.FAILED, f"database error: {_one_line(exc)}", log)
+        if (req.retries or 0) >= cfg.jobqueue.max_retries:
+            _finish(cfg, task_id, registry.FAILED, f"database error: {_one_line(exc)}", log)
+            log.error("job %s (%s) given up after %d database error(s): %s", task_id, job.describe(),
+                      (req.retries or 0) + 1, _one_line(exc))
+            send_report(cfg, f"job {job.describe()} given up", f"job {task_id} ({job}) failed "
+                                                                f"{(req.retries or 0) + 1} time(s): {exc}\n")
+            raise
+        # state "retry": the retried message (same task id) runs again instead of "already ran"
+        _finish(cfg, task_id, registry.RETRY, f"database error: {_one_line(exc)}", log)
         log.error("job %s (%s): %s; trying again in %d s", task_id, job.describe(), _one_line(exc), DB_RETRY_SECONDS)
         raise task.retry(exc=exc, countdown=DB_RETRY_SECONDS, max_retries=cfg.jobqueue.max_retries) from None
     except Exception as exc:

@@ -45,6 +45,7 @@ DEFAULT_STALE_AFTER = 30.0          # seconds before an entry may be judged stal
 KEEP_FINISHED = timedelta(days=2)   # started-job rows kept after they end (redeliveries come sooner)
 
 RUNNING, DONE, FAILED, GAVE_UP = "running", "done", "failed", "gaveup"
+RETRY = "retry"     # ended by a database error; the worker sent the same message again (task.retry)
 
 
 class PendingJob(Base):
@@ -245,6 +246,7 @@ def _alive(cfg: Config, row: StartedJob, now: datetime) -> bool:
 def begin(cfg: Config, job: Job, task_id: str, max_attempts: int) -> Begin:
     """The first step of a job, one transaction: claim its registry entry, record the start.
 
+    * a message whose run ended in a database error (state ``retry``): Celery's retry, run it;
     * a message already started before (a redelivery): skip it when that run ended, wait while
       its holder is alive, run it again when the holder died (at most ``max_attempts`` in all);
     * else compare-and-delete the pending entry: a message superseded by a priority raise, or
@@ -259,6 +261,11 @@ def begin(cfg: Config, job: Job, task_id: str, max_attempts: int) -> Begin:
         with session_scope(url) as s:
             st = s.get(StartedJob, task_id)
             if st is not None:
+                if st.state == RETRY:           # Celery's retry of this message (bounded by its max_retries)
+                    st.attempts += 1
+                    st.state, st.ended, st.result = RUNNING, None, ""
+                    st.host, st.pid, st.heartbeat = me_host, me_pid, now
+                    return Begin("run", f"run again after a database error (attempt {st.attempts})", st.attempts)
                 if st.state != RUNNING:
                     return Begin("skip", f"this message already ran (state {st.state}, attempt {st.attempts})",
                                  st.attempts)

@@ -379,6 +379,45 @@ def test_maxruntime_counts_from_the_run_not_from_waiting_for_the_engine_lock(env
         "job tid (bots-engine --new) has been running for 61 minutes, longer than maxruntime (60); it is not stopped"]
 
 
+def test_a_run_ended_by_a_database_error_runs_again_on_celerys_retry(env, monkeypatch):
+    from types import SimpleNamespace
+
+    import engine.run
+    from engine.db import DatabaseError
+    from tasks import engine_task
+    from tasks.celeryapp import app_for
+
+    monkeypatch.setenv("BOTSQ_BROKER_URL", "memory://")
+    cfg = env.config()
+    app = app_for(cfg)
+    monkeypatch.setattr(engine_task, "send_report", lambda *a, **k: True)
+    calls = []
+
+    def flaky_run(cfg, commands, routes, progress=None):
+        calls.append(1)
+        if len(calls) == 1:
+            raise DatabaseError("database x cannot be used: server closed the connection")
+        return SimpleNamespace(exit_code=0, run_id=1, message="run 1", counts={})
+
+    monkeypatch.setattr(engine.run, "run_engine", flaky_run)
+    res = app.tasks["bots.engine"].apply(kwargs={"commands": ["new"]}, task_id="db-retry-1")  # retries eagerly
+    assert len(calls) == 2 and res.result["exit_code"] == 0
+    assert registry.started(cfg, "db-retry-1") == {"state": "done", "attempts": 2, "result": "run 1"}
+    log = (env.root / "botssys/logging/jobqueue.log").read_text()
+    assert "run again after a database error (attempt 2)" in log
+
+    def down(cfg, commands, routes, progress=None):
+        raise DatabaseError("database x cannot be used: down")
+
+    monkeypatch.setattr(engine.run, "run_engine", down)
+    res = app.tasks["bots.engine"].apply(kwargs={"commands": ["new"]}, task_id="db-retry-2")
+    assert res.state == "FAILURE" and isinstance(res.result, DatabaseError)
+    assert registry.started(cfg, "db-retry-2")["state"] == "failed"     # 1 + max_retries (2) runs, then given up
+    assert registry.started(cfg, "db-retry-2")["attempts"] == 3
+    assert "job db-retry-2 (bots-engine --new) given up after 3 database error(s)" in \
+        (env.root / "botssys/logging/jobqueue.log").read_text()
+
+
 # --------------------------------------------------------------------------- the commands' refusals
 
 def _run(cmd: str, *argv: str, env_vars: dict | None = None, cwd: Path | None = None):
