@@ -47,6 +47,8 @@ def _main() -> int:
     commands = [c for c in ENGINE_COMMANDS if getattr(args, c)] or ["new"]
     cfg = load_config(args.configdir)
     bar = ProgressBar()
+    import logging
+    bar.clear_for_logs(logging.getLogger("botsq.engine"))
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         result = run_engine(cfg, commands, args.routes, progress=bar)

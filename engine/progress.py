@@ -5,6 +5,7 @@ and runs under cron or Celery print nothing extra.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import time
@@ -37,10 +38,25 @@ class ProgressBar:
             fill = int(frac * barw)
             text = f"{label} [{'#' * fill}{'.' * (barw - fill)}] {done}/{total}"
         else:
-            text = f"{label} {done} files"
+            text = f"{label} {done} files" if done else label
         return text[: width - 1].ljust(width - 1)
 
     def finish(self) -> None:
         if self.shown:
             self.stream.write("\r" + " " * (shutil.get_terminal_size((80, 20)).columns - 1) + "\r")
             self.stream.flush()
+            self.shown = False
+
+    def clear_for_logs(self, logger: logging.Logger) -> None:
+        """Clear the bar before each of ``logger``'s lines, so a log line on the same terminal starts on
+        a clean line instead of behind the bar (the next progress update draws the bar again)."""
+        if not self.enabled:
+            return
+        bar = self
+
+        class _Clear(logging.Filter):
+            def filter(self, record: logging.LogRecord) -> bool:
+                bar.finish()
+                return True
+
+        logger.addFilter(_Clear())

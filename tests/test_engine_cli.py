@@ -156,3 +156,53 @@ def test_progress_bar_only_on_a_terminal(make_env):
     out2 = Tty()
     ProgressBar(out2, delay=60)(dict(files_done=1, files_total=2, phase="receive"))
     assert out2.getvalue() == ""
+
+
+def _run_on_a_terminal(env, timeout: float = 60) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    """bots-engine with stdout and stderr on a pseudo-terminal, as a user at a shell sees it."""
+    import pty
+    import subprocess
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([bin_path("bots-engine"), "-c", str(env.configdir)], cwd=env.root, stdin=subprocess.DEVNULL,
+                            stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    chunks = []
+    end = time.monotonic() + timeout
+    try:
+        while time.monotonic() < end:
+            try:
+                data = os.read(master, 65536)
+            except OSError:             # EIO: the terminal's other side is closed (the engine exited)
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+    return proc.wait(timeout=10), b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_shown_by_bots_engine_on_a_terminal_for_a_long_run(make_env):
+    routes = ROUTES.replace('translate = "passthrough"', 'translate = "slow.convert"')
+    env = make_env(routes=routes)
+    env.drop("usersys/mappings/slow.py", "import time\ndef convert(content, meta):\n    time.sleep(0.012)\n"
+                                         "    return content\n")
+    for n in range(300):                       # ~3.6 s: longer than the bar's 2 s delay
+        env.drop(f"data/in/f{n:03}.edi", f"file {n}")
+    env.path("data/out").mkdir(parents=True)
+    code, out = _run_on_a_terminal(env)
+    assert code == 0, out
+    assert "receive r1 part 1 [" in out and "300/300" in out, out
+    summary = "run 1: 300 received, 300 processed, 300 sent"
+    assert summary in out
+    # the bar is cleared before log lines and the summary: each starts on a line of its own
+    for line in out.replace("\r\n", "\n").split("\n"):
+        if "INFO" in line or summary in line:
+            assert line.split("\r")[-1].startswith(("20", "run 1:")), repr(line)
+    # not a terminal (cron, Celery): no bar at all
+    for n in range(3):
+        env.drop(f"data/in/g{n}.edi", "g")
+    r = env.run()
+    assert r.returncode == 0 and "\r" not in r.stdout + r.stderr and "[" not in r.stdout
