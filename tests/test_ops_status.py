@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 
 from conftest import Env, bin_path
@@ -94,3 +95,37 @@ def test_unusable_database_is_unhealthy(make_env, tmp_path) -> None:  # type: ig
     code, out = status(env)
     assert code == 1
     assert "database  FAIL" in out and "UNHEALTHY" in out
+
+
+def test_directory_monitor_heartbeat_missing_stale_or_fresh(make_env) -> None:  # type: ignore[no-untyped-def]
+    """A configured monitor: no heartbeat or one older than 30 s is a problem; a fresh one is ok."""
+    import os
+    import socket
+    import time
+
+    env = make_env(ini=SECRETS_INI + "\n[dirmonitor1]\npath = data/in\n")
+    env.path("data/in").mkdir(parents=True, exist_ok=True)
+    beat_file = env.config().directories.botssys / "dirmonitor.heartbeat"
+    beat_file.parent.mkdir(parents=True, exist_ok=True)
+
+    def monitor(age: float | None) -> tuple[str, dict]:  # type: ignore[type-arg]
+        if age is None:
+            beat_file.unlink(missing_ok=True)
+        else:                      # as bots-dirmonitor writes it; this live process stands for it
+            beat_file.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                             "state": "running", "timestamp": time.time() - age}))
+        code, out = status(env)
+        assert code == 1, out                                 # the closed broker, whatever the monitor
+        line = next(x for x in out.splitlines() if x.startswith("  monitor"))
+        return line, json.loads(status(env, "--json")[1])
+
+    line, report = monitor(None)
+    assert line == "  monitor   FAIL  no heartbeat: bots-dirmonitor is not running", line
+    assert "directory monitor: no heartbeat: bots-dirmonitor is not running" in report["problems"]
+    line, report = monitor(95)
+    assert re.fullmatch(r"  monitor   FAIL  heartbeat 9[5-9] s ago", line), line
+    assert any(re.fullmatch(r"directory monitor: heartbeat 9[5-9] s old \(limit 30 s\)", p) for p in report["problems"])
+    line, report = monitor(1)
+    assert line.startswith("  monitor   ok"), line
+    assert report["monitor"]["ok"] is True
+    assert not any(p.startswith("directory monitor") for p in report["problems"])
