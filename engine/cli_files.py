@@ -52,6 +52,9 @@ def _filters(args: argparse.Namespace, model: type, kind: str) -> list[Any]:
     if getattr(args, "until", None):
         where.append(model.created <= parse_when(args.until, end=True))
     status = getattr(args, "status", None)
+    if status and status not in IN_STATUSES + OUT_STATUSES:
+        raise UsageError(f"unknown status {status!r} (incoming: {', '.join(IN_STATUSES)}; outgoing: "
+                         f"{', '.join(OUT_STATUSES)})")
     if status:
         if kind == "in":
             st = {"failed": IN_ERROR, "sent": "done"}.get(status, status)
@@ -98,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _list(cfg, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    if args.limit < 1:
+        raise UsageError(f"--limit must be at least 1 (got {args.limit})")
     rows: list[dict] = []
     with session_scope(cfg.database_url) as s:
         if args.kind in ("in", "all"):

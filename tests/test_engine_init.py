@@ -74,6 +74,13 @@ def test_files_list_mark_rereceive_resend_and_runs(tmp_path):
     assert r.returncode == 1 and "give file ids" in r.stderr
     r = botsq("files", "rereceive", "-c", c, "99999")
     assert r.returncode == 1 and "not found" in r.stdout
+    # a status or limit that cannot match anything is a mistake, not an empty list
+    r = botsq("files", "list", "-c", c, "--status", "sennt")
+    assert r.returncode == 1 and "unknown status 'sennt'" in r.stderr and r.stdout == ""
+    r = botsq("files", "resend", "-c", c, "--status", "sennt")
+    assert r.returncode == 1 and "unknown status 'sennt'" in r.stderr
+    r = botsq("files", "list", "-c", c, "--limit", "0")
+    assert r.returncode == 1 and "--limit must be at least 1" in r.stderr
 
     r = engine(configdir, "--rereceive", "--resend")
     assert r.returncode == 0, r.stderr
