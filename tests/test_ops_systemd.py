@@ -25,8 +25,11 @@ INSTALL_BIN = "/opt/botsq/.venv/bin"
 def systemd_analyze() -> str:
     found = shutil.which("systemd-analyze") or ("/usr/bin/systemd-analyze" if Path("/usr/bin/systemd-analyze").exists() else None)
     if not found:  # install it from Debian's packages rather than skip
-        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "systemd"],
-                       capture_output=True, timeout=300)
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "systemd"]
+        if subprocess.run(install, capture_output=True, timeout=300).returncode != 0:
+            # a fresh machine may have no package lists yet
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=300)
+            subprocess.run(install, capture_output=True, timeout=300)
         found = shutil.which("systemd-analyze")
     assert found, "systemd-analyze is missing and could not be installed (apt-get install systemd)"
     return found
