@@ -159,3 +159,39 @@ def test_demo_failure_names_the_child_and_shows_its_last_lines(tmp_path: Path) -
     with pytest.raises(DemoFailed, match=r"worker exited with code 3 while waiting for x\n    worker \| cannot connect"):
         wait_until(lambda: False, 10, "x", sup)
     sup.stop(grace=1)
+
+
+STUBBORN_HARNESS = textwrap.dedent("""
+    import sys
+    from ops.procs import Supervisor
+    sup = Supervisor(colour=False)
+    child = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+             "print('pid', os.getpid(), flush=True); time.sleep(600)")
+    try:
+        with sup.running(grace=60):
+            sup.start("stubborn", [sys.executable, "-c", child])
+            sup.wait()
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+""")
+
+
+def test_second_ctrl_c_while_stopping_kills_at_once() -> None:
+    """README (botsq stack): Ctrl-C waits for the children (60 s grace); a second Ctrl-C kills them."""
+    proc = subprocess.Popen([PY, "-c", STUBBORN_HARNESS], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "| pid" in line, line
+    pid = int(line.split()[-1])
+    proc.send_signal(signal.SIGINT)
+    line = proc.stdout.readline()
+    assert "stopping stubborn" in line, line
+    time.sleep(0.5)
+    assert not gone(pid)                   # it ignores SIGTERM: the grace period runs
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=20)[0]
+    assert time.monotonic() - t0 < 10
+    assert "stubborn did not stop within 60s: killed" in rest
+    assert wait_for(lambda: gone(pid), 5), f"child {pid} still running"
