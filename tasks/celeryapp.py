@@ -100,6 +100,8 @@ def settings(cfg: Config) -> dict[str, Any]:
         "task_create_missing_queues": True,
         "task_acks_late": True,
         "worker_prefetch_multiplier": 1,
+        "worker_concurrency": 1,                # a bare `celery -A tasks worker` too: more pool processes would
+                                                # only hold messages out of priority order, waiting for the lock
         "task_reject_on_worker_lost": True,
         "task_retry_on_worker_lost": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,

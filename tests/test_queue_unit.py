@@ -299,6 +299,7 @@ def test_app_settings(env, monkeypatch):
     ini.write_text(ini.read_text().replace("[jobqueue]\n", "[jobqueue]\nhardtimelimit = 90\n"))
     s = settings(env.config())
     assert s["task_acks_late"] and s["worker_prefetch_multiplier"] == 1 and s["task_reject_on_worker_lost"]
+    assert s["worker_concurrency"] == 1                     # also when `celery worker` is started without -c 1
     assert s["accept_content"] == ["json"] and s["task_serializer"] == "json"
     assert s["task_routes"]["bots.engine"] == {"queue": "engine"} == s["task_routes"]["bots.command"]
     assert s["task_queues"][0].queue_arguments == {"x-max-priority": 10}
