@@ -6,8 +6,10 @@ Also the tasks' request class (:class:`Request`): no ack on a channel the broker
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
+from celery.exceptions import CPendingDeprecationWarning
 from celery.worker.consumer import Consumer as _CeleryConsumer
 from celery.worker.request import Request as _CeleryRequest
 
@@ -19,6 +21,14 @@ def _describe(message: Any) -> str:
 
 
 class Consumer(_CeleryConsumer):
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        # Celery warns on every reconnect that worker_cancel_long_running_tasks_on_connection_loss will
+        # default to True in 6.0 (ten lines). botsq sets it to False on purpose: the running job carries
+        # on and its redelivered copy is skipped (see tasks.celeryapp).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=CPendingDeprecationWarning)
+            super().on_connection_error_after_connected(exc)
+
     def _log(self, reason: str, message: Any, exc: Any) -> None:
         try:
             from tasks.signals import _worker_log

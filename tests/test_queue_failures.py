@@ -214,6 +214,7 @@ def test_a_job_longer_than_rabbitmqs_consumer_timeout_runs_exactly_once(rabbit_e
     finally:
         _set_rabbit_env("channel_tick_interval", saved["channel_tick_interval"])
     assert "PRECONDITION_FAILED" in w.output() and "delivery acknowledgement" in w.output()
+    assert "worker_cancel_long_running_tasks_on_connection_loss" not in w.output()   # set on purpose: no warning
     assert "Couldn't ack" not in w.output()                # no CRITICAL with a traceback, but why in the log:
     assert (f"job {res.task_id} ended, but its message cannot be acknowledged: the broker closed the channel"
             in jobqueue_log(env))
