@@ -245,6 +245,31 @@ def queue_jobs(cfg: Config) -> list[tuple[int, list[str], str]]:
     return out
 
 
+def drain_leftovers(cfg: Config, sup: Any, before: int) -> int:
+    """Let the worker run jobs still waiting from an earlier demo (one cut off by Ctrl-C).
+
+    Left in the queue, they would make this demo's identical jobs count as duplicates and mix
+    into its report. Returns the last run id once they ran (the report starts after it), with
+    the sample files those runs consumed put back.
+    """
+    from tasks.registry import count_pending, running_jobs
+
+    left = count_pending(cfg)
+    if not left:
+        return before
+    say(f"{left} job(s) left waiting by an earlier demo: the worker runs them first")
+
+    def drained() -> bool:
+        return count_pending(cfg) == 0 and not any(j["alive"] for j in running_jobs(cfg)) \
+            and all(r.ended is not None for r in runs_since(cfg, before))
+
+    wait_until(drained, WAIT_TIMEOUT, "the earlier demo's jobs to run", sup)
+    from engine.cli_init import init_environment
+
+    init_environment(cfg.envdir, demo=True)          # puts back the sample files those runs took
+    return last_run_id(cfg)
+
+
 def run_queue_demo(cfg: Config) -> int:
     from ops.procs import Supervisor
     from ops.stack import service_commands
@@ -269,6 +294,7 @@ def run_queue_demo(cfg: Config) -> int:
 
     with sup.running(grace=30):
         start("worker", "monitor")
+        before = drain_leftovers(cfg, sup, before)
 
         submitted = queue_jobs(cfg)
         for priority, argv, status in submitted:

@@ -87,3 +87,28 @@ def test_ctrl_c_stops_the_demo_and_every_child(tmp_path: Path, own_vhost: str) -
     assert proc.returncode == 130, "".join(lines) + rest
     assert "interrupted; everything stopped" in rest
     assert wait_for(lambda: all(gone(k) for k in kids), 10), [k for k in kids if not gone(k)]
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.slow
+def test_jobs_left_waiting_by_an_interrupted_demo_run_first_and_stay_out_of_the_report(
+        tmp_path: Path, own_vhost: str) -> None:
+    """A demo cut off by Ctrl-C leaves its queued jobs waiting; the next demo lets the worker run
+    them first, so its own jobs are not taken for duplicates and its report is its own."""
+    assert demo(tmp_path, CLOSED_PORT_BROKER).returncode == 0        # the environment, written
+    configdir = tmp_path / "demo-env" / "config"
+    env = {**os.environ, "BOTSQ_BROKER_URL": own_vhost}
+    env.pop("BOTSQ_CONFIG", None)
+    left = subprocess.run([bin_path("bots-job2queue"), "-c", str(configdir), "-p5", "bots-engine", "--new", "invoices"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert left.returncode == 0, left.stdout + left.stderr          # waiting: no worker yet
+    res = demo(tmp_path, own_vhost)
+    out = res.stdout
+    assert res.returncode == 0, out + res.stderr
+    assert "1 job(s) left waiting by an earlier demo: the worker runs them first" in out
+    invoices = [line.split("invoices", 1)[1].strip() for line in out.splitlines()
+                if line.startswith("  queued") and "invoices" in line]
+    assert invoices == ["added", "discarded: identical to a waiting job"], out
+    order = re.findall(r"^\s+\d+\. (p\d) (queued|monitor)\s+run \d+\s+new (.+?)\s+ok\s+(\d+) in", out, re.M)
+    assert order[:3] == [("p1", "queued", "orders", "2"), ("p5", "queued", "invoices", "1"),
+                         ("p9", "queued", "(default run)", "0")], out
