@@ -63,8 +63,15 @@ def connect(app: Any, timeout: float) -> Any:
         return conn
     except Exception as exc:  # noqa: BLE001 - every transport has its own errors
         conn.release()
+        if type(exc).__name__ in _REFUSALS:     # it answered, and said no: waiting longer will not help
+            raise QueueError(f"broker {mask_url(app.conf.broker_url)} refused the connection: "
+                             f"{_reason(exc)}") from None
         raise QueueError(f"broker {mask_url(app.conf.broker_url)} cannot be reached within {timeout:g} s: "
                          f"{_reason(exc)}") from None
+
+
+# wrong user or password, unknown vhost (py-amqp), failed AUTH (redis-py)
+_REFUSALS = ("AccessRefused", "NotAllowed", "AuthenticationError", "AuthenticationWrongNumberOfArgsError")
 
 
 _busy_until: dict[str, float] = {}

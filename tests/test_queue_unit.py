@@ -438,6 +438,8 @@ def test_commands_help_and_one_line_refusals(env, tmp_path):
         ("bots-job2queue", ["-c", str(disabled.configdir), "bots-engine"], {}, "the job queue is disabled"),
         ("bots-jobqueueserver", ["-c", str(disabled.configdir)], {}, "the job queue is disabled"),
         ("bots-jobqueueserver", ["-c", str(env.configdir)], {"BOTSQ_BROKER_URL": down}, "cannot be reached within 3 s"),
+        ("bots-job2queue", ["-c", str(env.configdir), "bots-engine"],       # the real RabbitMQ, a wrong password
+         {"BOTSQ_BROKER_URL": "amqp://guest:wrong@127.0.0.1:5672//"}, "refused the connection: (0, 0): (403) ACCESS_REFUSED"),
         ("bots-job2queue", ["-c", str(env.configdir), "-p", "0", "bots-engine"], {}, "priority must be"),
         ("bots-job2queue", ["-c", str(env.configdir)], {}, "no COMMAND given"),
         ("bots-job2queue", ["-c", str(env.configdir), "bots-engine", "nope"], {}, "unknown route 'nope'"),
