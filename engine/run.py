@@ -813,6 +813,10 @@ class EngineRun:
                                  got.crashed.describe(), got.crashed.run_id)
             self.log.info("run %d started: %s%s", self.run_id, " ".join(f"--{c}" for c in self.commands),
                           (" routes " + ", ".join(self.route_names)) if self.route_names else "")
+            if not cfg.routes:
+                routes_toml = cfg.configdir / "routes.toml"
+                self.log.warning("no routes in %s (%s): this run only does what needs no route", routes_toml,
+                                 "the file is empty" if routes_toml.exists() else "the file does not exist")
             for name in self.route_names:
                 if not cfg.routes[name].active:
                     self.log.warning("route %s is not active (active = false in routes.toml): skipped", name)

@@ -206,3 +206,10 @@ def test_progress_bar_shown_by_bots_engine_on_a_terminal_for_a_long_run(make_env
         env.drop(f"data/in/g{n}.edi", "g")
     r = env.run()
     assert r.returncode == 0 and "\r" not in r.stdout + r.stderr and "[" not in r.stdout
+
+
+def test_missing_routes_toml_is_said_not_silent(make_env):
+    env = make_env(routes=None)                     # a config dir with bots.ini only (a wrong -c, a lost file)
+    r = env.run()
+    assert r.returncode == 0, r.stderr
+    assert f"no routes in {env.configdir / 'routes.toml'} (the file does not exist)" in r.stderr
