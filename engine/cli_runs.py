@@ -6,9 +6,12 @@ import json
 
 from sqlalchemy import select
 
+from engine.cli_util import UsageError
 from engine.config import add_config_argument, load_config
 from engine.db import session_scope
-from engine.models import Run
+from engine.models import RUN_CRASHED, RUN_ERRORS, RUN_FAILED, RUN_OK, RUN_RUNNING, Run
+
+STATUSES = (RUN_RUNNING, RUN_OK, RUN_ERRORS, RUN_CRASHED, RUN_FAILED)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.status and args.status not in STATUSES:
+        raise UsageError(f"unknown run status {args.status!r} (expected one of {', '.join(STATUSES)})")
+    if args.limit < 1:
+        raise UsageError(f"--limit must be at least 1 (got {args.limit})")
     cfg = load_config(args.configdir)
     q = select(Run).order_by(Run.id.desc()).limit(args.limit)
     if args.status:

@@ -102,5 +102,9 @@ def test_files_list_mark_rereceive_resend_and_runs(tmp_path):
     assert runs[0]["status"] == "ok" and runs[0]["returncode"] == 0 and runs[0]["sent"] == 4
     r = botsq("runs", "-c", c)
     assert r.returncode == 0 and "resend,rereceive" in r.stdout
+    r = botsq("runs", "-c", c, "--status", "errors", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == []
+    r = botsq("runs", "-c", c, "--status", "error")
+    assert r.returncode == 1 and "unknown run status 'error'" in r.stderr
     r = botsq("files", "list", "-c", c, "--status", "error")
     assert r.returncode == 0 and r.stdout.strip() == "no files"
