@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from engine.cli_util import UsageError
 from engine.config import add_config_argument, load_config
 from engine.db import session_scope
-from engine.models import COMM_FAILED, IN_COMMERROR, IN_ERROR, Incoming, Outgoing
+from engine.models import COMM_FAILED, IN_COMMERROR, IN_ERROR, Incoming, Outgoing, SourceRemoval
 
 IN_STATUSES = ("received", "done", "error", "commerror")
 OUT_STATUSES = ("pending", "sent", "failed")
@@ -107,7 +107,14 @@ def _list(cfg, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
     with session_scope(cfg.database_url) as s:
         if args.kind in ("in", "all"):
             q = select(Incoming).where(*_filters(args, Incoming, "in")).order_by(Incoming.id.desc()).limit(args.limit)
-            rows += [r.as_dict() for r in s.scalars(q)]
+            ins = [r.as_dict() for r in s.scalars(q)]
+            # received, but not yet removed at the source (the next run removes it, never processes it again)
+            # (a small table: only files whose removal failed; a range, not an IN list of --limit ids)
+            pending = set(s.scalars(select(SourceRemoval.incoming_id).where(
+                SourceRemoval.incoming_id >= min(r["id"] for r in ins)))) if ins else set()
+            for r in ins:
+                r["removal_pending"] = r["id"] in pending
+            rows += ins
         if args.kind in ("out", "all"):
             q = select(Outgoing).where(*_filters(args, Outgoing, "out")).order_by(Outgoing.id.desc()).limit(args.limit)
             rows += [r.as_dict() for r in s.scalars(q)]
@@ -126,6 +133,8 @@ def _list(cfg, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
         mark = "R" if r.get("rereceive") or r.get("resend") else ""
         created = (r["created"] or "")[:19].replace("T", " ")
         extra = f"  ({r['error']})" if r.get("error") else ""
+        if r.get("removal_pending"):
+            extra += "  [still at the source: removal pending]"
         print(f"{r['kind']:4} {r['id']:>7} {r['run_id'] or '':>6} {r['route'][:14]:14} {status:9} {tries or 0:>5} "
               f"{mark:4} {created:19} {r['filename']}{extra}")
     return 0

@@ -6,7 +6,9 @@ sha256 with the record and only removes it. A different file under the same name
 """
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 
 import pytest
 from sqlalchemy import select
@@ -17,6 +19,7 @@ from engine.db import session_scope
 from engine.models import Incoming, Outgoing, SourceRemoval
 from engine.run import run_engine
 
+from conftest import bin_path
 from test_engine_run import INI, ROUTES
 
 
@@ -33,6 +36,11 @@ def _rows(cfg):  # type: ignore[no-untyped-def]
         outs = list(s.scalars(select(Outgoing).order_by(Outgoing.id)))
         pending = list(s.scalars(select(SourceRemoval).order_by(SourceRemoval.id)))
     return ins, outs, pending
+
+
+def _botsq(env, *argv: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    return subprocess.run([bin_path("botsq"), *argv, "-c", str(env.configdir)], capture_output=True, text=True,
+                          timeout=60)
 
 
 def _refuse_delete(monkeypatch: pytest.MonkeyPatch, names: set[str] | None = None) -> None:
@@ -58,6 +66,13 @@ def test_failed_removal_is_finished_by_the_next_run_without_sending_again(env, m
     assert sorted(os.listdir(env.path("data/in"))) == ["a.edi", "b.edi"]
     ins, outs, pending = _rows(cfg)
     assert sorted(p.filename for p in pending) == ["a.edi", "b.edi"]     # c.edi was removed: no mark left
+    listed = _botsq(env, "files", "list", "--kind", "in")                  # botsq files list shows it
+    assert listed.returncode == 0, listed.stderr
+    marked = [ln for ln in listed.stdout.splitlines() if ln.endswith("[still at the source: removal pending]")]
+    assert len(marked) == 2 and any("a.edi" in ln for ln in marked) and any("b.edi" in ln for ln in marked)
+    as_json = _botsq(env, "files", "list", "--kind", "in", "--json")
+    assert sorted((r["filename"], r["removal_pending"]) for r in json.loads(as_json.stdout)) == \
+        [("a.edi", True), ("b.edi", True), ("c.edi", False)]
     log = (cfg.directories.logging / "engine.log").read_text()
     assert "received, but not removed at the source (the next run removes it without processing it again)" in log
 
