@@ -56,13 +56,16 @@ def _main() -> int:
     check_enabled(cfg)
     job = job_from_argv(cfg, args.command)
     res = submit(cfg, job, priority)
-    if res.status == "added":
-        print("OK, job is added to queue")
-        return EXIT_OK
-    print("Duplicate job, not added.")
+    if res.status == "duplicate":
+        print("Duplicate job, not added.")
+        return EXIT_DUPLICATE
+    # Bots' job queue answers a priority change of a waiting job with 0 and "OK": the job
+    # will run at the priority asked for, which is what a caller checking the code wants to know.
+    print("OK, job is added to queue")
     if res.status == "raised":
-        print(f"bots-job2queue: the waiting job's priority is raised to {res.priority}", file=sys.stderr)
-    return EXIT_DUPLICATE
+        print(f"bots-job2queue: an identical job was waiting; its priority is raised to {res.priority}",
+              file=sys.stderr)
+    return EXIT_OK
 
 
 def main() -> None:

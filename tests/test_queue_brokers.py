@@ -127,7 +127,7 @@ def test_duplicate_with_higher_priority_raises_the_waiting_job(q):
         assert submit(q, ["rec", f"x-{tag}"], 7) == "added"
         assert submit(q, ["rec", f"y-{tag}"], 6) == "added"
         r = job2queue(q.env, q.broker, "-p2", "rec", f"x-{tag}")
-        assert r.returncode == 4 and r.stdout.strip() == "Duplicate job, not added."
+        assert r.returncode == 0 and r.stdout.strip() == "OK, job is added to queue"   # as Bots answers it
         assert "raised to 2" in r.stderr
         assert submit(q, ["rec", f"x-{tag}"], 8) == "duplicate"    # lower priority: no change
     wait_done(q, [f"x-{tag}", f"y-{tag}"])
