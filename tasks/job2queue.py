@@ -4,8 +4,8 @@ COMMAND is ``bots-engine`` with any of its options and routes (also written ``bo
 or ``python3 /path/bots-engine.py``; its own ``-c``/``-C`` selects the job's config dir), or a
 name (or the exact command line) from ``[jobqueue.commands]``.
 
-Output and exit codes, as Bots: ``OK, job is added to queue`` (0); ``Duplicate job, not added.``
-(4, also when the waiting job's priority was raised - the note goes to stderr); one line on
+Output and exit codes, as Bots: ``OK, job is added to queue`` (0, also when an identical waiting
+job's priority was raised - the note goes to stderr); ``Duplicate job, not added.`` (4); one line on
 stderr and 1 when the queue is disabled, the broker cannot be reached or the command is refused.
 """
 from __future__ import annotations
