@@ -3,8 +3,10 @@
 Every file is tracked and none is lost:
 
 * receive: fetched to a temporary name in the archive under botssys, checksummed, renamed,
-  flushed to disk once per batch, its record committed, and only then removed at the
-  partner (when the channel says ``remove``);
+  flushed to disk once per batch, its record committed (with a pending-removal mark), and
+  only then removed at the partner (when the channel says ``remove``); a file whose removal
+  failed is found again by a later run, compared (size, sha256) and only removed, never
+  processed twice;
 * translate: the outputs are written under botssys (passthrough reuses the archived file)
   and recorded with the incoming file's new status in one commit;
 * send: each outgoing file's delivery result is recorded; a failure keeps the file for
@@ -358,16 +360,17 @@ class EngineRun:
         except Exception as exc:  # noqa: BLE001 - whatever a channel raises is a communication error
             self.comm_error(route.name, f"in-channel {inname}", str(self._comm(exc, inname, "listing failed")))
             return
+        spec = self.cfg.channels[inname]
+        remove = bool(spec.get("remove", False))
+        # files an earlier run received but could not remove at the source (usually none: one query);
+        # looked at even when nothing is listed, so marks of files gone meanwhile are settled
+        pending = self.pending_removals(inname, listing) if remove else {}
         total = len(listing)
         if not total:
             return
         items = iter(listing)
-        spec = self.cfg.channels[inname]
         limit = spec.get("maxsecondsperchannel") or self.cfg.settings.maxsecondsperchannel
         deadline = time.monotonic() + limit if limit else None
-        remove = bool(spec.get("remove", False))
-        # files an earlier run received but could not remove at the source (usually none: one query)
-        pending = self.pending_removals(inname, listing) if remove else {}
         maxsize = self.cfg.settings.maxfilesizeincoming
         done = 0
         failures = 0

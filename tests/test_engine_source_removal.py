@@ -125,6 +125,20 @@ def test_another_file_under_the_same_name_is_new(env, monkeypatch):  # type: ign
     assert res.exit_code == 0 and res.counts["received"] == 1 and res.counts["sent"] == 1
 
 
+def test_mark_of_a_file_removed_by_hand_is_settled_even_when_the_folder_is_empty(env, monkeypatch):  # type: ignore[no-untyped-def]
+    env.drop("data/in/status.edi", "no changes")
+    cfg = env.config()
+    with monkeypatch.context() as m:
+        _refuse_delete(m)
+        assert run_engine(cfg).exit_code == 2
+    env.path("data/in/status.edi").unlink()                # an operator removed it
+    assert run_engine(cfg).exit_code == 0 and _rows(cfg)[2] == []
+    env.drop("data/in/status.edi", "no changes")           # the partner's next file, same content: a new file
+    res = run_engine(cfg)
+    assert res.exit_code == 0 and res.counts["received"] == 1 and res.counts["sent"] == 1
+    assert len(_rows(cfg)[1]) == 2
+
+
 def test_run_dying_between_record_and_removal(env, monkeypatch):  # type: ignore[no-untyped-def]
     env.drop("data/in/a.edi", "AAA")
     cfg = env.config()
