@@ -418,6 +418,9 @@ class EngineRun:
                         break
                     continue
                 failures = 0
+                if self.progress_cb is not None:
+                    self.progress(route=route.name, part=partno, files_done=done + len(recs) + len(again),
+                              files_total=total, phase="receive")
                 try:
                     # a channel may hand back (size, sha256) it computed while copying; else read it back
                     if isinstance(fetched, tuple) and len(fetched) == 2:
@@ -469,7 +472,8 @@ class EngineRun:
                                       "left at the source when its removal failed; removed at the source now, not "
                                       "processed again", route.name, safe_name(item.name), prior.incoming_id)
                 self.clear_removals(removed, removed_again)
-            self.process([rec for _i, rec in got if rec.status == IN_RECEIVED])
+            self.process([rec for _i, rec in got if rec.status == IN_RECEIVED],
+                         dict(route=route.name, part=partno, files_done=done, files_total=total))
             done += len(recs) + len(again)
             self.progress(route=route.name, part=partno, files_done=done, files_total=total, phase="receive")
             if stop:
@@ -544,13 +548,18 @@ class EngineRun:
                 conn.execute(delete(_SR).where(_SR.c.id.in_(pending_ids)))
 
     # ------------------------------------------------------------------ translate + send
-    def process(self, incs: list[InRec]) -> None:
-        """Translate recorded incoming files, send their outputs, record both (one commit per batch)."""
+    def process(self, incs: list[InRec], where: dict | None = None) -> None:
+        """Translate recorded incoming files, send their outputs, record both (one commit per batch).
+
+        ``where`` (route, part, files_done, files_total of the receiving part) lets a long batch show
+        progress per file (throttled), not only once per batch."""
         for start in range(0, len(incs), BATCH):
             self.check_lock()
             batch = incs[start:start + BATCH]
             outs: list[OutRec] = []
-            for inc in batch:
+            for n, inc in enumerate(batch):
+                if where is not None and self.progress_cb is not None:
+                    self.progress(**{**where, "files_done": where["files_done"] + start + n}, phase="process")
                 outs.extend(self.translate_one(inc))
             for out in outs:
                 self.send_one(out)

@@ -597,3 +597,19 @@ def test_named_inactive_route_is_skipped_with_a_warning(make_env):
     res = run_engine(cfg, ["new"], ["r1"])
     assert res.exit_code == 0 and res.counts["received"] == 0
     assert "route r1 is not active" in (cfg.directories.logging / "engine.log").read_text()
+
+
+def test_progress_per_file_while_receiving_and_processing(menv, monkeypatch):
+    import engine.run as run_mod
+    monkeypatch.setattr(run_mod, "PROGRESS_EVERY", 0.0)   # every update reaches the callback
+    for n in range(5):
+        menv.drop(f"data/in/p{n}.edi", f"file {n}")
+    menv.path("data/out").mkdir(parents=True)
+    seen: list[dict] = []
+    assert run_engine(menv.config(), progress=seen.append).exit_code == 0
+    # a slow channel or mapping still moves the bar: one update per file fetched and per file translated
+    fetched = [p["files_done"] for p in seen if p["phase"] == "receive"]
+    processed = [p["files_done"] for p in seen if p["phase"] == "process"]
+    assert fetched[:6] == [0, 0, 1, 2, 3, 4] and fetched[-1] == 5
+    assert processed == [0, 1, 2, 3, 4]
+    assert all(p["route"] == "m" and p["part"] == 1 and p["files_total"] == 5 for p in seen if p["phase"])
