@@ -9,17 +9,13 @@ import argparse
 import signal
 import sys
 
-from engine.cli_util import EXIT_SYSTEM, UsageError, run_cli
+from engine.cli_util import EXIT_SYSTEM, ArgumentParser, UsageError, run_cli
 from engine.config import add_config_argument, load_config
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # bad arguments: one line, exit 1 (not argparse's 2)
-        raise UsageError(message)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="bots-engine", description="Run the Bots EDI engine once: receive, translate, send.")
+    p = ArgumentParser(prog="bots-engine", description="Run the Bots EDI engine once: receive, translate, send.")
     p.add_argument("--new", action="store_true", help="receive, translate and send new files (default)")
     p.add_argument("--rereceive", action="store_true", help="process again the incoming files marked for rereceive")
     p.add_argument("--resend", action="store_true", help="send again the outgoing files marked for resend")

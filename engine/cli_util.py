@@ -1,6 +1,7 @@
 """Shared command-line behaviour: bad input gives one clear line and the right exit code."""
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -11,6 +12,14 @@ EXIT_OK, EXIT_SYSTEM, EXIT_ERRORS, EXIT_LOCKED = 0, 1, 2, 3
 
 class UsageError(Exception):
     """Bad command-line input; str() is the one line shown."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but bad arguments are a UsageError: one line and exit 1 (argparse's own 2
+    would read as "ran, with errors" in Bots' exit codes)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
 
 
 def run_cli(prog: str, main: Callable[[], int]) -> None:

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from engine.cli_util import run_cli
+from engine.cli_util import ArgumentParser, run_cli
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -26,7 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="botsq", description="botsq: the Bots EDI engine's run orchestration on Celery")
+    parser = ArgumentParser(prog="botsq", description="botsq: the Bots EDI engine's run orchestration on Celery")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     argv = sys.argv[1:]
     wanted = next((a for a in argv if not a.startswith("-")), None)

@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.cli_util import UsageError, run_cli
+from engine.cli_util import ArgumentParser, UsageError, run_cli
 from engine.config import Config, DirMonitor, add_config_argument, load_config
 
 HEARTBEAT_NAME = "dirmonitor.heartbeat"
@@ -674,7 +674,7 @@ def check_config(cfg: Config) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="bots-dirmonitor",
         description="Watch the [dirmonitorN] folders of bots.ini and queue an engine job "
                     "(bots-engine --new ROUTE) as soon as files are ready.")

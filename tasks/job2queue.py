@@ -13,20 +13,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.cli_util import EXIT_OK, UsageError, run_cli
+from engine.cli_util import EXIT_OK, ArgumentParser, UsageError, run_cli
 from engine.config import add_config_argument, load_config
 from tasks import priority as prio
 
 EXIT_DUPLICATE = 4
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:      # bad arguments: one line, exit 1
-        raise UsageError(message)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgumentParser(
         prog="bots-job2queue",
         description="Put a job on the botsq job queue: an engine run (bots-engine ...) or a command "
                     "named in [jobqueue.commands].",

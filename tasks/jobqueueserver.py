@@ -10,18 +10,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from engine.cli_util import EXIT_OK, UsageError, run_cli
+from engine.cli_util import EXIT_OK, ArgumentParser, run_cli
 from engine.config import ENV_CONFIG, add_config_argument, load_config
 from engine.log import register_secrets
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise UsageError(message)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="bots-jobqueueserver",
+    p = ArgumentParser(prog="bots-jobqueueserver",
                 description="Run the botsq engine worker: consumes queue 'engine', one job at a time, by priority "
                             "(a Celery worker: -Q engine -c 1 -P prefork -E).")
     add_config_argument(p)
