@@ -11,12 +11,25 @@ Modules: ``celeryapp`` (the app and its settings), ``priority`` (Bots 1..9 -> br
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
 from typing import Any
 
 
+def _flower_settings_by_default() -> None:
+    """``celery -A tasks flower`` gets botsq's Flower settings module (its address, port and
+    basic auth from ``[flower]``; no unauthenticated listening off this host) unless a
+    ``--conf`` or FLOWER_CONF names another one. Flower reads FLOWER_CONF after the app loads."""
+    if "flower" in sys.argv[1:] and not any(a.startswith("--conf") for a in sys.argv):
+        spec = importlib.util.find_spec("ops.flowerconfig")
+        if spec is not None and spec.origin:
+            os.environ.setdefault("FLOWER_CONF", spec.origin)
+
+
 def __getattr__(name: str) -> Any:
     if name in ("app", "celery"):
+        _flower_settings_by_default()
         from engine.config import ConfigError
         from engine.log import redact
         from tasks.celeryapp import app_from_env

@@ -115,3 +115,14 @@ def test_settings_module_drops_flowers_unauthenticated_api_switch(make_env, monk
     opts = settings_from_environment()
     assert opts["address"] == "127.0.0.1" and opts["basic_auth"] == []
     assert "FLOWER_UNAUTHENTICATED_API" not in os.environ
+
+
+def test_bare_celery_flower_gets_the_same_settings(make_env) -> None:  # type: ignore[no-untyped-def]
+    """``celery -A tasks flower`` with no --conf still goes through botsq's settings module."""
+    env = make_env(ini=QUEUE_INI + "\n[flower]\naddress = 0.0.0.0\n")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("BOTSQ_FLOWER", "FLOWER_"))}
+    clean["BOTSQ_CONFIG"] = str(env.configdir)
+    res = subprocess.run([bin_path("celery"), "-A", "tasks", "flower"], capture_output=True, text=True,
+                         timeout=60, env=clean, cwd=env.root)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "refusing to listen on 0.0.0.0 without authentication" in res.stderr
