@@ -370,25 +370,20 @@ class Monitor:
                 if c.kind == "created":
                     if now - c.since >= CREATED_SETTLE:
                         to_check.append((w, path, c))
-                elif c.kind == "writing":
-                    if now - c.checked >= WRITING_RECHECK:
-                        c.checked = now
-                        sig = _signature(path)
-                        if sig is None:
-                            del w.candidates[path]
+                else:
+                    # "writing": someone had it open; look again now and then. "settle": no close
+                    # events (polling), so a file counts once it has not changed for the debounce.
+                    if c.kind == "writing":
+                        if now - c.checked < WRITING_RECHECK:
                             continue
-                        if sig != c.sig:
-                            c.sig, c.sig_at = sig, now
-                        elif now - c.sig_at >= max(w.mon.debounce, WRITING_RECHECK):
-                            to_check.append((w, path, c))
-                else:  # settle
+                        c.checked = now
+                    hold = max(w.mon.debounce, WRITING_RECHECK) if c.kind == "writing" else w.mon.debounce
                     sig = _signature(path)
                     if sig is None:
                         del w.candidates[path]
-                        continue
-                    if sig != c.sig:
+                    elif sig != c.sig:
                         c.sig, c.sig_at = sig, now
-                    elif now - c.sig_at >= w.mon.debounce:
+                    elif now - c.sig_at >= hold:
                         to_check.append((w, path, c))
         if to_check:
             writers, complete = open_for_writing({p for _, p, _ in to_check})
