@@ -54,24 +54,30 @@ whencleanup = never
 enabled = False
 """
 
-DEFAULT_ROUTES = """
+def file_routes(name: str = "r1", translate: str = "passthrough", filemask: str = "*",
+                filename: str = "{infile}", inpath: str = "data/in", outpath: str = "data/out") -> str:
+    """routes.toml text for one route: file channel ``in`` -> translate -> file channel ``out``."""
+    return f"""
 [channels.in]
 type = "file"
-path = "data/in"
-filemask = "*"
+path = "{inpath}"
+filemask = "{filemask}"
 remove = true
 
 [channels.out]
 type = "file"
-path = "data/out"
-filename = "{infile}"
+path = "{outpath}"
+filename = "{filename}"
 
-[routes.r1]
-[[routes.r1.parts]]
+[routes.{name}]
+[[routes.{name}.parts]]
 fromchannel = "in"
-translate = "passthrough"
+translate = "{translate}"
 tochannel = "out"
 """
+
+
+DEFAULT_ROUTES = file_routes()
 
 
 class Env:

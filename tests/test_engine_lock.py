@@ -10,14 +10,14 @@ import time
 from datetime import timedelta
 
 import pytest
+from conftest import bin_path, file_routes
+from engine_helpers import smtp  # noqa: F401  (fixture)
 from sqlalchemy import select
 
-from conftest import bin_path
 from engine.db import session_scope
 from engine.lock import read_lock
 from engine.models import EngineLock, Incoming, Outgoing, Run, utcnow
 from engine.run import run_engine
-from engine_helpers import smtp  # noqa: F401  (fixture)
 
 INI = """
 [settings]
@@ -27,23 +27,7 @@ lock_heartbeat = 0.1
 lock_grace = 30
 """
 
-ROUTES = """
-[channels.in]
-type = "file"
-path = "data/in"
-remove = true
-
-[channels.out]
-type = "file"
-path = "data/out"
-filename = "{infile}"
-
-[routes.r1]
-[[routes.r1.parts]]
-fromchannel = "in"
-translate = "slow.run"
-tochannel = "out"
-"""
+ROUTES = file_routes(translate="slow.run")
 
 SLOW = '''
 import os, signal, time

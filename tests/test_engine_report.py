@@ -4,27 +4,13 @@ from __future__ import annotations
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
-
-from conftest import free_port
-from engine.report import send_report
-from engine.run import run_engine
+from conftest import file_routes, free_port
 from engine_helpers import _Collect, smtp  # noqa: F401  (fixture)
 
-ROUTES = """
-[channels.in]
-type = "file"
-path = "data/in"
-remove = true
-[channels.out]
-type = "file"
-path = "data/out"
-filename = "{infile}"
-[routes.orders]
-[[routes.orders.parts]]
-fromchannel = "in"
-translate = "m.f"
-tochannel = "out"
-"""
+from engine.report import send_report
+from engine.run import run_engine
+
+ROUTES = file_routes(name="orders", translate="m.f")
 MAPPING = "def f(content, meta):\n    if content == b'BAD':\n        raise KeyError('segment UNH missing')\n    return content\n"
 
 

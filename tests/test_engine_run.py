@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import file_routes
 from sqlalchemy import select
 
 from engine.channels.base import CommunicationError
@@ -22,43 +23,9 @@ whencleanup = never
 maxfilesizeincoming = 1000
 """
 
-ROUTES = """
-[channels.in]
-type = "file"
-path = "data/in"
-filemask = "*.edi"
-remove = true
+ROUTES = file_routes(filemask="*.edi")
 
-[channels.out]
-type = "file"
-path = "data/out"
-filename = "{infile}"
-
-[routes.r1]
-[[routes.r1.parts]]
-fromchannel = "in"
-translate = "passthrough"
-tochannel = "out"
-"""
-
-MAPPED = """
-[channels.in]
-type = "file"
-path = "data/in"
-filemask = "*"
-remove = true
-
-[channels.out]
-type = "file"
-path = "data/out"
-filename = "{route}_{run}_{seq}_{infile}"
-
-[routes.m]
-[[routes.m.parts]]
-fromchannel = "in"
-translate = "maps.convert"
-tochannel = "out"
-"""
+MAPPED = file_routes(name="m", translate="maps.convert", filename="{route}_{run}_{seq}_{infile}")
 
 MAPPING = '''
 def convert(content, meta):
