@@ -329,6 +329,16 @@ class _Sftp(paramiko.SFTPServerInterface):
         return paramiko.SFTP_OK
 
 
+
+def _listening_socket(port: int, backlog: int) -> socket.socket:
+    """A socket listening on HOST:port whose accept() wakes every 0.1 s to see a stop request."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((HOST, port))
+    sock.listen(backlog)
+    sock.settimeout(0.1)
+    return sock
+
 class SftpServer(_Threaded):
     """An SSH server offering only the sftp subsystem, files under ``root``.
 
@@ -364,12 +374,7 @@ class SftpServer(_Threaded):
     def start(self) -> "SftpServer":
         self.root.mkdir(parents=True, exist_ok=True)
         self._stop.clear()
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((HOST, self.port))
-        sock.listen(64)
-        sock.settimeout(0.1)
-        self._sock = sock
+        self._sock = _listening_socket(self.port, 64)
         self._thread = threading.Thread(target=self._accept, name=f"sftpd:{self.port}", daemon=True)
         self._thread.start()
         return self
@@ -494,12 +499,7 @@ class BlackHole(_Threaded):
         self._thread: threading.Thread | None = None
 
     def start(self) -> "BlackHole":
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((HOST, self.port))
-        sock.listen(16)
-        sock.settimeout(0.1)
-        self._sock = sock
+        self._sock = _listening_socket(self.port, 16)
         self._stop.clear()
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
