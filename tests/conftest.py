@@ -177,7 +177,28 @@ def own_vhost(request: pytest.FixtureRequest) -> Iterator[str]:
         yield url
 
 
-_redis_db = [0]
+@contextmanager
+def _claimed_redis_db() -> Iterator[int]:
+    """A Redis database number (1..15) no other test session on this machine holds: each number is
+    claimed with an exclusive lock on a file in the temp dir, released when the session ends (or dies)."""
+    import fcntl
+    import tempfile
+
+    start = int(RUN_ID, 16) % 15
+    for i in range(15):
+        db = (start + i) % 15 + 1
+        fh = open(Path(tempfile.gettempdir()) / f"botsq-test-redis-db-{db}.lock", "w")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            continue
+        try:
+            yield db
+        finally:
+            fh.close()
+        return
+    pytest.fail("every Redis database 1..15 is held by another test session on this machine")
 
 
 @pytest.fixture(scope="session")
@@ -187,11 +208,11 @@ def redis_url() -> Iterator[str]:
         pytest.fail("Redis is not answering on 127.0.0.1:6379 (.ci/run starts it)")
     import redis
 
-    db = int(RUN_ID, 16) % 15 + 1
-    client = redis.Redis(host="127.0.0.1", port=6379, db=db)
-    client.flushdb()
-    yield f"redis://127.0.0.1:6379/{db}"
-    client.flushdb()
+    with _claimed_redis_db() as db:
+        client = redis.Redis(host="127.0.0.1", port=6379, db=db)
+        client.flushdb()
+        yield f"redis://127.0.0.1:6379/{db}"
+        client.flushdb()
 
 
 @pytest.fixture(scope="session")
