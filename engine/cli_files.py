@@ -5,70 +5,44 @@
   from the archive.
 * ``resend IDS | FILTERS``: mark outgoing files; ``bots-engine --resend`` sends them again.
 
-Filters: ``--route``, ``--status``, ``--run``, ``--since``, ``--until`` (ISO date or date-time,
-local time). Marking without ids needs at least one filter, or ``--all``.
+Filters: ``--route``, ``--channel``, ``--status``, ``--name``, ``--run``, ``--since``, ``--until``
+(ISO date or date-time, local time); their rules live in :mod:`engine.records`, shared with the web
+console. Marking without ids needs at least one filter, or ``--all``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, time, timezone
-from typing import Any
-
-from sqlalchemy import select, update
 
 from engine.cli_util import UsageError
 from engine.config import add_config_argument, load_config
-from engine.db import session_scope
-from engine.models import COMM_FAILED, IN_COMMERROR, IN_ERROR, Incoming, Outgoing, SourceRemoval
-
-IN_STATUSES = ("received", "done", "error", "commerror")
-OUT_STATUSES = ("pending", "sent", "failed")
-
-
-def parse_when(raw: str, end: bool = False) -> datetime:
-    """An ISO date or date-time (local time unless it carries an offset) as naive UTC."""
-    try:
-        if len(raw) == 10:
-            d = datetime.fromisoformat(raw)
-            dt = datetime.combine(d.date(), time.max if end else time.min)
-        else:
-            dt = datetime.fromisoformat(raw)
-    except ValueError:
-        raise UsageError(f"bad date {raw!r}: expected YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]") from None
-    if dt.tzinfo is None:
-        dt = dt.astimezone()          # local time
-    return dt.astimezone(timezone.utc).replace(tzinfo=None)
+from engine.records import (
+    IN_STATUSES,
+    OUT_STATUSES,
+    FileFilter,
+    FilterError,
+    list_files,
+    mark_files,
+    parse_when,
+)
 
 
-def _filters(args: argparse.Namespace, model: type, kind: str) -> list[Any]:
-    where: list[Any] = []
-    if getattr(args, "route", None):
-        where.append(model.route.in_(args.route))
-    if getattr(args, "run", None):
-        where.append(model.run_id == args.run)
-    if getattr(args, "since", None):
-        where.append(model.created >= parse_when(args.since))
-    if getattr(args, "until", None):
-        where.append(model.created <= parse_when(args.until, end=True))
-    status = getattr(args, "status", None)
-    if status and status not in IN_STATUSES + OUT_STATUSES:
-        raise UsageError(f"unknown status {status!r} (incoming: {', '.join(IN_STATUSES)}; outgoing: "
-                         f"{', '.join(OUT_STATUSES)})")
-    if status:
-        if kind == "in":
-            st = {"failed": IN_ERROR, "sent": "done"}.get(status, status)
-            where.append(model.status.in_([IN_ERROR, IN_COMMERROR]) if st == "error" else model.status == st)
-        else:
-            st = {"error": COMM_FAILED, "commerror": COMM_FAILED, "done": "sent"}.get(status, status)
-            where.append(model.commstatus == st)
-    return where
+def file_filter(args: argparse.Namespace) -> FileFilter:
+    """The filter the command-line options ask for."""
+    return FileFilter(
+        routes=tuple(args.route or ()), channels=tuple(args.channel or ()), status=args.status or "",
+        name=args.name or "", run=args.run,
+        since=parse_when(args.since) if args.since else None,
+        until=parse_when(args.until, end=True) if args.until else None,
+    )
 
 
 def _add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--route", action="append", metavar="ROUTE", help="only this route (repeatable)")
+    p.add_argument("--channel", action="append", metavar="CHANNEL", help="only this channel (repeatable)")
     p.add_argument("--status", help=f"in: {', '.join(IN_STATUSES)}; out: {', '.join(OUT_STATUSES)}; "
                                     "'error' matches failed files of both")
+    p.add_argument("--name", metavar="TEXT", help="file name contains TEXT (case-insensitive)")
     p.add_argument("--run", type=int, metavar="ID", help="only files of this run")
     p.add_argument("--since", metavar="DATE", help="created at or after (YYYY-MM-DD[THH:MM])")
     p.add_argument("--until", metavar="DATE", help="created at or before (YYYY-MM-DD[THH:MM])")
@@ -95,29 +69,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.configdir)
-    if args.files_command == "list":
-        return _list(cfg, args)
-    return _mark(cfg, args, args.files_command)
+    try:
+        if args.files_command == "list":
+            return _list(cfg, args)
+        return _mark(cfg, args, args.files_command)
+    except FilterError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _list(cfg, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
     if args.limit < 1:
         raise UsageError(f"--limit must be at least 1 (got {args.limit})")
+    flt = file_filter(args)
     rows: list[dict] = []
-    with session_scope(cfg.database_url) as s:
-        if args.kind in ("in", "all"):
-            q = select(Incoming).where(*_filters(args, Incoming, "in")).order_by(Incoming.id.desc()).limit(args.limit)
-            ins = [r.as_dict() for r in s.scalars(q)]
-            # received, but not yet removed at the source (the next run removes it, never processes it again)
-            # (a small table: only files whose removal failed; a range, not an IN list of --limit ids)
-            pending = set(s.scalars(select(SourceRemoval.incoming_id).where(
-                SourceRemoval.incoming_id >= min(r["id"] for r in ins)))) if ins else set()
-            for r in ins:
-                r["removal_pending"] = r["id"] in pending
-            rows += ins
-        if args.kind in ("out", "all"):
-            q = select(Outgoing).where(*_filters(args, Outgoing, "out")).order_by(Outgoing.id.desc()).limit(args.limit)
-            rows += [r.as_dict() for r in s.scalars(q)]
+    for kind in ("in", "out"):
+        if args.kind in (kind, "all"):
+            rows += list_files(cfg.database_url, kind, flt, args.limit)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -141,22 +108,13 @@ def _list(cfg, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
 
 
 def _mark(cfg, args: argparse.Namespace, action: str) -> int:  # type: ignore[no-untyped-def]
-    model = Incoming if action == "rereceive" else Outgoing
+    flt = file_filter(args)
+    if not args.ids and flt.empty and not args.all:
+        raise UsageError(f"files {action}: give file ids, a filter (--route, --channel, --status, --name, --run, "
+                         "--since, --until) or --all")
+    res = mark_files(cfg.database_url, action, args.ids, flt, every=args.all, unmark=args.unmark)
     kind = "in" if action == "rereceive" else "out"
-    flag = "rereceive" if action == "rereceive" else "resend"
-    where = _filters(args, model, kind)
-    if args.ids:
-        where.append(model.id.in_(args.ids))
-    elif not where and not args.all:
-        raise UsageError(f"files {action}: give file ids, a filter (--route, --status, --run, --since, --until) "
-                         "or --all")
-    if action == "rereceive":
-        where.append(model.archive_path != "")          # only files that reached the archive
-    with session_scope(cfg.database_url) as s:
-        ids = list(s.scalars(select(model.id).where(*where).order_by(model.id)))
-        for i in range(0, len(ids), 500):
-            s.execute(update(model).where(model.id.in_(ids[i:i + 500])).values({flag: not args.unmark}))
-    missing = sorted(set(args.ids) - set(ids)) if args.ids else []
+    ids, missing = res.ids, res.not_found
     if args.json:
         print(json.dumps({"action": action, "marked" if not args.unmark else "unmarked": ids, "not_found": missing}))
     else:

@@ -4,37 +4,33 @@ from __future__ import annotations
 import argparse
 import json
 
-from sqlalchemy import select
-
 from engine.cli_util import UsageError
 from engine.config import add_config_argument, load_config
-from engine.db import session_scope
-from engine.models import RUN_CRASHED, RUN_ERRORS, RUN_FAILED, RUN_OK, RUN_RUNNING, Run
-
-STATUSES = (RUN_RUNNING, RUN_OK, RUN_ERRORS, RUN_CRASHED, RUN_FAILED)
+from engine.records import RUN_STATUSES, FilterError, RunFilter, list_runs, parse_when
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20)")
-    parser.add_argument("--status", help="only runs with this status: running, ok, errors, crashed, failed")
+    parser.add_argument("--status", help=f"only runs with this status: {', '.join(RUN_STATUSES)}")
     parser.add_argument("--id", type=int, metavar="ID", help="only this run")
+    parser.add_argument("--route", metavar="ROUTE", help="only runs of this route (named, or default runs with its files)")
+    parser.add_argument("--since", metavar="DATE", help="started at or after (YYYY-MM-DD[THH:MM])")
+    parser.add_argument("--until", metavar="DATE", help="started at or before (YYYY-MM-DD[THH:MM])")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     add_config_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.status and args.status not in STATUSES:
-        raise UsageError(f"unknown run status {args.status!r} (expected one of {', '.join(STATUSES)})")
     if args.limit < 1:
         raise UsageError(f"--limit must be at least 1 (got {args.limit})")
-    cfg = load_config(args.configdir)
-    q = select(Run).order_by(Run.id.desc()).limit(args.limit)
-    if args.status:
-        q = q.where(Run.status == args.status)
-    if args.id:
-        q = q.where(Run.id == args.id)
-    with session_scope(cfg.database_url) as s:
-        rows = [r.as_dict() for r in s.scalars(q)]
+    try:
+        flt = RunFilter(status=args.status or "", run_id=args.id, route=args.route or "",
+                        since=parse_when(args.since) if args.since else None,
+                        until=parse_when(args.until, end=True) if args.until else None)
+        cfg = load_config(args.configdir)
+        rows = list_runs(cfg.database_url, flt, args.limit)
+    except FilterError as exc:
+        raise UsageError(str(exc)) from None
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import ipaddress
 import os
 import re
 import shlex
@@ -19,6 +20,7 @@ from typing import Any
 DEFAULT_CONFIGDIR = "config"
 ENV_CONFIG = "BOTSQ_CONFIG"
 ENV_BROKER = "BOTSQ_BROKER_URL"
+ENV_WEB_USERS = "BOTSQ_WEB_USERS"
 
 
 class ConfigError(Exception):
@@ -238,6 +240,87 @@ class Config:
         out.append(_url_password(self.jobqueue.broker))
         out.append(_url_password(self.database_url))
         return [s for s in out if s]
+
+
+@dataclass(frozen=True)
+class WebUser:
+    """A login of the web console; ``password`` is plain text or a Werkzeug hash (``scrypt:``/``pbkdf2:``)."""
+    name: str
+    password: str
+    readonly: bool = False             # named in [webserver] readonly: may look, not act
+
+    @property
+    def hashed(self) -> bool:
+        return self.password.startswith(PASSWORD_HASH_PREFIXES)
+
+
+PASSWORD_HASH_PREFIXES = ("scrypt:", "pbkdf2:")
+
+
+@dataclass(frozen=True)
+class WebServer:
+    """``[webserver]`` of bots.ini (Bots' section name): where ``botsq web`` listens and who logs in."""
+    address: str = "127.0.0.1"
+    port: int = 8080                   # Bots' webserver default
+    users: tuple[WebUser, ...] = ()
+    session_hours: float = 12.0        # a login lasts this long
+    secure_cookie: bool = False        # True when the console is reached over HTTPS (a TLS proxy in front)
+
+    def user(self, name: str) -> WebUser | None:
+        return next((u for u in self.users if u.name == name), None)
+
+
+def is_loopback(address: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``; '' (all interfaces), 0.0.0.0 or a host name is exposed."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def webserver_settings(cfg: Config, address: str | None = None, port: int | None = None) -> WebServer:
+    """``[webserver]`` of ``cfg``, ``--address``/``--port`` winning; ConfigError (one line) when invalid.
+
+    Read only by the console (not in :func:`load_config`), so an unset ``${VAR}`` in ``users``
+    never stops the engine. Keys: ``address``, ``port``, ``users`` (``name:password, ...``;
+    ``BOTSQ_WEB_USERS`` overrides it), ``readonly`` (names), ``session_hours``, ``secure_cookie``.
+    Without users it listens on the loopback interface only (the contract's "Web console").
+    """
+    sec = cfg.section("webserver")
+    d = WebServer()
+    addr = address if address is not None else sec.get("address", str, d.address)
+    prt = port if port is not None else sec.get("port", int, d.port)
+    if not 0 < prt < 65536:
+        raise ConfigError(f"{sec.where('port')}: expected a port number 1..65535, got {prt}")
+    env_users = os.environ.get(ENV_WEB_USERS)
+    where_users = ENV_WEB_USERS if env_users else sec.where("users")
+    raw = env_users if env_users else sec.get("users", str, "")
+    readonly = set(sec.get("readonly", list, []))
+    users: list[WebUser] = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        name, _, password = entry.partition(":")
+        name = name.strip()
+        if not name or not password:
+            raise ConfigError(f"{where_users}: expected name:password (comma-separated for several users)")
+        if any(u.name == name for u in users):
+            raise ConfigError(f"{where_users}: user {name!r} is listed twice")
+        users.append(WebUser(name, password, name in readonly))
+    unknown = sorted(readonly - {u.name for u in users})
+    if unknown:
+        raise ConfigError(f"{sec.where('readonly')}: no user named {', '.join(map(repr, unknown))} in {where_users}")
+    hours = sec.get("session_hours", float, d.session_hours)
+    if hours <= 0:
+        raise ConfigError(f"{sec.where('session_hours')}: must be greater than 0")
+    settings = WebServer(addr, prt, tuple(users), hours, sec.get("secure_cookie", bool, d.secure_cookie))
+    if not users and not is_loopback(addr):
+        shown = addr or "all interfaces"
+        raise ConfigError(f"{cfg.ini_path}: [webserver] refusing to listen on {shown} without users: "
+                          f"set [webserver] users (or {ENV_WEB_USERS}) or keep address = 127.0.0.1")
+    return settings
 
 
 def _url_password(url: str) -> str:

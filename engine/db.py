@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import MetaData, create_engine, event, text
+from sqlalchemy import MetaData, create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -79,15 +79,26 @@ _SCHEMA_LOCK = 0x626F7473  # PostgreSQL advisory lock key ("bots") serialising s
 
 
 def create_tables(eng: Engine, tables: list | None = None, metadata: MetaData | None = None) -> None:
-    """Create missing tables. Processes starting together on a new database must not race
-    (PostgreSQL: duplicate key on pg_type; SQLite: table already exists), so PostgreSQL
-    serialises with an advisory lock and a lost race elsewhere is simply tried again."""
+    """Create missing tables, and missing indexes of existing tables (a database made by an older
+    botsq gains the indexes added since; create_all alone skips an existing table's indexes).
+    Processes starting together on a new database must not race (PostgreSQL: duplicate key on
+    pg_type; SQLite: table already exists), so PostgreSQL serialises with an advisory lock and a
+    lost race elsewhere is simply tried again."""
+    meta = metadata or Base.metadata
     for attempt in range(3):
         try:
             with eng.begin() as conn:
                 if eng.dialect.name == "postgresql":
                     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
-                (metadata or Base.metadata).create_all(conn, tables=tables)
+                existing = set(inspect(conn).get_table_names())
+                meta.create_all(conn, tables=tables)
+                for table in tables if tables is not None else meta.sorted_tables:
+                    if table.name not in existing or not table.indexes:
+                        continue
+                    have = {ix["name"] for ix in inspect(conn).get_indexes(table.name)}
+                    for index in table.indexes:
+                        if index.name not in have:
+                            index.create(conn)
             return
         except SQLAlchemyError:
             if attempt == 2:

@@ -5,8 +5,12 @@ Secrets from the config never reach a log line: every handler set up here redact
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import BinaryIO
 
 _secrets: set[str] = set()
 _configured: set[tuple[str, str]] = set()
@@ -57,3 +61,62 @@ def component_logger(component: str, cfg) -> logging.Logger:  # type: ignore[no-
     """The component's logger for an environment, with its secrets registered."""
     register_secrets(cfg.secrets())
     return get_logger(component, cfg.directories.logging)
+
+
+def log_file(cfg, component: str) -> Path:  # type: ignore[no-untyped-def]
+    """Where :func:`component_logger` writes the component's log: ``botssys/logging/<component>.log``."""
+    return cfg.directories.logging / f"{component}.log"
+
+
+_STAMP = re.compile(rb"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")   # FORMAT's asctime, local time
+
+
+def _local_key(when: datetime) -> bytes:
+    """A naive UTC time as the asctime prefix FORMAT writes (local time), for comparing lines."""
+    return when.replace(tzinfo=timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M:%S").encode()
+
+
+def _next_stamp(fh: BinaryIO) -> bytes | None:
+    while line := fh.readline():
+        if _STAMP.match(line):
+            return line[:19]
+    return None
+
+
+def lines_between(path: Path, start: datetime, end: datetime | None, limit: int = 1000) -> list[str]:
+    """The lines a component's log got from ``start`` to ``end`` (naive UTC; None: up to now), at most
+    ``limit``; lines without a time stamp (a traceback) go with the line before them. The log is
+    appended in time order, so the first line is found by bisection: a large log costs a few reads.
+    [] when the file does not exist."""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError:
+        return []
+    with fh:
+        size = os.fstat(fh.fileno()).st_size
+        first, last = _local_key(start), _local_key(end) if end is not None else None
+        lo, hi = 0, size
+        while lo < hi:      # smallest offset after which the next stamped line is at or after `first`
+            mid = (lo + hi) // 2
+            fh.seek(mid)
+            if mid:
+                fh.readline()
+            stamp = _next_stamp(fh)
+            if stamp is None or stamp >= first:
+                hi = mid
+            else:
+                lo = mid + 1
+        fh.seek(max(lo - 1, 0))
+        if lo:
+            fh.readline()
+        out: list[str] = []
+        keep = False
+        while len(out) < limit and (line := fh.readline()):
+            if _STAMP.match(line):
+                stamp = line[:19]
+                if last is not None and stamp > last:
+                    break
+                keep = stamp >= first
+            if keep:
+                out.append(line.decode("utf-8", errors="replace").rstrip("\r\n"))
+        return out

@@ -63,7 +63,7 @@ class Incoming(Base):
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), nullable=True, index=True)
     route: Mapped[str] = mapped_column(String(200), index=True)
     part: Mapped[int] = mapped_column(Integer, default=1)          # 1-based (Bots' seq)
-    channel: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(200), index=True)
     filename: Mapped[str] = mapped_column(Text)                    # the partner's name (safe_name'd)
     size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     checksum: Mapped[str] = mapped_column(String(64), default="")  # sha256 hex
@@ -94,7 +94,7 @@ class Outgoing(Base):
                                                     index=True)
     route: Mapped[str] = mapped_column(String(200), index=True)
     part: Mapped[int] = mapped_column(Integer, default=1)
-    channel: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(200), index=True)
     filename: Mapped[str] = mapped_column(Text)                    # the name it is delivered under
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     checksum: Mapped[str] = mapped_column(String(64), default="")
@@ -105,7 +105,7 @@ class Outgoing(Base):
     error: Mapped[str] = mapped_column(Text, default="")
     resend: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
 
     def as_dict(self) -> dict:
         return {

@@ -19,13 +19,12 @@ The settings reach Flower through the settings module ``ops/flowerconfig.py`` (F
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.config import ENV_CONFIG, Config, ConfigError, add_config_argument, load_config
+from engine.config import ENV_CONFIG, Config, ConfigError, add_config_argument, is_loopback, load_config
 
 ENV_ADDRESS = "BOTSQ_FLOWER_ADDRESS"
 ENV_PORT = "BOTSQ_FLOWER_PORT"
@@ -63,15 +62,6 @@ class FlowerSettings:
         if self.certfile:
             opts["certfile"], opts["keyfile"] = self.certfile, self.keyfile
         return opts
-
-
-def is_loopback(address: str) -> bool:
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False  # '' (all interfaces), 0.0.0.0, a host name: exposed
 
 
 def load_flower_settings(cfg: Config, address: str | None = None, port: int | None = None) -> FlowerSettings:

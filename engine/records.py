@@ -1,0 +1,395 @@
+"""Reading and marking the tracking records: the one place of the file and run filters.
+
+What Bots' monitor shows and what ``botsq files`` / ``botsq runs`` and the web console share:
+incoming and outgoing files filtered by route, channel, status, name, run and date range
+(:class:`FileFilter`), paged, newest first; marking them for rereceive or resend
+(:func:`mark_files`); runs filtered by status, route and date (:class:`RunFilter`); a file's or a
+run's page (:func:`file_detail`, :func:`run_detail`); files received, sent and in error per hour
+(:func:`activity`); and the stored content of a file (:func:`stored_path`).
+
+Functions take the database URL and open their own session (``engine.db.session_scope``), so
+callers need no SQL. Times in and out are naive UTC, as in every tracking column.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Select, and_, case, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from engine.db import get_engine, session_scope
+from engine.models import (
+    COMM_FAILED,
+    COMM_PENDING,
+    COMM_SENT,
+    IN_COMMERROR,
+    IN_DONE,
+    IN_ERROR,
+    IN_RECEIVED,
+    RUN_CRASHED,
+    RUN_ERRORS,
+    RUN_FAILED,
+    RUN_OK,
+    RUN_RUNNING,
+    Incoming,
+    Outgoing,
+    Run,
+    SourceRemoval,
+)
+
+IN_STATUSES = (IN_RECEIVED, IN_DONE, IN_ERROR, IN_COMMERROR)
+OUT_STATUSES = (COMM_PENDING, COMM_SENT, COMM_FAILED)
+RUN_STATUSES = (RUN_RUNNING, RUN_OK, RUN_ERRORS, RUN_CRASHED, RUN_FAILED)
+KINDS = ("in", "out")
+MARK_ACTIONS = {"rereceive": "in", "resend": "out"}     # Bots' two marks and the files they apply to
+_CHUNK = 500                                             # ids per UPDATE (SQLite's parameter limit)
+
+
+class FilterError(ValueError):
+    """A filter value that cannot be used (unknown status, bad page); str() is one line."""
+
+
+def parse_when(raw: str, end: bool = False) -> datetime:
+    """An ISO date or date-time (local time unless it carries an offset) as naive UTC; a bare date
+    means its first moment, or with ``end`` its last. FilterError on anything else."""
+    try:
+        if len(raw) == 10:
+            d = datetime.fromisoformat(raw)
+            dt = datetime.combine(d.date(), time.max if end else time.min)
+        else:
+            dt = datetime.fromisoformat(raw)
+    except ValueError:
+        raise FilterError(f"bad date {raw!r}: expected YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]") from None
+    if dt.tzinfo is None:
+        dt = dt.astimezone()          # local time
+    return dt.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def _literal(text: str) -> str:
+    """``text`` for a LIKE pattern (escape character \\), its own % and _ taken literally."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+@dataclass(frozen=True)
+class FileFilter:
+    """Which files: every field narrows; empty fields do not.
+
+    ``status`` is an incoming status (received, done, error, commerror) or an outgoing delivery
+    status (pending, sent, failed); ``error`` matches the failed files of both kinds and ``sent``/
+    ``done`` the finished ones, as ``botsq files list --status`` always did. ``name`` is a part of
+    the file name (case-insensitive). ``since``/``until`` bound the record's creation, naive UTC.
+    """
+    routes: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+    status: str = ""
+    name: str = ""
+    run: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    marked: bool = False                 # only files marked for rereceive / resend
+
+    def __post_init__(self) -> None:
+        if self.status and self.status not in IN_STATUSES + OUT_STATUSES:
+            raise FilterError(f"unknown status {self.status!r} (incoming: {', '.join(IN_STATUSES)}; outgoing: "
+                              f"{', '.join(OUT_STATUSES)})")
+
+    @property
+    def empty(self) -> bool:
+        return self == FileFilter()
+
+    def where(self, kind: str) -> list[Any]:
+        model = _model(kind)
+        where: list[Any] = []
+        if self.routes:
+            where.append(model.route.in_(self.routes))
+        if self.channels:
+            where.append(model.channel.in_(self.channels))
+        if self.run is not None:
+            where.append(model.run_id == self.run)
+        if self.since is not None:
+            where.append(model.created >= self.since)
+        if self.until is not None:
+            where.append(model.created <= self.until)
+        if self.name:
+            where.append(model.filename.ilike(f"%{_literal(self.name)}%", escape="\\"))
+        if self.marked:
+            where.append((Incoming.rereceive if kind == "in" else Outgoing.resend).is_(True))
+        if self.status:
+            if kind == "in":
+                st = {"failed": IN_ERROR, "sent": IN_DONE}.get(self.status, self.status)
+                where.append(Incoming.status.in_([IN_ERROR, IN_COMMERROR]) if st == IN_ERROR
+                             else Incoming.status == st)
+            else:
+                st = {IN_ERROR: COMM_FAILED, IN_COMMERROR: COMM_FAILED, IN_DONE: COMM_SENT}.get(self.status,
+                                                                                               self.status)
+                where.append(Outgoing.commstatus == st)
+        return where
+
+
+def _model(kind: str) -> type[Incoming] | type[Outgoing]:
+    if kind not in KINDS:
+        raise FilterError(f"unknown kind {kind!r} (expected in or out)")
+    return Incoming if kind == "in" else Outgoing
+
+
+def _check_page(limit: int, offset: int) -> None:
+    if limit < 1:
+        raise FilterError(f"limit must be at least 1 (got {limit})")
+    if offset < 0:
+        raise FilterError(f"offset must be 0 or more (got {offset})")
+
+
+def _removal_pending(s: Session, rows: list[dict[str, Any]]) -> None:
+    """Mark incoming rows still at the source (their removal failed); the table is small."""
+    if not rows:
+        return
+    ids = [r["id"] for r in rows]
+    pending = set(s.scalars(select(SourceRemoval.incoming_id).where(SourceRemoval.incoming_id.between(min(ids),
+                                                                                                       max(ids)))))
+    for r in rows:
+        r["removal_pending"] = r["id"] in pending
+
+
+def list_files(url: str, kind: str, flt: FileFilter = FileFilter(), limit: int = 100,
+               offset: int = 0) -> list[dict[str, Any]]:
+    """Files of ``kind`` ("in" or "out") matching ``flt``, newest first: ``as_dict()`` rows
+    (incoming ones with ``removal_pending``), the shape of ``botsq files list --json``."""
+    _check_page(limit, offset)
+    model = _model(kind)
+    q = select(model).where(*flt.where(kind)).order_by(model.id.desc()).limit(limit).offset(offset)
+    with session_scope(url) as s:
+        rows = [r.as_dict() for r in s.scalars(q)]
+        if kind == "in":
+            _removal_pending(s, rows)
+    return rows
+
+
+def count_files(url: str, kind: str, flt: FileFilter = FileFilter()) -> int:
+    model = _model(kind)
+    with session_scope(url) as s:
+        return int(s.scalar(select(func.count()).select_from(model).where(*flt.where(kind))) or 0)
+
+
+@dataclass
+class MarkResult:
+    action: str                          # rereceive | resend
+    ids: list[int]                       # the files whose mark was set (or cleared)
+    not_found: list[int] = field(default_factory=list)   # asked-for ids that are not there (or never archived)
+    unmark: bool = False
+
+
+def mark_files(url: str, action: str, ids: Sequence[int] = (), flt: FileFilter = FileFilter(),
+               every: bool = False, unmark: bool = False) -> MarkResult:
+    """Set (or with ``unmark`` clear) Bots' rereceive mark on incoming / resend mark on outgoing files.
+
+    The files are ``ids`` narrowed by ``flt``, or with no ids every file matching ``flt``; with
+    neither ids nor a filter only ``every=True`` marks everything (FilterError otherwise). Only
+    incoming files that reached the archive can be rereceived. ``bots-engine --rereceive`` /
+    ``--resend`` then processes or sends the marked files again and clears the marks.
+    """
+    kind = MARK_ACTIONS.get(action)
+    if kind is None:
+        raise FilterError(f"unknown action {action!r} (expected rereceive or resend)")
+    model = _model(kind)
+    flag = "rereceive" if kind == "in" else "resend"
+    where = flt.where(kind)
+    if ids:
+        where.append(model.id.in_(list(ids)))
+    elif flt.empty and not every:
+        raise FilterError(f"{action}: name the files (ids), a filter, or all of them")
+    if kind == "in":
+        where.append(Incoming.archive_path != "")
+    with session_scope(url) as s:
+        found = list(s.scalars(select(model.id).where(*where).order_by(model.id)))
+        for i in range(0, len(found), _CHUNK):
+            s.execute(update(model).where(model.id.in_(found[i:i + _CHUNK])).values({flag: not unmark}))
+    missing = sorted(set(ids) - set(found)) if ids else []
+    return MarkResult(action, found, missing, unmark)
+
+
+# --------------------------------------------------------------------------- one file
+
+def file_detail(url: str, kind: str, file_id: int) -> dict[str, Any] | None:
+    """One file's record with what surrounds it, or None.
+
+    Incoming: ``as_dict()`` plus ``removal_pending``, ``run`` (the receiving run's summary or None)
+    and ``outputs`` (its outgoing files). Outgoing: ``as_dict()`` plus ``run`` and ``source``
+    (the incoming file it came from, or None).
+    """
+    model = _model(kind)
+    with session_scope(url) as s:
+        row = s.get(model, file_id)
+        if row is None:
+            return None
+        out = row.as_dict()
+        run = s.get(Run, row.run_id) if row.run_id else None
+        out["run"] = run.as_dict() if run else None
+        if kind == "in":
+            _removal_pending(s, [out])
+            out["outputs"] = [o.as_dict() for o in s.scalars(
+                select(Outgoing).where(Outgoing.incoming_id == file_id).order_by(Outgoing.id).limit(1000))]
+        else:
+            src = s.get(Incoming, row.incoming_id) if row.incoming_id else None
+            out["source"] = src.as_dict() if src else None
+    return out
+
+
+def stored_path(botssys: Path, record: dict[str, Any]) -> Path | None:
+    """The file holding a record's content under ``botssys`` (incoming: the archived copy,
+    outgoing: the stored output), or None when there is none or it would lie outside botssys
+    (a crafted path never leads elsewhere)."""
+    rel = record.get("archive_path") if record.get("kind") == "in" else record.get("store_path")
+    if not rel:
+        return None
+    root = botssys.resolve()
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root) or path == root or not path.is_file():
+        return None
+    return path
+
+
+# --------------------------------------------------------------------------- runs
+
+@dataclass(frozen=True)
+class RunFilter:
+    """Which runs: ``status`` (running, ok, errors, crashed, failed), ``route`` (runs that named it,
+    and default runs that received or sent files of it), ``since``/``until`` on the start (naive UTC)."""
+    status: str = ""
+    route: str = ""
+    since: datetime | None = None
+    until: datetime | None = None
+    run_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.status and self.status not in RUN_STATUSES:
+            raise FilterError(f"unknown run status {self.status!r} (expected one of {', '.join(RUN_STATUSES)})")
+
+    def where(self) -> list[Any]:
+        where: list[Any] = []
+        if self.status:
+            where.append(Run.status == self.status)
+        if self.run_id is not None:
+            where.append(Run.id == self.run_id)
+        if self.since is not None:
+            where.append(Run.started >= self.since)
+        if self.until is not None:
+            where.append(Run.started <= self.until)
+        if self.route:
+            r = _literal(self.route)
+            named = or_(Run.routes == self.route, Run.routes.like(f"{r},%", escape="\\"),
+                        Run.routes.like(f"%,{r}", escape="\\"), Run.routes.like(f"%,{r},%", escape="\\"))
+            touched = or_(Run.id.in_(select(Incoming.run_id).where(Incoming.route == self.route)),
+                          Run.id.in_(select(Outgoing.run_id).where(Outgoing.route == self.route)))
+            where.append(or_(named, and_(Run.routes == "", touched)))
+        return where
+
+
+def _runs_query(flt: RunFilter) -> Select[Any]:
+    return select(Run).where(*flt.where())
+
+
+def list_runs(url: str, flt: RunFilter = RunFilter(), limit: int = 20, offset: int = 0) -> list[dict[str, Any]]:
+    """Runs matching ``flt``, newest first: ``Run.as_dict()`` rows, the shape of ``botsq runs --json``."""
+    _check_page(limit, offset)
+    with session_scope(url) as s:
+        return [r.as_dict() for r in s.scalars(_runs_query(flt).order_by(Run.id.desc()).limit(limit).offset(offset))]
+
+
+def count_runs(url: str, flt: RunFilter = RunFilter()) -> int:
+    with session_scope(url) as s:
+        return int(s.scalar(select(func.count()).select_from(Run).where(*flt.where())) or 0)
+
+
+def run_detail(url: str, run_id: int, files: int = 200) -> dict[str, Any] | None:
+    """A run's record plus its first ``files`` incoming and outgoing files and its failed files
+    (``incoming``, ``outgoing``, ``errors``: as_dict rows), or None."""
+    with session_scope(url) as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            return None
+        out = run.as_dict()
+        out["incoming"] = [r.as_dict() for r in s.scalars(
+            select(Incoming).where(Incoming.run_id == run_id).order_by(Incoming.id).limit(files))]
+        out["outgoing"] = [r.as_dict() for r in s.scalars(
+            select(Outgoing).where(Outgoing.run_id == run_id).order_by(Outgoing.id).limit(files))]
+        errors = [r.as_dict() for r in s.scalars(
+            select(Incoming).where(Incoming.run_id == run_id, Incoming.status.in_([IN_ERROR, IN_COMMERROR]))
+            .order_by(Incoming.id).limit(files))]
+        errors += [r.as_dict() for r in s.scalars(
+            select(Outgoing).where(Outgoing.run_id == run_id, Outgoing.commstatus == COMM_FAILED)
+            .order_by(Outgoing.id).limit(files))]
+        out["errors"] = errors
+    return out
+
+
+# --------------------------------------------------------------------------- activity (charts)
+
+@dataclass
+class Bucket:
+    """Files in one hour (local to the caller's offset): received, sent, in error."""
+    hour: datetime                       # start of the hour, naive, shifted by the offset
+    received: int = 0
+    sent: int = 0
+    errors: int = 0
+
+
+def _hour_expr(dialect: str, col: Any, offset_minutes: int) -> Any:
+    """SQL for 'YYYY-MM-DD HH' of ``col`` shifted by ``offset_minutes``; None: bin in Python."""
+    if dialect == "sqlite":
+        return func.strftime("%Y-%m-%d %H", col, f"{offset_minutes:+d} minutes")
+    if dialect == "postgresql":
+        return func.to_char(col + timedelta(minutes=offset_minutes), "YYYY-MM-DD HH24")
+    return None
+
+
+def activity(url: str, since: datetime, offset_minutes: int = 0) -> dict[datetime, Bucket]:
+    """Files received, sent and in error per hour since ``since`` (naive UTC), keyed by the hour's
+    start shifted by ``offset_minutes`` (the viewer's UTC offset). Received counts incoming files by
+    their record's creation (not ``commerror`` ones: those were never fetched); sent counts outgoing
+    files by ``sent_at``; errors are failed incoming (error, commerror) and outgoing (failed) files
+    by creation. The grouping runs in the database (SQLite, PostgreSQL)."""
+    eng = get_engine(url)
+    hour_of_in = _hour_expr(eng.dialect.name, Incoming.created, offset_minutes)
+    buckets: dict[datetime, Bucket] = {}
+
+    def add(key: Any, field_: str, n: int) -> None:
+        if key is None:
+            return
+        hour = key if isinstance(key, datetime) else datetime.strptime(key, "%Y-%m-%d %H")
+        b = buckets.setdefault(hour, Bucket(hour))
+        setattr(b, field_, getattr(b, field_) + int(n or 0))
+
+    shift = timedelta(minutes=offset_minutes)
+    failed_in = case((Incoming.status.in_([IN_ERROR, IN_COMMERROR]), 1), else_=0)
+    never_fetched = case((Incoming.status == IN_COMMERROR, 1), else_=0)
+    with session_scope(url) as s:
+        if hour_of_in is None:       # another database: fetch the times, bin here
+            for created, status in s.execute(select(Incoming.created, Incoming.status).where(Incoming.created >= since)):
+                key = (created + shift).replace(minute=0, second=0, microsecond=0)
+                add(key, "received", status != IN_COMMERROR)
+                add(key, "errors", status in (IN_ERROR, IN_COMMERROR))
+            for sent_at, in s.execute(select(Outgoing.sent_at).where(Outgoing.sent_at >= since)):
+                add((sent_at + shift).replace(minute=0, second=0, microsecond=0), "sent", 1)
+            for created, in s.execute(select(Outgoing.created).where(Outgoing.created >= since,
+                                                                     Outgoing.commstatus == COMM_FAILED)):
+                add((created + shift).replace(minute=0, second=0, microsecond=0), "errors", 1)
+            return buckets
+        dialect = eng.dialect.name
+        for key, total, failed, unfetched in s.execute(
+                select(hour_of_in, func.count(), func.sum(failed_in), func.sum(never_fetched))
+                .where(Incoming.created >= since).group_by(hour_of_in)):
+            add(key, "received", total - (unfetched or 0))
+            add(key, "errors", failed)
+        hour_sent = _hour_expr(dialect, Outgoing.sent_at, offset_minutes)
+        for key, n in s.execute(select(hour_sent, func.count()).where(Outgoing.sent_at >= since).group_by(hour_sent)):
+            add(key, "sent", n)
+        hour_out = _hour_expr(dialect, Outgoing.created, offset_minutes)
+        for key, n in s.execute(select(hour_out, func.count()).where(Outgoing.created >= since,
+                                                                    Outgoing.commstatus == COMM_FAILED)
+                                .group_by(hour_out)):
+            add(key, "errors", n)
+    return buckets
