@@ -21,6 +21,8 @@ DEFAULT_CONFIGDIR = "config"
 ENV_CONFIG = "BOTSQ_CONFIG"
 ENV_BROKER = "BOTSQ_BROKER_URL"
 ENV_WEB_USERS = "BOTSQ_WEB_USERS"
+ENV_WEB_ADDRESS = "BOTSQ_WEB_ADDRESS"
+ENV_WEB_PORT = "BOTSQ_WEB_PORT"
 
 
 class ConfigError(Exception):
@@ -284,14 +286,20 @@ def webserver_settings(cfg: Config, address: str | None = None, port: int | None
     """``[webserver]`` of ``cfg``, ``--address``/``--port`` winning; ConfigError (one line) when invalid.
 
     Read only by the console (not in :func:`load_config`), so an unset ``${VAR}`` in ``users``
-    never stops the engine. Keys: ``address``, ``port``, ``users`` (``name:password, ...``;
-    ``BOTSQ_WEB_USERS`` overrides it), ``readonly`` (names), ``session_hours``, ``secure_cookie``.
+    never stops the engine. Keys: ``address``, ``port`` (``BOTSQ_WEB_ADDRESS``/``BOTSQ_WEB_PORT``
+    override them), ``users`` (``name:password, ...``; ``BOTSQ_WEB_USERS`` overrides it),
+    ``readonly`` (names), ``session_hours``, ``secure_cookie``.
     Without users it listens on the loopback interface only (the contract's "Web console").
     """
     sec = cfg.section("webserver")
     d = WebServer()
-    addr = address if address is not None else sec.get("address", str, d.address)
-    prt = port if port is not None else sec.get("port", int, d.port)
+    addr = address if address is not None else os.environ.get(ENV_WEB_ADDRESS) or sec.get("address", str, d.address)
+    if port is not None:
+        prt = port
+    elif os.environ.get(ENV_WEB_PORT):
+        prt = _to_int(os.environ[ENV_WEB_PORT], ENV_WEB_PORT)
+    else:
+        prt = sec.get("port", int, d.port)
     if not 0 < prt < 65536:
         raise ConfigError(f"{sec.where('port')}: expected a port number 1..65535, got {prt}")
     env_users = os.environ.get(ENV_WEB_USERS)

@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "schedule": ("beat_schedule", "print the schedule with next run times"),
     "stack": ("ops.stack", "run worker, beat, monitor and Flower in the foreground"),
     "flower": ("ops.flower", "start Flower with authentication"),
+    "web": ("ops.web.command", "serve the web console (dashboard, runs, files, queue, run menu)"),
 }
 
 

@@ -1,0 +1,28 @@
+"""What every view of the console shares, kept on the Flask app (``app.extensions["botsq"]``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from logging import Logger
+
+from flask import current_app
+
+from engine.config import Config, WebServer
+from ops.web.queries import HealthCache
+from ops.web.throttle import LoginThrottle
+from ops.web.users import Users
+
+
+@dataclass
+class Console:
+    """The environment, who may log in, the login throttle, the health cache, the ``web`` logger."""
+    cfg: Config
+    settings: WebServer
+    users: Users
+    throttle: LoginThrottle
+    health: HealthCache
+    log: Logger
+
+
+def console() -> Console:
+    """The console of the app handling the current request."""
+    return current_app.extensions["botsq"]

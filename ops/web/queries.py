@@ -1,0 +1,179 @@
+"""Every call the console makes into the rest of botsq, in one module.
+
+The console reads the tracking records through :mod:`engine.records` (the filters, marks and
+details ``botsq files``/``botsq runs`` use, so each sees the other's marks), the queue through
+``tasks.cli_queue.collect`` and the registry, health through ``ops.status``, and queues a job
+exactly as ``bots-job2queue`` does: ``tasks.jobs.job_from_argv`` then ``tasks.submit.submit``.
+Nothing else in ``ops/web`` imports from ``engine``, ``tasks`` or ``ops``; when those move, this
+is the one file to follow them.
+
+Lanes: today every route is in lane ``default``. The views group locks, waiting and running jobs
+by a ``lane`` key where the records carry one (``default`` otherwise), so lanes slot in.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from engine.cli_util import UsageError
+from engine.config import Config
+from engine.log import component_logger, lines_between, log_file, redact, register_secrets
+from engine.models import utcnow
+from engine.records import (
+    IN_STATUSES,
+    OUT_STATUSES,
+    RUN_STATUSES,
+    Bucket,
+    FileFilter,
+    FilterError,
+    MarkResult,
+    RunFilter,
+    activity,
+    count_files,
+    count_runs,
+    file_detail,
+    list_files,
+    list_runs,
+    mark_files,
+    parse_when,
+    run_detail,
+    stored_path,
+)
+from engine.run import ENGINE_COMMANDS
+from ops.status import check_lock
+from ops.status import collect as status_collect
+from tasks.cli_queue import collect as queue_collect
+from tasks.jobs import job_from_argv
+from tasks.registry import running_jobs, waiting_jobs
+from tasks.submit import check_enabled, submit
+
+__all__ = [
+    "IN_STATUSES", "OUT_STATUSES", "RUN_STATUSES", "Bucket", "FileFilter", "FilterError", "MarkResult", "RunFilter",
+    "UsageError", "activity", "component_logger", "count_files", "count_runs", "file_detail", "list_files",
+    "list_runs", "mark_files", "parse_when", "redact", "register_secrets", "run_detail", "stored_path", "utcnow",
+    "ENGINE_COMMANDS", "DEFAULT_LANE", "HealthCache", "Lane", "Submitted", "lanes", "queue_report", "run_log",
+    "submit_job", "route_lane", "utc_to_local",
+]
+
+DEFAULT_LANE = "default"
+LOG_SLACK = timedelta(seconds=2)       # the run's last log line is written just after its end is recorded
+
+
+def utc_to_local(when: datetime) -> datetime:
+    """A naive UTC time as naive local time (the console shows the server's local time)."""
+    return when.replace(tzinfo=timezone.utc).astimezone().replace(tzinfo=None)
+
+
+def route_lane(route: Any) -> str:
+    return getattr(route, "lane", None) or DEFAULT_LANE
+
+
+# --------------------------------------------------------------------------- health
+
+class HealthCache:
+    """``botsq status``'s report (``ops.status.collect``), computed at most once per ``max_age`` s.
+
+    Asking the workers takes the whole inspect timeout, so pages show the last report and ask
+    for a fresh one in the background (the dashboard's health panel reloads itself).
+    """
+
+    def __init__(self, cfg: Config, timeout: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg, self.timeout, self.clock = cfg, timeout, clock
+        self._report: dict[str, Any] | None = None
+        self._at = 0.0
+        self._lock = threading.Lock()
+
+    def cached(self) -> tuple[dict[str, Any] | None, float]:
+        """The last report and its age in seconds (None, 0 before the first)."""
+        return self._report, (self.clock() - self._at) if self._report is not None else 0.0
+
+    def get(self, max_age: float = 10.0) -> dict[str, Any]:
+        with self._lock:                      # one check at a time; the others get its result
+            if self._report is None or self.clock() - self._at > max_age:
+                self._report = status_collect(self.cfg, self.timeout)
+                self._at = self.clock()
+            return self._report
+
+
+# --------------------------------------------------------------------------- queue and lanes
+
+def queue_report(cfg: Config) -> dict[str, Any]:
+    """``botsq queue --json``: waiting jobs (registry), running ones, the broker's message count."""
+    return queue_collect(cfg)
+
+
+@dataclass
+class Lane:
+    """One lane as the dashboard and the queue page show it."""
+    name: str
+    routes: list[str] = field(default_factory=list)
+    lock: dict[str, Any] = field(default_factory=lambda: {"held": False})
+    waiting: list[dict[str, Any]] = field(default_factory=list)
+    running: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def by_priority(self) -> list[tuple[int, int]]:
+        counts: dict[int, int] = {}
+        for w in self.waiting:
+            counts[w["priority"]] = counts.get(w["priority"], 0) + 1
+        return sorted(counts.items())
+
+
+def lanes(cfg: Config, waiting: list[dict[str, Any]] | None = None,
+          running: list[dict[str, Any]] | None = None) -> list[Lane]:
+    """Each lane with its routes, engine lock holder, waiting jobs (run order) and running jobs.
+
+    ``waiting``/``running`` default to the registry's (no broker needed: this stays fast when the
+    broker is down); pass ``queue_report``'s to reuse one read.
+    """
+    by_name: dict[str, Lane] = {DEFAULT_LANE: Lane(DEFAULT_LANE)}
+    for name, route in cfg.routes.items():
+        by_name.setdefault(route_lane(route), Lane(route_lane(route))).routes.append(name)
+    if waiting is None:
+        waiting = [w.as_dict() for w in waiting_jobs(cfg)]
+    if running is None:
+        running = running_jobs(cfg)
+    for w in waiting:
+        by_name.setdefault(w.get("lane") or DEFAULT_LANE, Lane(w.get("lane") or DEFAULT_LANE)).waiting.append(w)
+    for r in running:
+        by_name.setdefault(r.get("lane") or DEFAULT_LANE, Lane(r.get("lane") or DEFAULT_LANE)).running.append(r)
+    lock = check_lock(cfg)
+    by_name.setdefault(lock.get("lane") or DEFAULT_LANE, Lane(lock.get("lane") or DEFAULT_LANE)).lock = lock
+    return sorted(by_name.values(), key=lambda lane: (lane.name != DEFAULT_LANE, lane.name))
+
+
+# --------------------------------------------------------------------------- the run menu
+
+@dataclass
+class Submitted:
+    """What became of a job from the run menu: ``added``, ``duplicate`` or ``raised`` (bots-job2queue's
+    outcomes), with the job's command line and the priority it waits at."""
+    status: str
+    job: str
+    priority: int
+
+
+def submit_job(cfg: Config, argv: list[str], priority: int) -> Submitted:
+    """Queue a Bots-style COMMAND line at ``priority`` the way ``bots-job2queue`` does; UsageError
+    (one line) when the queue is disabled, the broker is down or the job is refused."""
+    check_enabled(cfg)
+    job = job_from_argv(cfg, argv)
+    res = submit(cfg, job, priority)
+    return Submitted(str(res.status), job.describe(), res.priority)
+
+
+# --------------------------------------------------------------------------- a run's log
+
+def run_log(cfg: Config, run: dict[str, Any], limit: int = 1000) -> list[str]:
+    """The engine log's lines written while ``run`` (a Run.as_dict()) ran.
+
+    The engine log has one line stream for all runs; with lanes, runs of other lanes that overlap
+    in time show their lines here too (each line names its route).
+    """
+    start = datetime.fromisoformat(run["started"]).replace(tzinfo=None)
+    end = datetime.fromisoformat(run["ended"]).replace(tzinfo=None) + LOG_SLACK if run.get("ended") else None
+    return lines_between(log_file(cfg, "engine"), start, end, limit)

@@ -1,0 +1,68 @@
+"""Failed logins slow down: after a few failures a user name or a client address must wait.
+
+Each failure counts against two keys, the user name tried and the client address; a key with
+more than ``free`` failures inside ``window`` seconds must wait ``base * 2**(n - free - 1)``
+seconds (at most ``ceiling``) after its last failure before the next attempt is even checked.
+A success clears the user name's count. The clock is passed in, so tests step time instead of
+sleeping. State is in memory: one console process (waitress threads share it), bounded in size.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+
+@dataclass
+class _Failures:
+    count: int
+    last: float          # clock value of the latest failure
+
+
+class LoginThrottle:
+    """``wait(keys)`` says how many seconds to refuse; ``failed(keys)``/``succeeded(key)`` count."""
+
+    MAX_KEYS = 10_000    # beyond this the oldest entries are dropped (an attacker cycling keys gains nothing)
+
+    def __init__(self, clock: Callable[[], float], free: int = 5, base: float = 2.0, ceiling: float = 300.0,
+                 window: float = 900.0) -> None:
+        self.clock, self.free, self.base, self.ceiling, self.window = clock, free, base, ceiling, window
+        self._failures: dict[str, _Failures] = {}
+        self._lock = threading.Lock()
+
+    def _delay(self, f: _Failures) -> float:
+        if f.count <= self.free:
+            return 0.0
+        return min(self.base * 2 ** (f.count - self.free - 1), self.ceiling)
+
+    def wait(self, keys: Iterable[str]) -> float:
+        """Seconds before any of ``keys`` may try again (0: go ahead)."""
+        now = self.clock()
+        longest = 0.0
+        with self._lock:
+            for key in keys:
+                f = self._failures.get(key)
+                if f is None:
+                    continue
+                if now - f.last > self.window:
+                    del self._failures[key]
+                    continue
+                longest = max(longest, f.last + self._delay(f) - now)
+        return max(longest, 0.0)
+
+    def failed(self, keys: Iterable[str]) -> None:
+        now = self.clock()
+        with self._lock:
+            for key in keys:
+                f = self._failures.get(key)
+                if f is None or now - f.last > self.window:
+                    f = self._failures[key] = _Failures(0, now)
+                f.count += 1
+                f.last = now
+            if len(self._failures) > self.MAX_KEYS:
+                for key in sorted(self._failures, key=lambda k: self._failures[k].last)[:len(self._failures) // 10]:
+                    del self._failures[key]
+
+    def succeeded(self, key: str) -> None:
+        with self._lock:
+            self._failures.pop(key, None)
