@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,7 +30,7 @@ class Throttled(Exception):
     """Too many failed logins for this user name or client address; ``wait`` seconds to go."""
 
     def __init__(self, wait: float) -> None:
-        self.seconds = int(wait) + 1
+        self.seconds = max(math.ceil(wait), 1)
         super().__init__(f"Too many failed logins: try again in {self.seconds} seconds.")
 
 
@@ -56,7 +57,7 @@ def check_password(name: str, password: str, how: str) -> WebUser | None:
         con.throttle.failed(_keys(name))
         con.log.warning("login %s for %r from %s failed", how, name, request.remote_addr)
         return None
-    con.throttle.succeeded(f"user:{name}")
+    con.throttle.succeeded(_keys(name))
     return user
 
 

@@ -48,6 +48,7 @@ bp = Blueprint("pages", __name__)
 KINDS = {"incoming": "in", "outgoing": "out"}
 MARK = {"in": "rereceive", "out": "resend"}          # the one action of each list
 LAST_RUNS = 8
+HEALTH_FRESH = 10.0          # seconds a health report is shown as current
 DEFAULT_PRIORITY = 5
 RUN_TITLES = {"new": "New files", "rereceive": "Rereceive marked files", "resend": "Resend marked files",
               "automaticretrycommunication": "Retry failed communication", "cleanup": "Cleanup"}
@@ -77,6 +78,8 @@ def dashboard() -> Any:
     buckets = activity(cfg.database_url, utcnow() - timedelta(days=30), _utc_offset_minutes(now))
     day, month = charts.hourly(buckets, now), charts.daily(buckets, now)
     report, age = con.health.cached()
+    if report is not None and age > HEALTH_FRESH:
+        report = None                 # too old to show as now: the panel loads a fresh one at once
     return render_template("dashboard.html", day=day, month=month, lanes=lanes(cfg),
                            runs=list_runs(cfg.database_url, limit=LAST_RUNS), health=report, health_age=age,
                            queue_enabled=cfg.jobqueue.enabled)
@@ -85,7 +88,7 @@ def dashboard() -> Any:
 @bp.get("/partials/health")
 def health() -> Any:
     con = console()
-    report = con.health.get(max_age=10.0)
+    report = con.health.get(max_age=HEALTH_FRESH)
     return render_template("_health.html", health=report, health_age=con.health.cached()[1])
 
 

@@ -1,9 +1,9 @@
 """Failed logins slow down: after a few failures a user name or a client address must wait.
 
-Each failure counts against two keys, the user name tried and the client address; a key with
-more than ``free`` failures inside ``window`` seconds must wait ``base * 2**(n - free - 1)``
-seconds (at most ``ceiling``) after its last failure before the next attempt is even checked.
-A success clears the user name's count. The clock is passed in, so tests step time instead of
+Each failure counts against two keys, the user name tried and the client address; once a key has
+``free`` failures (each within ``window`` seconds of the one before), the next attempt waits
+``base * 2**(n - free)`` seconds (at most ``ceiling``) after its ``n``-th failure before it is even
+checked. A success clears both keys (each account keeps its own count against guessing). The clock is passed in, so tests step time instead of
 sleeping. State is in memory: one console process (waitress threads share it), bounded in size.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ class _Failures:
 
 
 class LoginThrottle:
-    """``wait(keys)`` says how many seconds to refuse; ``failed(keys)``/``succeeded(key)`` count."""
+    """``wait(keys)`` says how many seconds to refuse; ``failed(keys)``/``succeeded(keys)`` count."""
 
     MAX_KEYS = 10_000    # beyond this the oldest entries are dropped (an attacker cycling keys gains nothing)
 
@@ -31,9 +31,9 @@ class LoginThrottle:
         self._lock = threading.Lock()
 
     def _delay(self, f: _Failures) -> float:
-        if f.count <= self.free:
+        if f.count < self.free:
             return 0.0
-        return min(self.base * 2 ** (f.count - self.free - 1), self.ceiling)
+        return min(self.base * 2 ** (f.count - self.free), self.ceiling)
 
     def wait(self, keys: Iterable[str]) -> float:
         """Seconds before any of ``keys`` may try again (0: go ahead)."""
@@ -63,6 +63,7 @@ class LoginThrottle:
                 for key in sorted(self._failures, key=lambda k: self._failures[k].last)[:len(self._failures) // 10]:
                     del self._failures[key]
 
-    def succeeded(self, key: str) -> None:
+    def succeeded(self, keys: Iterable[str]) -> None:
         with self._lock:
-            self._failures.pop(key, None)
+            for key in keys:
+                self._failures.pop(key, None)
