@@ -1,8 +1,9 @@
 """``botsq demo``: the main job end to end on this machine.
 
 It writes a demo environment (default ``./demo-env``). When the broker answers (checked within
-3 s; ``BOTSQ_BROKER_URL`` overrides ``[jobqueue] broker``) it starts the engine worker and the
-directory monitor as child processes, queues jobs at different priorities while the worker is
+3 s; ``BOTSQ_BROKER_URL`` overrides ``[jobqueue] broker``) it starts the engine worker, the
+directory monitor and the web console (its address and login printed while the demo runs) as
+child processes, queues jobs at different priorities while the worker is
 busy (one of them a duplicate, shown as discarded), starts beat once they ran, drops files into
 the watched folder, waits until every file was processed, prints a short report and stops
 everything, also on Ctrl-C.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -22,8 +24,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from engine.config import Config, load_config, mask_url
+from engine.config import ENV_WEB_PORT, Config, load_config, mask_url, webserver_settings
 from engine.log import register_secrets
+from ops.web.users import admin_password
 
 BROKER_TIMEOUT = 3.0      # seconds the broker gets to answer
 WAIT_TIMEOUT = 120.0      # seconds the whole queue demo may take before it gives up
@@ -215,6 +218,28 @@ def run_direct(cfg: Config) -> int:
 
 # --------------------------------------------------------------------------- with a broker
 
+def port_answers(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def console_port(cfg: Config) -> int:
+    """``[webserver] port`` when it is free here, else any free port (a demo should not clash)."""
+    port = webserver_settings(cfg, address="127.0.0.1").port
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            pass
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class DemoFailed(Exception):
     pass
 
@@ -285,6 +310,9 @@ def run_queue_demo(cfg: Config) -> int:
     for old in list(drop_dir.glob("*.edi")) + list(out_dir.glob("demo_drop_*")):
         old.unlink()
     services = {name: (argv, env) for name, argv, env in service_commands(cfg, flower=False)}
+    web_port = console_port(cfg)
+    web_argv, web_env = services["web"]
+    services["web"] = (web_argv, {**web_env, ENV_WEB_PORT: str(web_port)})
 
     def start(*names: str) -> None:
         for name in names:
@@ -293,7 +321,10 @@ def run_queue_demo(cfg: Config) -> int:
         say(f"started {', '.join(names)}" + (f" (their logs: {log_dir})" if first else ""))
 
     with sup.running(grace=30):
-        start("worker", "monitor")
+        start("worker", "monitor", "web")
+        wait_until(lambda: port_answers(web_port), 30, "the web console to answer", sup)
+        say(f"web console: http://127.0.0.1:{web_port}/ (user admin, password "
+            f"{admin_password(cfg.directories.botssys)}) while the demo runs")
         before = drain_leftovers(cfg, sup, before)
 
         submitted = queue_jobs(cfg)
@@ -341,7 +372,7 @@ def run_queue_demo(cfg: Config) -> int:
     print_runs(runs, priority_of)
     print(f"File to output ({len(latencies)} dropped files): min {latencies[0]:.2f} s, "
           f"median {statistics.median(latencies):.2f} s, max {latencies[-1]:.2f} s")
-    say("all processed; worker, monitor and beat stopped")
+    say("all processed; worker, monitor, web console and beat stopped")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``botsq stack -c DIR``: worker, beat, monitor and Flower in the foreground, for development.
+"""``botsq stack -c DIR``: worker, beat, monitor, the web console and Flower in the foreground, for development.
 
 Each runs as a child process with its output prefixed and coloured (``worker |``, ``beat |`` ...);
 Ctrl-C or SIGTERM stops them all (the worker's warm shutdown lets a running job finish). When
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.config import ENV_CONFIG, Config, ConfigError, add_config_argument, load_config
+from engine.config import ENV_CONFIG, Config, ConfigError, add_config_argument, load_config, webserver_settings
 from engine.log import register_secrets
 from ops.procs import Stopped, Supervisor, venv_command
 
@@ -17,7 +17,7 @@ from ops.procs import Stopped, Supervisor, venv_command
 STOP_GRACE = 60.0
 
 
-def service_commands(cfg: Config, flower: bool = True) -> list[tuple[str, list[str], dict[str, str]]]:
+def service_commands(cfg: Config, flower: bool = True, web: bool = True) -> list[tuple[str, list[str], dict[str, str]]]:
     """(name, argv, extra environment) for each long-running process of the environment."""
     cdir = str(cfg.configdir)
     env = {ENV_CONFIG: cdir}
@@ -28,6 +28,8 @@ def service_commands(cfg: Config, flower: bool = True) -> list[tuple[str, list[s
     ]
     if cfg.dirmonitors:
         out.append(("monitor", [venv_command("bots-dirmonitor"), "-c", cdir], env))
+    if web:
+        out.append(("web", [venv_command("botsq"), "web", "-c", cdir], env))
     if flower:
         from ops.flower import flower_command
 
@@ -50,13 +52,16 @@ def check_queue(cfg: Config, timeout: float = 3.0) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
     parser.add_argument("--no-flower", action="store_true", help="do not start Flower")
+    parser.add_argument("--no-web", action="store_true", help="do not start the web console")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.configdir)
     register_secrets(cfg.secrets())
     check_queue(cfg)
-    commands = service_commands(cfg, flower=not args.no_flower)
+    if not args.no_web:
+        webserver_settings(cfg)            # a console that would refuse to start stops the stack before it starts
+    commands = service_commands(cfg, flower=not args.no_flower, web=not args.no_web)
     sup = Supervisor()
     names = [name for name, _argv, _env in commands]
     sup.width = max(len(n) for n in [*names, "botsq"])

@@ -48,7 +48,10 @@ def test_with_a_broker_the_whole_stack_runs_by_priority_and_stops(tmp_path: Path
     out = res.stdout
     assert res.returncode == 0, out + res.stderr
     assert "answers: running worker, directory monitor and beat" in out
-    assert "started worker, monitor" in out and "started beat" in out
+    assert "started worker, monitor, web" in out and "started beat" in out
+    web = re.search(r"web console: (http://127\.0\.0\.1:\d+/) \(user admin, password (\S+)\) while the demo runs", out)
+    assert web, out
+    assert (tmp_path / "demo-env" / "botssys" / "web" / "admin-password").read_text().strip() == web.group(2)
     queued = [line.split(None, 2)[1:] for line in out.splitlines() if line.startswith("  queued")]
     assert [q[0] for q in queued] == ["p1", "p9", "p5", "p5", "p1"]
     assert queued[3][1].endswith("discarded: identical to a waiting job")
@@ -60,7 +63,7 @@ def test_with_a_broker_the_whole_stack_runs_by_priority_and_stops(tmp_path: Path
     assert order[3:] and set(order[3:]) == {("p3", "monitor", "drop")}, out
     m = re.search(r"File to output \(5 dropped files\): min ([\d.]+) s, median ([\d.]+) s, max ([\d.]+) s", out)
     assert m and float(m.group(3)) < 10, out
-    assert "all processed; worker, monitor and beat stopped" in out
+    assert "all processed; worker, monitor, web console and beat stopped" in out
     env = tmp_path / "demo-env"
     assert sorted(p.name for p in (env / "data" / "out" / "drop").iterdir()) == [f"demo_drop_{i}.edi" for i in range(1, 6)]
     for name in ("worker", "beat", "monitor"):

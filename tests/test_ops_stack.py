@@ -21,6 +21,7 @@ READY = {  # a line each child prints once it runs
     "beat": "beat: Starting",
     "monitor": "watching",
     "flower": "Visit me at",
+    "web": "console on http://127.0.0.1:",
 }
 
 
@@ -53,7 +54,7 @@ def stack_env(rabbit_url: str, make_env):  # type: ignore[no-untyped-def]
 
 
 def start_stack(env) -> subprocess.Popen[str]:  # type: ignore[no-untyped-def]
-    penv = {**os.environ, "FORCE_COLOR": "1", "BOTSQ_FLOWER_PORT": str(free_port())}
+    penv = {**os.environ, "FORCE_COLOR": "1", "BOTSQ_FLOWER_PORT": str(free_port()), "BOTSQ_WEB_PORT": str(free_port())}
     penv.pop("BOTSQ_BROKER_URL", None)
     return subprocess.Popen([bin_path("botsq"), "stack", "-c", str(env.configdir)], cwd=env.root, env=penv,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -83,7 +84,7 @@ def test_stack_prefixes_each_child_and_ctrl_c_stops_all(stack_env) -> None:  # t
         assert line.startswith("\033["), f"{name} line is not coloured: {line!r}"
         assert plain(line).startswith(f"{name:<7} | ")
     kids = descendants(proc.pid)
-    assert len(kids) >= 5            # four children, and the worker's pool process
+    assert len(kids) >= 6            # five children, and the worker's pool process
     # with the whole stack up, `botsq status` is healthy: worker, beat and monitor all seen
     status = subprocess.run([bin_path("botsq"), "status", "-c", str(env.configdir)], capture_output=True,
                             text=True, timeout=60, cwd=env.root)
@@ -94,7 +95,7 @@ def test_stack_prefixes_each_child_and_ctrl_c_stops_all(stack_env) -> None:  # t
     rest = proc.communicate(timeout=90)[0]
     assert proc.returncode == 0, "".join(lines) + rest
     text = plain(rest)
-    assert "botsq   | stopping flower, monitor, beat, worker" in text
+    assert "botsq   | stopping flower, web, monitor, beat, worker" in text
     assert "botsq   | all stopped" in text
     assert "worker  | " in text and "Warm shutdown" in text
     assert wait_for(lambda: all(gone(k) for k in kids), 10), [k for k in kids if not gone(k)]
@@ -116,3 +117,19 @@ def test_stack_refuses_without_the_queue(make_env) -> None:  # type: ignore[no-u
                          timeout=60, cwd=env.root)
     assert res.returncode == 1
     assert res.stderr.count("\n") == 1 and "[jobqueue] enabled is False" in res.stderr, res.stderr
+
+
+def test_stack_refuses_a_web_console_that_would_not_start(make_env, rabbit_url: str) -> None:  # type: ignore[no-untyped-def]
+    env = make_env(ini=f"""
+        [jobqueue]
+        enabled = True
+        broker = {rabbit_url}
+
+        [webserver]
+        address = 0.0.0.0
+    """)
+    res = subprocess.run([bin_path("botsq"), "stack", "-c", str(env.configdir)], capture_output=True, text=True,
+                         timeout=60, cwd=env.root, env={k: v for k, v in os.environ.items() if k != "BOTSQ_WEB_USERS"})
+    assert res.returncode == 1
+    assert res.stderr.count("\n") == 1 and "refusing to listen on 0.0.0.0 without users" in res.stderr, res.stderr
+    assert "started" not in res.stdout

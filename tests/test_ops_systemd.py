@@ -54,9 +54,9 @@ def to_minutes(span: str) -> float:
     return n * {"s": 1 / 60, "min": 1, "h": 60}[unit]
 
 
-def test_all_four_services_exist() -> None:
+def test_all_five_services_exist() -> None:
     assert UNITS == ["botsq-beat.service", "botsq-dirmonitor.service", "botsq-flower.service",
-                     "botsq-worker.service"]
+                     "botsq-web.service", "botsq-worker.service"]
     assert (UNIT_DIR / "botsq.env.example").exists()
 
 
