@@ -13,7 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20)")
     parser.add_argument("--status", help=f"only runs with this status: {', '.join(RUN_STATUSES)}")
     parser.add_argument("--id", type=int, metavar="ID", help="only this run")
-    parser.add_argument("--route", metavar="ROUTE", help="only runs of this route (named, or default runs with its files)")
+    parser.add_argument("--route", metavar="ROUTE",
+                        help="only runs of this route (named, or default runs with its files)")
     parser.add_argument("--since", metavar="DATE", help="started at or after (YYYY-MM-DD[THH:MM])")
     parser.add_argument("--until", metavar="DATE", help="started at or before (YYYY-MM-DD[THH:MM])")
     parser.add_argument("--json", action="store_true", help="machine-readable output")

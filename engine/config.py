@@ -267,6 +267,7 @@ class WebServer:
     users: tuple[WebUser, ...] = ()
     session_hours: float = 12.0        # a login lasts this long
     secure_cookie: bool = False        # True when the console is reached over HTTPS (a TLS proxy in front)
+    chart_cache: float = 300.0         # seconds the charts keep the counts of hours long past; 0: count every time
 
     def user(self, name: str) -> WebUser | None:
         return next((u for u in self.users if u.name == name), None)
@@ -288,7 +289,7 @@ def webserver_settings(cfg: Config, address: str | None = None, port: int | None
     Read only by the console (not in :func:`load_config`), so an unset ``${VAR}`` in ``users``
     never stops the engine. Keys: ``address``, ``port`` (``BOTSQ_WEB_ADDRESS``/``BOTSQ_WEB_PORT``
     override them), ``users`` (``name:password, ...``; ``BOTSQ_WEB_USERS`` overrides it),
-    ``readonly`` (names), ``session_hours``, ``secure_cookie``.
+    ``readonly`` (names), ``session_hours``, ``secure_cookie``, ``chart_cache`` (seconds).
     Without users it listens on the loopback interface only (the contract's "Web console").
     """
     sec = cfg.section("webserver")
@@ -323,7 +324,10 @@ def webserver_settings(cfg: Config, address: str | None = None, port: int | None
     hours = sec.get("session_hours", float, d.session_hours)
     if hours <= 0:
         raise ConfigError(f"{sec.where('session_hours')}: must be greater than 0")
-    settings = WebServer(addr, prt, tuple(users), hours, sec.get("secure_cookie", bool, d.secure_cookie))
+    chart_cache = sec.get("chart_cache", float, d.chart_cache)
+    if chart_cache < 0:
+        raise ConfigError(f"{sec.where('chart_cache')}: must be 0 or more")
+    settings = WebServer(addr, prt, tuple(users), hours, sec.get("secure_cookie", bool, d.secure_cookie), chart_cache)
     if not users and not is_loopback(addr):
         shown = addr or "all interfaces"
         raise ConfigError(f"{cfg.ini_path}: [webserver] refusing to listen on {shown} without users: "

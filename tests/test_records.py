@@ -82,6 +82,7 @@ def test_file_filters_narrow_by_route_channel_status_name_run_and_date(url: str)
     assert ids(list_files(url, "in", FileFilter(status="error"))) == [5, 4]      # error matches commerror too
     assert ids(list_files(url, "out", FileFilter(status="error"))) == [2]
     assert ids(list_files(url, "in", FileFilter(name="po_10"))) == [2, 1]        # case-insensitive part
+    assert ids(list_files(url, "in", FileFilter(name="PO_10"))) == [2, 1]
     assert ids(list_files(url, "in", FileFilter(name="%"))) == [3]               # % taken literally
     assert ids(list_files(url, "in", FileFilter(name="V_"))) == [4]              # _ taken literally
     assert ids(list_files(url, "in", FileFilter(run=2))) == [5, 4]
@@ -91,6 +92,18 @@ def test_file_filters_narrow_by_route_channel_status_name_run_and_date(url: str)
     assert ids(list_files(url, "in", limit=2, offset=2)) == [3, 2]
     pending = {r["id"]: r["removal_pending"] for r in list_files(url, "in")}
     assert pending == {5: False, 4: False, 3: False, 2: True, 1: False}
+
+
+def test_a_page_and_its_count_come_from_one_read_when_names_are_searched(url: str) -> None:
+    from engine.records import page_files
+
+    for flt in (FileFilter(name="edi"), FileFilter(routes=("orders",)), FileFilter(name="nothing")):
+        for offset in (0, 1, 4, 9):
+            rows, total = page_files(url, "in", flt, 2, offset)
+            assert ids(rows) == ids(list_files(url, "in", flt, 2, offset)), (flt, offset)
+            assert total == count_files(url, "in", flt), (flt, offset)
+    rows, _ = page_files(url, "in", FileFilter(name="1002"))
+    assert rows[0]["removal_pending"] is True
 
 
 def test_bad_filter_values_are_one_line_errors(url: str) -> None:
@@ -146,12 +159,13 @@ def test_file_and_run_detail(url: str) -> None:
     assert run_detail(url, 7) is None
 
 
-def test_activity_counts_per_hour_received_sent_and_errors(url: str) -> None:
+@pytest.mark.parametrize("offset", [0, 120, -300, 90, 330])    # whole hours group by UTC hour, others shift first
+def test_activity_counts_per_hour_received_sent_and_errors(url: str, offset: int) -> None:
     now = utcnow()
-    got = activity(url, now - timedelta(hours=24), offset_minutes=90)
+    got = activity(url, now - timedelta(hours=24), offset_minutes=offset)
     by_hour = {k: (b.received, b.sent, b.errors) for k, b in got.items()}
-    h3 = (now - timedelta(hours=3) + timedelta(minutes=90)).replace(minute=0, second=0, microsecond=0)
-    h1 = (now - timedelta(hours=1) + timedelta(minutes=90)).replace(minute=0, second=0, microsecond=0)
+    h3 = (now - timedelta(hours=3) + timedelta(minutes=offset)).replace(minute=0, second=0, microsecond=0)
+    h1 = (now - timedelta(hours=1) + timedelta(minutes=offset)).replace(minute=0, second=0, microsecond=0)
     assert by_hour[h3] == (3, 1, 1)         # 3 received, out 1 sent, out 2 failed
     assert by_hour[h1] == (1, 0, 2)         # 4 failed; 5 never fetched: an error, not received
     assert sum(b.received for b in got.values()) == 4
@@ -180,12 +194,12 @@ def test_a_database_made_before_the_new_indexes_gains_them(make_env) -> None:  #
     path = url[len("sqlite:///"):]
     with sqlite3.connect(path) as conn:
         conn.execute("DROP INDEX ix_incoming_channel")
-        conn.execute("DROP INDEX ix_outgoing_sent_at")
+        conn.execute("DROP INDEX ix_incoming_created_status")
     with session_scope(url):
         pass
     with sqlite3.connect(path) as conn:
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert {"ix_incoming_channel", "ix_outgoing_sent_at"} <= names
+    assert {"ix_incoming_channel", "ix_incoming_created_status"} <= names
 
 
 def test_botsq_files_cli_has_the_channel_and_name_filters(make_env) -> None:  # type: ignore[no-untyped-def]

@@ -178,7 +178,7 @@ def test_markup_in_file_names_and_content_is_shown_as_text(env) -> None:  # type
     oid = file_id(env, "out", XSS_NAME)
     with serve(env) as base:
         s = login(base)
-        for path in ("/incoming", f"/incoming/{fid}", "/outgoing", f"/outgoing/{oid}", f"/runs/1",
+        for path in ("/incoming", f"/incoming/{fid}", "/outgoing", f"/outgoing/{oid}", "/runs/1",
                      "/incoming?name=%3Cimg"):
             body = s.get(base + path, timeout=30).text
             assert "<img src=x" not in body, path

@@ -15,7 +15,7 @@ from flask import Blueprint, jsonify, request
 
 from ops.web import params
 from ops.web.context import console
-from ops.web.queries import FilterError, count_files, count_runs, list_files, list_runs, queue_report, redact
+from ops.web.queries import FilterError, count_runs, list_runs, page_files, queue_report, redact
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 RUNS_LIMIT, FILES_LIMIT = 20, 100          # the CLI's defaults
@@ -61,7 +61,7 @@ def _files(kind: str) -> Any:
         limit, offset = params.limit_offset(request.args, FILES_LIMIT)
     except FilterError as exc:
         return _bad(exc)
-    return _json(list_files(url, kind, flt, limit, offset), count_files(url, kind, flt))
+    return _json(*page_files(url, kind, flt, limit, offset))
 
 
 @bp.get("/incoming")

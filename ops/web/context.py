@@ -7,19 +7,20 @@ from logging import Logger
 from flask import current_app
 
 from engine.config import Config, WebServer
-from ops.web.queries import HealthCache
+from ops.web.queries import ActivityCache, HealthCache
 from ops.web.throttle import LoginThrottle
 from ops.web.users import Users
 
 
 @dataclass
 class Console:
-    """The environment, who may log in, the login throttle, the health cache, the ``web`` logger."""
+    """The environment, who may log in, the login throttle, the health and chart caches, the ``web`` logger."""
     cfg: Config
     settings: WebServer
     users: Users
     throttle: LoginThrottle
     health: HealthCache
+    activity: ActivityCache
     log: Logger
 
 

@@ -10,7 +10,7 @@ buttons ``button[name=action]`` valued ``rereceive``/``resend``; ``form#run-form
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, send_file, url_for
@@ -26,14 +26,12 @@ from ops.web.queries import (
     RUN_STATUSES,
     FilterError,
     UsageError,
-    activity,
-    count_files,
     count_runs,
     file_detail,
     lanes,
-    list_files,
     list_runs,
     mark_files,
+    page_files,
     queue_report,
     route_lane,
     run_detail,
@@ -75,7 +73,7 @@ def dashboard() -> Any:
     con = console()
     cfg = con.cfg
     now = datetime.now()
-    buckets = activity(cfg.database_url, utcnow() - timedelta(days=30), _utc_offset_minutes(now))
+    buckets = con.activity.get(utcnow(), _utc_offset_minutes(now))
     day, month = charts.hourly(buckets, now), charts.daily(buckets, now)
     report, age = con.health.cached()
     if report is not None and age > HEALTH_FRESH:
@@ -146,11 +144,14 @@ def _files(kind: str) -> Any:
     cfg = console().cfg
     try:
         flt = params.file_filter(request.args)
-        total = count_files(cfg.database_url, kind, flt)
-        pg = params.page(request.args, total)
+        number = params.page_number(request.args)
     except FilterError as exc:
         return _bad_request(exc)
-    rows = list_files(cfg.database_url, kind, flt, pg.size, pg.offset)
+    rows, total = page_files(cfg.database_url, kind, flt, params.PAGE_SIZE, (number - 1) * params.PAGE_SIZE)
+    pg = params.Page(number, params.PAGE_SIZE, total)
+    if number > pg.pages:                     # beyond the end (the list shrank): show the last page
+        pg = params.Page(pg.pages, params.PAGE_SIZE, total)
+        rows, total = page_files(cfg.database_url, kind, flt, pg.size, pg.offset)
     channels = sorted({p.fromchannel if kind == "in" else (p.tochannel or "")
                        for r in cfg.routes.values() for p in r.parts} - {""})
     return render_template("files.html", kind=kind, rows=rows, page=pg, flt=flt, action=MARK[kind],

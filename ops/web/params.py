@@ -101,9 +101,14 @@ class Page:
 
 
 def page(args: MultiArgs, total: int, size: int = PAGE_SIZE) -> Page:
+    """The page asked for (``page``, from 1), the last one when it asks beyond the end."""
     number = integer(args, "page", 1, low=1) or 1
     last = max(1, -(-total // size))
     return Page(min(number, last), size, total)
+
+
+def page_number(args: MultiArgs) -> int:
+    return integer(args, "page", 1, low=1) or 1
 
 
 def limit_offset(args: MultiArgs, default_limit: int) -> tuple[int, int]:

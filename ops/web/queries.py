@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from engine.cli_util import UsageError
@@ -30,15 +30,13 @@ from engine.records import (
     Bucket,
     FileFilter,
     FilterError,
-    MarkResult,
     RunFilter,
     activity,
-    count_files,
     count_runs,
     file_detail,
-    list_files,
     list_runs,
     mark_files,
+    page_files,
     parse_when,
     run_detail,
     stored_path,
@@ -52,20 +50,14 @@ from tasks.registry import running_jobs, waiting_jobs
 from tasks.submit import check_enabled, submit
 
 __all__ = [
-    "IN_STATUSES", "OUT_STATUSES", "RUN_STATUSES", "Bucket", "FileFilter", "FilterError", "MarkResult", "RunFilter",
-    "UsageError", "activity", "component_logger", "count_files", "count_runs", "file_detail", "list_files",
-    "list_runs", "mark_files", "parse_when", "redact", "register_secrets", "run_detail", "stored_path", "utcnow",
-    "ENGINE_COMMANDS", "DEFAULT_LANE", "HealthCache", "Lane", "Submitted", "lanes", "queue_report", "run_log",
-    "submit_job", "route_lane", "utc_to_local",
+    "IN_STATUSES", "OUT_STATUSES", "RUN_STATUSES", "Bucket", "FileFilter", "FilterError", "RunFilter", "UsageError",
+    "ENGINE_COMMANDS", "DEFAULT_LANE", "ActivityCache", "HealthCache", "Lane", "Submitted", "component_logger",
+    "count_runs", "file_detail", "lanes", "list_runs", "mark_files", "page_files", "parse_when", "queue_report",
+    "redact", "register_secrets", "route_lane", "run_detail", "run_log", "stored_path", "submit_job", "utcnow",
 ]
 
 DEFAULT_LANE = "default"
 LOG_SLACK = timedelta(seconds=2)       # the run's last log line is written just after its end is recorded
-
-
-def utc_to_local(when: datetime) -> datetime:
-    """A naive UTC time as naive local time (the console shows the server's local time)."""
-    return when.replace(tzinfo=timezone.utc).astimezone().replace(tzinfo=None)
 
 
 def route_lane(route: Any) -> str:
@@ -97,6 +89,42 @@ class HealthCache:
                 self._report = status_collect(self.cfg, self.timeout)
                 self._at = self.clock()
             return self._report
+
+
+# --------------------------------------------------------------------------- files per hour
+
+class ActivityCache:
+    """Files per hour over the last ``days`` days (:func:`engine.records.activity`) for the charts.
+
+    Counting a month of records takes a while with 100,000s of them, and hours long past hardly
+    change, so their counts are kept for ``ttl`` seconds; each request only counts again from the
+    start of the previous hour. A file of an older hour whose status changes later (rereceived,
+    failed on a resend) shows in the charts within ``ttl`` seconds (``[webserver] chart_cache``;
+    0 counts everything every time).
+    """
+
+    def __init__(self, url: str, days: int = 30, ttl: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.url, self.days, self.ttl, self.clock = url, days, ttl, clock
+        self._old: dict[datetime, Bucket] = {}
+        self._split: datetime | None = None       # naive UTC: _old holds everything before it
+        self._key: tuple[int, float] = (0, -1e18)  # (offset it was counted for, clock at counting)
+        self._lock = threading.Lock()
+
+    def get(self, now: datetime, offset_minutes: int) -> dict[datetime, Bucket]:
+        """Buckets keyed by local hour (see :func:`activity`) from ``now`` (naive UTC) - ``days``."""
+        with self._lock:
+            offset, counted = self._key
+            if self._split is None or offset != offset_minutes or self.clock() - counted >= self.ttl:
+                self._split = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+                self._old = activity(self.url, now - timedelta(days=self.days), offset_minutes, until=self._split)
+                self._key = (offset_minutes, self.clock())
+            old, split = self._old, self._split
+        merged = {k: Bucket(k, b.received, b.sent, b.errors) for k, b in old.items()}
+        for k, b in activity(self.url, split, offset_minutes).items():   # an hour may straddle the split
+            m = merged.setdefault(k, Bucket(k))
+            m.received, m.sent, m.errors = m.received + b.received, m.sent + b.sent, m.errors + b.errors
+        return merged
 
 
 # --------------------------------------------------------------------------- queue and lanes

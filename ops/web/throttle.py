@@ -3,8 +3,9 @@
 Each failure counts against two keys, the user name tried and the client address; once a key has
 ``free`` failures (each within ``window`` seconds of the one before), the next attempt waits
 ``base * 2**(n - free)`` seconds (at most ``ceiling``) after its ``n``-th failure before it is even
-checked. A success clears both keys (each account keeps its own count against guessing). The clock is passed in, so tests step time instead of
-sleeping. State is in memory: one console process (waitress threads share it), bounded in size.
+checked. A success clears both keys (each account keeps its own count against guessing). The
+clock is passed in, so tests step time instead of sleeping. State is in memory: one console
+process (its waitress threads share it), bounded in size.
 """
 from __future__ import annotations
 
