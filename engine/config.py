@@ -267,7 +267,7 @@ class WebServer:
     users: tuple[WebUser, ...] = ()
     session_hours: float = 12.0        # a login lasts this long
     secure_cookie: bool = False        # True when the console is reached over HTTPS (a TLS proxy in front)
-    chart_cache: float = 300.0         # seconds the charts keep the counts of hours long past; 0: count every time
+    chart_cache: float = 300.0         # seconds between recounts of the charts' hours long past; 0: every request
 
     def user(self, name: str) -> WebUser | None:
         return next((u for u in self.users if u.name == name), None)

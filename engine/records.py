@@ -69,6 +69,11 @@ def parse_when(raw: str, end: bool = False) -> datetime:
     return dt.astimezone(timezone.utc).replace(tzinfo=None)
 
 
+def _within(col: Any, since: datetime | None, until: datetime | None) -> list[Any]:
+    """``since <= col <= until``, each bound only when given."""
+    return ([col >= since] if since is not None else []) + ([col <= until] if until is not None else [])
+
+
 def _literal(text: str) -> str:
     """``text`` for a LIKE pattern (escape character \\), its own % and _ taken literally."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -111,10 +116,7 @@ class FileFilter:
             where.append(model.channel.in_(self.channels))
         if self.run is not None:
             where.append(model.run_id == self.run)
-        if self.since is not None:
-            where.append(model.created >= self.since)
-        if self.until is not None:
-            where.append(model.created <= self.until)
+        where += _within(model.created, self.since, self.until)
         if self.name:
             pattern = f"%{_literal(self.name)}%"
             # Every name is read (a part of a name has no index): SQLite's LIKE ignores ASCII case by
@@ -305,10 +307,7 @@ class RunFilter:
             where.append(Run.status == self.status)
         if self.run_id is not None:
             where.append(Run.id == self.run_id)
-        if self.since is not None:
-            where.append(Run.started >= self.since)
-        if self.until is not None:
-            where.append(Run.started <= self.until)
+        where += _within(Run.started, self.since, self.until)
         if self.route:
             r = _literal(self.route)
             named = or_(Run.routes == self.route, Run.routes.like(f"{r},%", escape="\\"),

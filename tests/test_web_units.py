@@ -122,9 +122,22 @@ def test_the_chart_cache_counts_old_hours_once_and_new_ones_each_time(make_env) 
     add(now)                                          # the current hour: seen at once
     second = cache.get(now, 60)
     assert sum(b.received for b in second.values()) == 4
-    clock.now += 61
+    clock.now += 61                                   # stale: this request still has the kept counts ...
+    assert sum(b.received for b in cache.get(now, 60).values()) == 4
+    cache.settle()                                    # ... while they are counted again in the background
     assert sum(b.received for b in cache.get(now, 60).values()) == 5
     assert sum(b.received for b in cache.get(now, 90).values()) == 5      # another offset counts afresh
+    # chart_cache = 0: everything counted in every request
+    every = ActivityCache(url, ttl=0, clock=clock)
+    assert sum(b.received for b in every.get(now, 60).values()) == 5
+    add(now - timedelta(days=3))
+    assert sum(b.received for b in every.get(now, 60).values()) == 6
+    # started ahead (botsq web's start-up): the first request uses that count
+    warm = ActivityCache(url, ttl=60, clock=clock)
+    warm.warm(now, 60)
+    warm.settle()
+    add(now - timedelta(days=4))
+    assert sum(b.received for b in warm.get(now, 60).values()) == 6
 
 
 @pytest.mark.parametrize("line, message", [

@@ -30,7 +30,16 @@ from werkzeug.exceptions import HTTPException
 from engine.config import Config, WebServer
 from ops.web import api, auth, filters, pages
 from ops.web.context import Console, console
-from ops.web.queries import ActivityCache, HealthCache, component_logger, redact, register_secrets
+from ops.web.queries import (
+    ActivityCache,
+    HealthCache,
+    component_logger,
+    lanes,
+    redact,
+    register_secrets,
+    utc_offset_minutes,
+    utcnow,
+)
 from ops.web.throttle import LoginThrottle
 from ops.web.users import Users, secret_key
 
@@ -133,3 +142,19 @@ def create_app(cfg: Config, settings: WebServer, clock: Callable[[], float] = ti
                 "configdir": str(cfg.configdir)}
 
     return app
+
+
+def prepare(app: Flask) -> None:
+    """Work done before serving, so no early request waits for it: compile every template (Jinja
+    compiles on first use, ~150 ms for the dashboard's), open the database and the queue registry
+    once, and count the charts' month in the background. A database that does not answer yet is
+    only logged: the pages say so when they are asked for."""
+    con: Console = app.extensions["botsq"]
+    for name in app.jinja_env.list_templates(filter_func=lambda n: n.endswith(".html")):
+        app.jinja_env.get_template(name)
+    try:
+        lanes(con.cfg)
+    except Exception as exc:  # noqa: BLE001 - start anyway; every page reports the problem itself
+        con.log.warning("database not ready at start: %s", redact(" ".join(str(exc).split())))
+        return
+    con.activity.warm(utcnow(), utc_offset_minutes())

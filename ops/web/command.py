@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from waitress import create_server
 
-    from ops.web.app import create_app
+    from ops.web.app import create_app, prepare
 
     cfg = load_config(args.configdir)
     settings = webserver_settings(cfg, args.address, args.port)
@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
                                clear_untrusted_proxy_headers=True)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {settings.address}:{settings.port}: {exc.strerror or exc}") from None
+    prepare(app)
     log.info("%s", describe(settings, app.extensions["botsq"].users))
     signal.signal(signal.SIGTERM, _stop)
     try:

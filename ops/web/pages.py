@@ -38,6 +38,7 @@ from ops.web.queries import (
     run_log,
     stored_path,
     submit_job,
+    utc_offset_minutes,
     utcnow,
 )
 
@@ -61,11 +62,6 @@ def _bad_request(exc: Exception) -> Any:
     abort(400, str(exc))
 
 
-def _utc_offset_minutes(now: datetime) -> int:
-    off = now.astimezone().utcoffset()
-    return int(off.total_seconds() // 60) if off else 0
-
-
 # --------------------------------------------------------------------------- dashboard
 
 @bp.get("/")
@@ -73,7 +69,7 @@ def dashboard() -> Any:
     con = console()
     cfg = con.cfg
     now = datetime.now()
-    buckets = con.activity.get(utcnow(), _utc_offset_minutes(now))
+    buckets = con.activity.get(utcnow(), utc_offset_minutes())
     day, month = charts.hourly(buckets, now), charts.daily(buckets, now)
     report, age = con.health.cached()
     if report is not None and age > HEALTH_FRESH:

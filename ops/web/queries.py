@@ -54,10 +54,17 @@ __all__ = [
     "ENGINE_COMMANDS", "DEFAULT_LANE", "ActivityCache", "HealthCache", "Lane", "Submitted", "component_logger",
     "count_runs", "file_detail", "lanes", "list_runs", "mark_files", "page_files", "parse_when", "queue_report",
     "redact", "register_secrets", "route_lane", "run_detail", "run_log", "stored_path", "submit_job", "utcnow",
+    "utc_offset_minutes",
 ]
 
 DEFAULT_LANE = "default"
 LOG_SLACK = timedelta(seconds=2)       # the run's last log line is written just after its end is recorded
+
+
+def utc_offset_minutes() -> int:
+    """The server's UTC offset now, in minutes (the console shows the server's local time)."""
+    off = datetime.now().astimezone().utcoffset()
+    return int(off.total_seconds() // 60) if off else 0
 
 
 def route_lane(route: Any) -> str:
@@ -97,29 +104,72 @@ class ActivityCache:
     """Files per hour over the last ``days`` days (:func:`engine.records.activity`) for the charts.
 
     Counting a month of records takes a while with 100,000s of them, and hours long past hardly
-    change, so their counts are kept for ``ttl`` seconds; each request only counts again from the
-    start of the previous hour. A file of an older hour whose status changes later (rereceived,
-    failed on a resend) shows in the charts within ``ttl`` seconds (``[webserver] chart_cache``;
-    0 counts everything every time).
+    change, so their counts are kept and each request counts only from the start of the previous
+    hour. Every ``ttl`` seconds (``[webserver] chart_cache``) the kept counts are counted again in
+    a background thread while requests go on with the ones they have, so a file of an older hour
+    whose status changes later (rereceived, failed on a resend) shows within about ``ttl`` seconds
+    and no request waits for a month's count but the very first (:meth:`warm` starts that one when
+    the console starts). ``ttl`` 0 counts everything in every request.
     """
 
     def __init__(self, url: str, days: int = 30, ttl: float = 300.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.url, self.days, self.ttl, self.clock = url, days, ttl, clock
         self._old: dict[datetime, Bucket] = {}
-        self._split: datetime | None = None       # naive UTC: _old holds everything before it
-        self._key: tuple[int, float] = (0, -1e18)  # (offset it was counted for, clock at counting)
+        self._split: datetime | None = None        # naive UTC: _old holds everything before it
+        self._offset = 0                            # the UTC offset (minutes) _old was counted for
+        self._counted = 0.0                         # clock at that count
         self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def _count(self, now: datetime, offset_minutes: int) -> None:
+        split = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+        started = self.clock()
+        old = activity(self.url, now - timedelta(days=self.days), offset_minutes, until=split)
+        with self._lock:
+            if self._split is None or started >= self._counted or offset_minutes != self._offset:
+                self._old, self._split, self._offset, self._counted = old, split, offset_minutes, started
+
+    def _background(self, now: datetime, offset_minutes: int) -> None:
+        try:
+            self._count(now, offset_minutes)
+        except Exception:  # noqa: BLE001 - the next request counts again; a chart never breaks a page
+            with self._lock:
+                self._counted = self.clock() - self.ttl
+        finally:
+            with self._lock:
+                self._thread = None
+
+    def warm(self, now: datetime, offset_minutes: int) -> None:
+        """Count in the background now (at start-up), so the first dashboard need not."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._background, args=(now, offset_minutes),
+                                                name="botsq-web-chart-count", daemon=True)
+                self._thread.start()
+
+    def settle(self, timeout: float = 60.0) -> None:
+        """Wait for a background count to end (tests; a clean stop)."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
 
     def get(self, now: datetime, offset_minutes: int) -> dict[datetime, Bucket]:
         """Buckets keyed by local hour (see :func:`activity`) from ``now`` (naive UTC) - ``days``."""
         with self._lock:
-            offset, counted = self._key
-            if self._split is None or offset != offset_minutes or self.clock() - counted >= self.ttl:
-                self._split = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
-                self._old = activity(self.url, now - timedelta(days=self.days), offset_minutes, until=self._split)
-                self._key = (offset_minutes, self.clock())
+            usable = self._split is not None and self._offset == offset_minutes and self.ttl > 0
+            stale = usable and self.clock() - self._counted >= self.ttl
+        if not usable:
+            self.settle()                          # a count under way (start-up) may be the one needed
+            with self._lock:
+                usable = self._split is not None and self._offset == offset_minutes and self.ttl > 0
+            if not usable:
+                self._count(now, offset_minutes)
+        elif stale:
+            self.warm(now, offset_minutes)
+        with self._lock:
             old, split = self._old, self._split
+        assert split is not None
         merged = {k: Bucket(k, b.received, b.sent, b.errors) for k, b in old.items()}
         for k, b in activity(self.url, split, offset_minutes).items():   # an hour may straddle the split
             m = merged.setdefault(k, Bucket(k))
