@@ -17,4 +17,7 @@ Modules, one concern each:
 * :mod:`ops.web.charts` - files per hour / per day as SVG bar geometry
 * :mod:`ops.web.preview` - a safe preview of a file's content
 * :mod:`ops.web.command` - ``botsq web`` itself, served by waitress
+
+``static/htmx-2.0.11.min.js`` is htmx 2.0.11 (0BSD licence), unchanged from the npm package
+``htmx.org``: it reloads the dashboard's health and lane panels and the queue page in place.
 """
