@@ -27,22 +27,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import shlex
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time as dtime, timedelta, tzinfo
-from pathlib import Path
 from typing import Any, Callable
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import BaseSchedule, schedstate
 
-from engine.config import Config, ConfigError, IniSection, add_config_argument, load_config
+from engine.config import Config, add_config_argument, load_config
+from engine.config.schedule import WEEKDAYS, ScheduleEntry, load_schedule, resolve_timezone
+from engine.errors import ConfigError, UsageError, one_line
+from tasks.jobs import Job, job_from_argv
 
-CADENCES = ("5min", "hourly", "daily", "weekly", "monthly", "cron", "interval")
-SECTION_PREFIX = "schedule."
-WEEKDAYS = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6}
 MONTHS = {m: i for i, m in enumerate(
     ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
 MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
@@ -138,45 +134,6 @@ class CronExpr:
         if self.weekday_star:
             return dom_ok
         return dom_ok or dow_ok      # both restricted: either matches (as cron does)
-
-
-def resolve_timezone(name: str | None) -> tuple[str, tzinfo]:
-    """(name, tzinfo) for a zone name; empty = the machine's zone."""
-    if not name:
-        name = machine_timezone()
-    if name == "localtime":
-        with open("/etc/localtime", "rb") as fh:
-            return name, ZoneInfo.from_file(fh, key="localtime")
-    return name, ZoneInfo(name)
-
-
-def machine_timezone() -> str:
-    """The machine's IANA zone name (TZ, /etc/timezone, /etc/localtime), else 'UTC'."""
-    tz = os.environ.get("TZ", "").lstrip(":")
-    if tz:
-        try:
-            ZoneInfo(tz)
-            return tz
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    try:
-        name = Path("/etc/timezone").read_text(encoding="utf-8").strip()
-        if name:
-            ZoneInfo(name)
-            return name
-    except (OSError, ZoneInfoNotFoundError, ValueError):
-        pass
-    try:
-        target = os.path.realpath("/etc/localtime")
-        m = re.search(r"zoneinfo/(.+)$", target)
-        if m:
-            ZoneInfo(m.group(1))
-            return m.group(1)
-        if os.path.exists("/etc/localtime"):
-            return "localtime"
-    except (OSError, ZoneInfoNotFoundError, ValueError):
-        pass
-    return "UTC"
 
 
 def _aware(dt: datetime) -> datetime:
@@ -317,8 +274,8 @@ class ScheduledJob:
     priority: int
     task: str = ""
     kwargs: dict[str, Any] = field(default_factory=dict)
-    job: Any = None                      # tasks.jobs.Job
-    section: IniSection | None = None
+    job: Job | None = None               # set when validated
+    entry: ScheduleEntry | None = None
 
     def describe(self) -> str:
         s = self.schedule
@@ -327,124 +284,36 @@ class ScheduledJob:
         return {"5min": "every 5 minutes"}.get(self.cadence, "") or f"{self.cadence} ({s.expr.text})"
 
 
-def _parse_time(sec: IniSection, key: str = "time") -> tuple[int, int]:
-    raw = sec.get(key, str, "00:00")
-    m = re.fullmatch(r"(\d{1,2})(?::(\d{2}))?", raw)
-    if not m or int(m.group(1)) > 23 or int(m.group(2) or 0) > 59:
-        raise ConfigError(f"{sec.where(key)}: expected a time of day HH:MM, got {raw!r}")
-    return int(m.group(1)), int(m.group(2) or 0)
-
-
-def _cron_for(sec: IniSection, cadence: str) -> str:
-    if cadence == "5min":
-        return "*/5 * * * *"
-    if cadence == "hourly":
-        minute = sec.get("minute", int, 0)
-        if not 0 <= minute <= 59:
-            raise ConfigError(f"{sec.where('minute')}: expected 0-59, got {minute}")
-        return f"{minute} * * * *"
-    if cadence == "cron":
-        text = sec.get("cron", str, "")
-        if not text:
-            raise ConfigError(f"{sec.where('cron')}: required for cadence = cron (e.g. 0 1 * * 1-5)")
-        try:
-            expr = CronExpr.parse(text)
-        except ValueError as exc:
-            raise ConfigError(f"{sec.where('cron')}: {exc}") from None
-        return expr.text
-    h, m = _parse_time(sec)
-    if cadence == "daily":
-        return f"{m} {h} * * *"
-    if cadence == "weekly":
-        raw = sec.get("weekday", str, "monday")
-        names = [w.strip().lower() for w in raw.split(",") if w.strip()]
-        bad = [w for w in names if w[:3] not in WEEKDAYS or not w.isalpha()]
-        if not names or bad:
-            raise ConfigError(f"{sec.where('weekday')}: expected a weekday name (monday ... sunday), got {raw!r}")
-        return f"{m} {h} * * {','.join(str(WEEKDAYS[w[:3]]) for w in names)}"
-    if cadence == "monthly":
-        day = sec.get("day", int, 1)
-        if not 1 <= day <= 31:
-            raise ConfigError(f"{sec.where('day')}: expected a day of the month 1-31, got {day}")
-        return f"{m} {h} {day} * *"
-    raise AssertionError(cadence)
-
-
-def schedule_timezone(cfg: Config) -> str:
-    sec = cfg.section("schedule")
-    name = sec.get("timezone", str, "")
+def _zoned(entry: ScheduleEntry, tzname: str) -> ZonedCron:
+    """The entry's schedule in zone ``tzname``; ConfigError when its cron text is wrong or never comes."""
+    if entry.seconds is not None:
+        return ZonedCron(seconds=entry.seconds, timezone=tzname)
     try:
-        return resolve_timezone(name)[0]
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ConfigError(f"{sec.where('timezone')}: unknown time zone {name!r} (e.g. Europe/Amsterdam)") from None
-
-
-def _job_from_argv(cfg: Config, sec: IniSection, argv: list[str]) -> Any:
-    """The queue's Job for a command line; errors become ConfigError naming the key."""
-    from tasks.jobs import job_from_argv
-
+        sched = ZonedCron(cron=entry.cron, timezone=tzname)
+    except ValueError as exc:
+        raise ConfigError(f"{entry.where('cron')}: {exc}") from None
     try:
-        return job_from_argv(cfg, argv)
-    except ConfigError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - UsageError/JobError: any refusal is a config error here
-        raise ConfigError(f"{sec.where('job')}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-
-
-def _job_parts(job: Any) -> tuple[str, dict[str, Any]]:
-    task = getattr(job, "task", None) or getattr(job, "task_name", None)
-    kwargs = getattr(job, "kwargs", None)
-    if callable(kwargs):
-        kwargs = kwargs()
-    return str(task), dict(kwargs or {})
+        sched.next_after(datetime.now(UTC))
+    except ValueError:
+        raise ConfigError(f"{entry.where('cron' if entry.cadence == 'cron' else 'day')}: "
+                          f"{sched.cron_text!r} never comes (no such date)") from None
+    return sched
 
 
 def load_jobs(cfg: Config, validate: bool = True) -> list[ScheduledJob]:
-    """Every enabled ``[schedule.NAME]`` job, checked; ConfigError (one line) on any problem."""
-    tzname = schedule_timezone(cfg)
-    known = {"timezone"}
-    top = cfg.section("schedule")
-    for key in top.keys():
-        if key not in known:
-            raise ConfigError(f"{top.where(key)}: unknown key (jobs go in [schedule.NAME] sections)")
+    """Every enabled ``[schedule.NAME]`` job with its schedule; ``validate`` also checks the job line
+    against the routes and ``[jobqueue.commands]``. ConfigError (one line) on any problem."""
+    schedule = load_schedule(cfg)
     jobs: list[ScheduledJob] = []
-    allowed = {"cadence", "job", "priority", "time", "weekday", "day", "minute", "cron", "seconds",
-               "enabled", "description"}
-    for secname, sec in cfg.ini.items():
-        if not secname.startswith(SECTION_PREFIX):
-            continue
-        name = secname[len(SECTION_PREFIX):]
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise ConfigError(f"{cfg.ini_path}: [{secname}]: job names use letters, digits, _ . -")
-        for key in sec.keys():
-            if key not in allowed:
-                raise ConfigError(f"{sec.where(key)}: unknown key (expected one of {', '.join(sorted(allowed))})")
-        if not sec.get("enabled", bool, True):
-            continue
-        cadence = sec.choice("cadence", CADENCES, "") if "cadence" in sec.keys() else ""
-        if not cadence:
-            raise ConfigError(f"{sec.where('cadence')}: required ({' | '.join(CADENCES)})")
-        argv = sec.argv("job")
-        if not argv:
-            raise ConfigError(f"{sec.where('job')}: required (e.g. bots-engine --new)")
-        priority = sec.priority()
-        if cadence == "interval":
-            seconds = sec.get("seconds", float, 0.0)
-            if seconds <= 0:
-                raise ConfigError(f"{sec.where('seconds')}: required for cadence = interval, more than 0")
-            sched = ZonedCron(seconds=seconds, timezone=tzname)
-        else:
-            sched = ZonedCron(cron=_cron_for(sec, cadence), timezone=tzname)
-            try:
-                sched.next_after(datetime.now(UTC))
-            except ValueError:
-                raise ConfigError(f"{sec.where('cron' if cadence == 'cron' else 'day')}: "
-                                  f"{sched.cron_text!r} never comes (no such date)") from None
-        sj = ScheduledJob(name=name, cadence=cadence, schedule=sched, argv=argv, priority=priority, section=sec)
+    for entry in schedule.entries:
+        sj = ScheduledJob(name=entry.name, cadence=entry.cadence, schedule=_zoned(entry, schedule.timezone),
+                          argv=list(entry.argv), priority=entry.priority, entry=entry)
         if validate:
-            job = _job_from_argv(cfg, sec, argv)
-            sj.job = job
-            sj.task, sj.kwargs = _job_parts(job)       # routes/command checked by job_from_argv
+            try:
+                sj.job = job_from_argv(cfg, sj.argv)
+            except UsageError as exc:           # JobError: the route or command is refused
+                raise ConfigError(f"{entry.where('job')}: {one_line(exc)}") from None
+            sj.task, sj.kwargs = sj.job.task, sj.job.kwargs
         jobs.append(sj)
     return jobs
 
@@ -490,7 +359,7 @@ def _fmt(dt: datetime, zone: tzinfo) -> str:
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.configdir)
     jobs = load_jobs(cfg)
-    tzname = schedule_timezone(cfg)
+    tzname = load_schedule(cfg).timezone
     zone = resolve_timezone(tzname)[1]
     now = datetime.now(UTC)
     state: dict[str, Any] = {}

@@ -9,8 +9,9 @@ import argparse
 import signal
 import sys
 
-from engine.cli_util import EXIT_SYSTEM, ArgumentParser, UsageError, run_cli
+from engine.cli_util import ArgumentParser, run_cli
 from engine.config import add_config_argument, load_config
+from engine.errors import ConfigError, DatabaseError, ExitCode, UsageError, one_line
 
 
 
@@ -52,17 +53,15 @@ def _main() -> int:
         bar.finish()
         print("bots-engine: error: terminated (SIGTERM); the lock is released, the next run finishes the files",
               file=sys.stderr)
-        return EXIT_SYSTEM
+        return ExitCode.SYSTEM
     except Exception as exc:
-        from engine.config import ConfigError
-        from engine.db import DatabaseError
         bar.finish()
         if isinstance(exc, (ConfigError, DatabaseError, UsageError)):
             raise
         import logging
         logging.getLogger("botsq.engine").exception("engine run failed")
-        print(f"bots-engine: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_SYSTEM
+        print(f"bots-engine: error: {one_line(exc, with_type=True)}", file=sys.stderr)
+        return ExitCode.SYSTEM
     bar.finish()
     print(result.message)
     return result.exit_code

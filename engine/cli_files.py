@@ -17,9 +17,9 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from engine.cli_util import UsageError
 from engine.config import add_config_argument, load_config
 from engine.db import session_scope
+from engine.errors import UsageError
 from engine.models import COMM_FAILED, IN_COMMERROR, IN_ERROR, Incoming, Outgoing, SourceRemoval
 
 IN_STATUSES = ("received", "done", "error", "commerror")

@@ -12,7 +12,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from engine.cli_util import UsageError
+from engine.errors import UsageError
+
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 

@@ -6,9 +6,9 @@ import json
 
 from sqlalchemy import select
 
-from engine.cli_util import UsageError
 from engine.config import add_config_argument, load_config
 from engine.db import session_scope
+from engine.errors import UsageError
 from engine.models import RUN_CRASHED, RUN_ERRORS, RUN_FAILED, RUN_OK, RUN_RUNNING, Run
 
 STATUSES = (RUN_RUNNING, RUN_OK, RUN_ERRORS, RUN_CRASHED, RUN_FAILED)

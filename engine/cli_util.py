@@ -5,13 +5,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from engine.config import ConfigError
-
-EXIT_OK, EXIT_SYSTEM, EXIT_ERRORS, EXIT_LOCKED = 0, 1, 2, 3
-
-
-class UsageError(Exception):
-    """Bad command-line input; str() is the one line shown."""
+from engine.errors import ConfigError, DatabaseError, ExitCode, UsageError
+from engine.log import redact
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -24,15 +19,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def run_cli(prog: str, main: Callable[[], int]) -> None:
     """Run ``main`` and exit with its code; known errors become one line on stderr and exit 1."""
-    from engine.db import DatabaseError
-    from engine.log import redact
-
     try:
         code = main()
     except (ConfigError, DatabaseError, UsageError) as exc:
         print(f"{prog}: error: {redact(str(exc))}", file=sys.stderr)
-        code = EXIT_SYSTEM
+        code = ExitCode.SYSTEM
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        code = 130
+        code = ExitCode.INTERRUPTED
     sys.exit(code)

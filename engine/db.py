@@ -16,15 +16,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-from engine.config import mask_url
+from engine.errors import DatabaseError, one_line
+from engine.log import mask_url
 
 
 class Base(DeclarativeBase):
     pass
-
-
-class DatabaseError(Exception):
-    """The tracking database cannot be reached or used; str() is one line, password masked."""
 
 
 _engines: dict[str, Engine] = {}
@@ -66,7 +63,7 @@ def get_engine(url: str) -> Engine:
             import engine.models  # noqa: F401  (registers the tables on Base)
             create_tables(eng)
         except (SQLAlchemyError, OSError, ImportError) as exc:   # ImportError: the URL's driver is not installed
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = one_line(exc)
             if isinstance(exc, ImportError):
                 reason = f"its database driver is not installed ({reason})"
             raise DatabaseError(f"database {mask_url(url)} cannot be used: {reason}") from None

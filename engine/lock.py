@@ -20,8 +20,9 @@ from datetime import datetime, timezone
 from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from engine.config import Config, mask_url
-from engine.db import DatabaseError, session_scope
+from engine.config import Config
+from engine.db import session_scope
+from engine.errors import DatabaseError, database_error, one_line
 from engine.models import EngineLock, utcnow
 
 LOCK_ID = 1
@@ -77,11 +78,6 @@ def _info(row: EngineLock, cfg: Config) -> LockInfo:
     return LockInfo(row.host, row.pid, _aware(row.started), _aware(row.heartbeat), row.run_id, alive)
 
 
-def _db_error(cfg: Config, exc: Exception) -> DatabaseError:
-    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return DatabaseError(f"database {mask_url(cfg.database_url)} cannot be used: {reason[0] if reason else type(exc).__name__}")
-
-
 def read_lock(cfg: Config) -> LockInfo | None:
     """The current holder of the engine lock, or None when the engine is free."""
     try:
@@ -89,7 +85,7 @@ def read_lock(cfg: Config) -> LockInfo | None:
             row = s.get(EngineLock, LOCK_ID)
             return _info(row, cfg) if row is not None else None
     except SQLAlchemyError as exc:
-        raise _db_error(cfg, exc) from None
+        raise database_error(cfg.database_url, exc) from None
 
 
 @dataclass
@@ -131,7 +127,7 @@ class EngineLockHandle:
                 self.lost = True
                 self.log.error("engine lock was taken over by another run; this run stops at the next file")
         except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the grace period covers it
-            self.log.warning("lock heartbeat failed: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            self.log.warning("lock heartbeat failed: %s", one_line(exc))
         minutes = (utcnow() - self.started).total_seconds() / 60
         if not self._alerted and minutes > self.cfg.settings.maxruntime:
             self._alerted = True
@@ -154,7 +150,7 @@ class EngineLockHandle:
             with session_scope(self.cfg.database_url) as s:
                 s.execute(delete(EngineLock).where(EngineLock.id == LOCK_ID, EngineLock.token == self.token))
         except SQLAlchemyError as exc:
-            self.log.error("could not release the engine lock: %s", _db_error(self.cfg, exc))
+            self.log.error("could not release the engine lock: %s", database_error(self.cfg.database_url, exc))
 
 
 def acquire(cfg: Config, log: logging.Logger, on_overtime=None) -> Acquired:  # type: ignore[no-untyped-def]
@@ -186,7 +182,7 @@ def acquire(cfg: Config, log: logging.Logger, on_overtime=None) -> Acquired:  # 
         except IntegrityError:
             continue                       # another run inserted the row first: look again
         except SQLAlchemyError as exc:
-            raise _db_error(cfg, exc) from None
+            raise database_error(cfg.database_url, exc) from None
     info = read_lock(cfg)
     return Acquired(None, holder=info)
 

@@ -37,10 +37,12 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.channels import Channel, CommunicationError, make_channel, safe_name
-from engine.cli_util import EXIT_ERRORS, EXIT_LOCKED, EXIT_OK, UsageError
-from engine.config import Config, ConfigError, Route, RoutePart, mask_url
-from engine.db import DatabaseError, get_engine, session_scope
+from engine.channels.base import Channel, CommunicationError, safe_name
+from engine.channels.types import make_channel
+from engine.config import Config, ConfigError, Route, RoutePart
+from engine.db import get_engine, session_scope
+from engine.errors import DatabaseError, ExitCode, UsageError, database_error
+from engine.log import mask_url
 from engine.lock import LockInfo, acquire, hostname, overtime_minutes
 from engine.log import component_logger
 from engine.models import (COMM_FAILED, COMM_PENDING, COMM_SENT, IN_COMMERROR, IN_DONE, IN_ERROR, IN_RECEIVED,
@@ -807,7 +809,7 @@ class EngineRun:
                                  cfg.settings.maxruntime, holder.heartbeat.isoformat(timespec="seconds"))
             else:
                 self.log.info(msg)
-            return RunResult(None, EXIT_LOCKED, msg, locked_by=holder.describe())
+            return RunResult(None, ExitCode.LOCKED, msg, locked_by=holder.describe())
         self.lock = got.lock
         status = RUN_FAILED
         message = "run failed"
@@ -857,7 +859,7 @@ class EngineRun:
             raise
         finally:
             self.close_channels()
-            code = EXIT_OK if status == RUN_OK else EXIT_ERRORS
+            code = ExitCode.OK if status == RUN_OK else ExitCode.RUN_ERRORS
             if self.run_id:
                 try:
                     with session_scope(self.url) as s:

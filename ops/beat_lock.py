@@ -170,8 +170,8 @@ class BotsScheduler(Scheduler):
 
     def setup_schedule(self) -> None:
         from beat_schedule import entry_for, load_jobs
-        from engine.config import ConfigError, load_config
-        from engine.db import DatabaseError
+        from engine.config import load_config
+        from engine.errors import ConfigError, DatabaseError
         from engine.log import component_logger
 
         try:

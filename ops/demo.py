@@ -22,8 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from engine.config import Config, load_config, mask_url
-from engine.log import register_secrets
+from engine.config import Config, load_config
+from engine.log import mask_url, register_secrets
 
 BROKER_TIMEOUT = 3.0      # seconds the broker gets to answer
 WAIT_TIMEOUT = 120.0      # seconds the whole queue demo may take before it gives up

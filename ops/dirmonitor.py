@@ -38,8 +38,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.cli_util import ArgumentParser, UsageError, run_cli
+from engine.cli_util import ArgumentParser, run_cli
 from engine.config import Config, DirMonitor, add_config_argument, load_config
+from engine.errors import UsageError
 
 HEARTBEAT_NAME = "dirmonitor.heartbeat"
 HEARTBEAT_EVERY = 2.0
@@ -664,8 +665,6 @@ def check_config(cfg: Config) -> None:
         if not mon.path.is_dir():
             what = "is not a folder" if mon.path.exists() else "does not exist"
             raise UsageError(f"{cfg.ini_path}: [{mon.name}] path: {mon.path} {what}")
-        if mon.debounce < 0:
-            raise UsageError(f"{cfg.ini_path}: [{mon.name}] debounce: must be 0 or more seconds")
 
 
 def build_parser() -> argparse.ArgumentParser:

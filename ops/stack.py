@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.config import ENV_CONFIG, Config, ConfigError, add_config_argument, load_config
+from engine.config import ENV_CONFIG, Config, add_config_argument, load_config
+from engine.errors import ConfigError
 from engine.log import register_secrets
 from ops.procs import Stopped, Supervisor, venv_command
 

@@ -14,8 +14,9 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-from engine.config import Config, add_config_argument, load_config, mask_url
-from engine.log import redact, register_secrets
+from engine.config import Config, add_config_argument, load_config
+from engine.errors import ConfigError, DatabaseError
+from engine.log import mask_url, redact, register_secrets
 
 LAST_RUNS = 5
 
@@ -39,7 +40,7 @@ def _now() -> datetime:
 # --------------------------------------------------------------------------- the checks
 
 def check_database(cfg: Config) -> dict[str, Any]:
-    from engine.db import DatabaseError, get_engine
+    from engine.db import get_engine
 
     try:
         get_engine(cfg.database_url)
@@ -123,7 +124,6 @@ def check_monitor(cfg: Config) -> dict[str, Any]:
 def check_beat(cfg: Config) -> dict[str, Any]:
     """Beat holding its lock (a row in the tracking database), when the schedule has jobs."""
     from beat_schedule import load_jobs
-    from engine.config import ConfigError
     from ops.beat_lock import BeatStore
 
     try:

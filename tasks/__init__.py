@@ -30,7 +30,7 @@ def _flower_settings_by_default() -> None:
 def __getattr__(name: str) -> Any:
     if name in ("app", "celery"):
         _flower_settings_by_default()
-        from engine.config import ConfigError
+        from engine.errors import ConfigError
         from engine.log import redact
         from tasks.celeryapp import app_from_env
 

@@ -36,40 +36,15 @@ QUEUE = "engine"
 _apps: dict[tuple[str, str], Celery] = {}
 
 
-def option(cfg: Config, key: str, typ: type, default: Any) -> Any:
-    """An extra ``[jobqueue]`` key of the queue (bots.ini allows extra keys)."""
-    return cfg.section("jobqueue").get(key, typ, default)
-
-
-def visibility_timeout(cfg: Config) -> float:
-    """Redis: seconds before an unacknowledged job is handed out again (above any run's length)."""
-    longest = max(cfg.settings.maxruntime, cfg.jobqueue.hardtimelimit) * 60
-    return option(cfg, "visibility_timeout", float, float(max(3600, 2 * longest)))
-
-
-def _typed(raw: str) -> Any:
-    low = raw.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for conv in (int, float):
-        try:
-            return conv(raw)
-        except ValueError:
-            pass
-    return raw.strip()
-
-
 def transport_options(cfg: Config) -> dict[str, Any]:
     kind = prio.broker_kind(cfg.jobqueue.broker)
     opts: dict[str, Any] = {}
     if kind == prio.REDIS:
         opts.update(priority_steps=prio.REDIS_PRIORITY_STEPS, sep=":", queue_order_strategy="priority",
-                    visibility_timeout=visibility_timeout(cfg))
+                    visibility_timeout=cfg.jobqueue.visibility_timeout)
     elif kind == prio.RABBITMQ:
         opts["confirm_publish"] = True        # "added to queue" means the broker has it
-    extra = cfg.section("jobqueue.transport_options")
-    for key in extra.keys():
-        opts[key] = _typed(extra.get(key, str, ""))
+    opts.update(cfg.jobqueue.transport_options)
     return opts
 
 

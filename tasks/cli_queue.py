@@ -10,8 +10,8 @@ import argparse
 import json
 from typing import Any
 
-from engine.config import Config, add_config_argument, load_config, mask_url
-from engine.log import redact
+from engine.config import Config, add_config_argument, load_config
+from engine.log import mask_url, redact
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

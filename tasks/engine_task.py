@@ -25,9 +25,8 @@ from celery import Celery, Task
 from celery.backends.base import DisabledBackend
 from celery.exceptions import Reject
 
-from engine.cli_util import EXIT_LOCKED, UsageError
-from engine.config import Config, ConfigError, JobQueue, load_config
-from engine.db import DatabaseError
+from engine.config import Config, JobQueue, load_config
+from engine.errors import ConfigError, DatabaseError, ExitCode, UsageError
 from engine.log import component_logger
 from engine.report import send_report
 from tasks import priority as prio
@@ -292,7 +291,7 @@ def _run_engine(task: Task, cfg: Config, job: Job, log: Any, watch: _Watch | Non
         if watch is not None:
             watch.restart()         # maxruntime counts from the attempt that gets the lock
         res = run_engine(cfg, job.commands, job.routes, progress=progress)
-        if res.exit_code != EXIT_LOCKED:
+        if res.exit_code != ExitCode.LOCKED:
             break
         if waiting_since is None:
             waiting_since = time.monotonic()

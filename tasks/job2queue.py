@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.cli_util import EXIT_OK, ArgumentParser, UsageError, run_cli
+from engine.cli_util import ArgumentParser, run_cli
 from engine.config import add_config_argument, load_config
+from engine.errors import ExitCode, UsageError
 from tasks import priority as prio
-
-EXIT_DUPLICATE = 4
 
 
 
@@ -54,14 +53,14 @@ def _main() -> int:
     res = submit(cfg, job, priority)
     if res.status == "duplicate":
         print("Duplicate job, not added.")
-        return EXIT_DUPLICATE
+        return ExitCode.DUPLICATE
     # Bots' job queue answers a priority change of a waiting job with 0 and "OK": the job
     # will run at the priority asked for, which is what a caller checking the code wants to know.
     print("OK, job is added to queue")
     if res.status == "raised":
         print(f"bots-job2queue: an identical job was waiting; its priority is raised to {res.priority}",
               file=sys.stderr)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def main() -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from engine.cli_util import EXIT_OK, ArgumentParser, run_cli
+from engine.cli_util import ArgumentParser, run_cli
 from engine.config import ENV_CONFIG, add_config_argument, load_config
+from engine.errors import ExitCode
 from engine.log import register_secrets
 
 
@@ -48,7 +49,7 @@ def _main() -> int:
     connect(app, cfg.jobqueue.connect_timeout).release()
     os.environ[ENV_CONFIG] = str(cfg.configdir)        # pool processes and anything they start
     app.worker_main(worker_argv(args.loglevel, args.hostname))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def main() -> None:

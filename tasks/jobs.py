@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.cli_util import UsageError
 from engine.config import Config, load_config, resolve_configdir
+from engine.errors import ConfigError, UsageError
 
 ENGINE_TASK = "bots.engine"
 COMMAND_TASK = "bots.command"
@@ -131,8 +131,6 @@ def job_config(job: Job, cfg: Config | None = None) -> Config:
 
 def validate(job: Job, cfg: Config | None = None) -> Config:
     """Refuse (JobError) a job that cannot run: unknown route, unknown command, bad config dir."""
-    from engine.config import ConfigError
-
     try:
         jcfg = job_config(job, cfg)
     except ConfigError as exc:

@@ -35,13 +35,14 @@ from sqlalchemy import DateTime, Integer, String, Text, delete, func, select, up
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from engine.config import Config, mask_url
-from engine.db import Base, DatabaseError, create_tables, get_engine, session_scope
+from engine.config import Config
+from engine.db import Base, create_tables, get_engine, session_scope
+from engine.errors import DatabaseError, database_error
+from engine.log import mask_url
 from engine.lock import hostname, pid_exists
 from engine.models import utcnow
 from tasks.jobs import Job
 
-DEFAULT_STALE_AFTER = 30.0          # seconds before an entry may be judged stale
 KEEP_FINISHED = timedelta(days=2)   # started-job rows kept after they end (redeliveries come sooner)
 
 RUNNING, DONE, FAILED, GAVE_UP = "running", "done", "failed", "gaveup"
@@ -98,19 +99,9 @@ def _url(cfg: Config) -> str:
         try:
             create_tables(get_engine(url), tables=_TABLES)
         except SQLAlchemyError as exc:
-            raise _db_error(cfg, exc) from None
+            raise database_error(cfg.database_url, exc) from None
         _ready.add(url)
     return url
-
-
-def _db_error(cfg: Config, exc: Exception) -> DatabaseError:
-    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return DatabaseError(f"database {mask_url(cfg.database_url)} cannot be used: "
-                         f"{reason[0] if reason else type(exc).__name__}")
-
-
-def stale_after(cfg: Config) -> float:
-    return cfg.section("jobqueue").get("stale_after", float, DEFAULT_STALE_AFTER)
 
 
 class _Changed(Exception):
@@ -128,9 +119,9 @@ def _retrying(cfg: Config, fn: Callable[[], Any]) -> Any:
             if "locked" in str(exc).lower() or "busy" in str(exc).lower():
                 time.sleep(0.01 * (attempt + 1))
                 continue
-            raise _db_error(cfg, exc) from None
+            raise database_error(cfg.database_url, exc) from None
         except SQLAlchemyError as exc:
-            raise _db_error(cfg, exc) from None
+            raise database_error(cfg.database_url, exc) from None
     raise DatabaseError(f"database {mask_url(cfg.database_url)}: the job registry stayed busy")
 
 
@@ -147,7 +138,7 @@ class Registration:
 
 
 def _is_stale(cfg: Config, row: PendingJob, now: datetime, queue_depth: Callable[[], int | None] | None) -> bool:
-    if queue_depth is None or (now - row.updated).total_seconds() < stale_after(cfg):
+    if queue_depth is None or (now - row.updated).total_seconds() < cfg.jobqueue.stale_after:
         return False
     try:
         depth = queue_depth()
@@ -383,7 +374,7 @@ def sweep(cfg: Config, queue_depth: Callable[[], int | None] | None = None) -> d
     def attempt() -> None:
         with session_scope(url) as s:
             if depth == 0:
-                cutoff = now - timedelta(seconds=stale_after(cfg))
+                cutoff = now - timedelta(seconds=cfg.jobqueue.stale_after)
                 out["stale"] = s.execute(delete(PendingJob).where(PendingJob.updated < cutoff)).rowcount
                 s.execute(delete(SkippedMessage).where(SkippedMessage.created < cutoff))
             old = now - KEEP_FINISHED

@@ -69,8 +69,7 @@ def before_publish(sender: str | None = None, body: Any = None, headers: dict | 
 
 
 def _register_foreign(app: Any, sender: str, body: Any, headers: dict, bots: int) -> None:
-    from engine.config import ConfigError
-    from engine.db import DatabaseError
+    from engine.errors import ConfigError, DatabaseError
     from engine.log import component_logger
     from tasks import registry
     from tasks.celeryapp import configdir_of, queue_depth

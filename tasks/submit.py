@@ -18,8 +18,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from engine.cli_util import UsageError
-from engine.config import Config, mask_url
+from engine.config import Config
+from engine.errors import UsageError
+from engine.log import mask_url
 from tasks import priority as prio
 from tasks import registry
 from tasks.jobs import Job, JobError, validate

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from channel_servers import HOST, BlackHole, FtpServer, assert_secret_free, make_certs, make_channel
-from engine.channels import CommunicationError, safe_name
+from engine.channels.base import CommunicationError, safe_name
 
 PASSWORD = "Ftp-pa55word!"
 

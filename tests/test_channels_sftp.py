@@ -11,7 +11,7 @@ import paramiko
 import pytest
 
 from channel_servers import HOST, BlackHole, SftpServer, assert_secret_free, make_channel
-from engine.channels import CommunicationError, safe_name
+from engine.channels.base import CommunicationError, safe_name
 
 PASSWORD = "Sftp-pa55word!"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from channel_servers import HOST, BlackHole, SmtpServer, assert_secret_free, make_certs, make_channel
-from engine.channels import CommunicationError
+from engine.channels.base import CommunicationError
 
 PASSWORD = "Smtp-pa55word!"
 

@@ -5,7 +5,8 @@ import argparse
 
 import pytest
 
-from engine.config import ConfigError, add_config_argument, load_config, mask_url
+from engine.config import ConfigError, add_config_argument, load_config
+from engine.log import mask_url
 
 ROUTES_OK = """
 [channels.a]

@@ -397,7 +397,7 @@ tochannel = "out"
     assert names(select_routes(cfg, ["resend"], [])) == ["r1", "special"]
     assert names(select_routes(cfg, ["new"], ["special"])) == ["special"]
     assert names(select_routes(cfg, ["new"], ["off"])) == []
-    from engine.cli_util import UsageError
+    from engine.errors import UsageError
     with pytest.raises(UsageError, match="unknown route 'nope'"):
         select_routes(cfg, ["new"], ["r1", "nope"])
     with pytest.raises(UsageError, match="unknown route 'nope'"):

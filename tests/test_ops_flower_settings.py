@@ -8,8 +8,9 @@ import sys
 import pytest
 
 from conftest import bin_path
-from engine.config import ConfigError
-from ops.flower import ENV_AUTH, describe, flower_command, is_loopback, load_flower_settings
+from engine.config.flower import ENV_AUTH, is_loopback, load_flower_settings
+from engine.errors import ConfigError
+from ops.flower import describe, flower_command
 
 QUEUE_INI = """
 [jobqueue]

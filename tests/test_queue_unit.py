@@ -344,7 +344,7 @@ def test_maxruntime_counts_from_the_run_not_from_waiting_for_the_engine_lock(env
     from types import SimpleNamespace
 
     import engine.run
-    from engine.cli_util import EXIT_LOCKED
+    from engine.errors import ExitCode
     from tasks import engine_task
 
     cfg = env.config()
@@ -363,7 +363,7 @@ def test_maxruntime_counts_from_the_run_not_from_waiting_for_the_engine_lock(env
         calls.append(1)
         if len(calls) < 3:                                  # locked: 61 minutes pass waiting for the lock
             watch.t0 -= 61 * 60
-            return SimpleNamespace(exit_code=EXIT_LOCKED, run_id=None, message="locked by run 7", counts={})
+            return SimpleNamespace(exit_code=ExitCode.LOCKED, run_id=None, message="locked by run 7", counts={})
         watch.check_overtime()                              # the run itself has only just begun
         assert not watch.alerted
         watch.t0 -= 61 * 60                                 # ... and now it runs for 61 minutes
@@ -384,7 +384,7 @@ def test_a_run_ended_by_a_database_error_runs_again_on_celerys_retry(env, monkey
     from types import SimpleNamespace
 
     import engine.run
-    from engine.db import DatabaseError
+    from engine.errors import DatabaseError
     from tasks import engine_task
     from tasks.celeryapp import app_for
 

@@ -8,8 +8,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from beat_schedule import CronExpr, ZonedCron, load_jobs, machine_timezone
-from engine.config import ConfigError
+from beat_schedule import CronExpr, ZonedCron, load_jobs
+from engine.config.schedule import machine_timezone
+from engine.errors import ConfigError
 
 AMS = ZoneInfo("Europe/Amsterdam")
 
