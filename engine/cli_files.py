@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from engine.config import add_config_argument, load_config
 from engine.db import session_scope
 from engine.errors import UsageError
-from engine.models import COMM_FAILED, IN_COMMERROR, IN_ERROR, Incoming, Outgoing, SourceRemoval
+from engine.models import CommStatus, InStatus, Incoming, Outgoing, SourceRemoval
 
 IN_STATUSES = ("received", "done", "error", "commerror")
 OUT_STATUSES = ("pending", "sent", "failed")
@@ -57,10 +57,10 @@ def _filters(args: argparse.Namespace, model: type, kind: str) -> list[Any]:
                          f"{', '.join(OUT_STATUSES)})")
     if status:
         if kind == "in":
-            st = {"failed": IN_ERROR, "sent": "done"}.get(status, status)
-            where.append(model.status.in_([IN_ERROR, IN_COMMERROR]) if st == "error" else model.status == st)
+            st = {"failed": InStatus.ERROR, "sent": "done"}.get(status, status)
+            where.append(model.status.in_([InStatus.ERROR, InStatus.COMMERROR]) if st == "error" else model.status == st)
         else:
-            st = {"error": COMM_FAILED, "commerror": COMM_FAILED, "done": "sent"}.get(status, status)
+            st = {"error": CommStatus.FAILED, "commerror": CommStatus.FAILED, "done": "sent"}.get(status, status)
             where.append(model.commstatus == st)
     return where
 

@@ -9,9 +9,9 @@ from sqlalchemy import select
 from engine.config import add_config_argument, load_config
 from engine.db import session_scope
 from engine.errors import UsageError
-from engine.models import RUN_CRASHED, RUN_ERRORS, RUN_FAILED, RUN_OK, RUN_RUNNING, Run
+from engine.models import Run, RunStatus
 
-STATUSES = (RUN_RUNNING, RUN_OK, RUN_ERRORS, RUN_CRASHED, RUN_FAILED)
+STATUSES = (RunStatus.RUNNING, RunStatus.OK, RunStatus.ERRORS, RunStatus.CRASHED, RunStatus.FAILED)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,8 @@
 """Database access: the one place that creates SQLAlchemy engines and sessions.
 
-SQLite (the embedded default) and PostgreSQL are both supported; the schema is created
-on first use. Models live beside this module and share :class:`Base`.
+SQLite (the embedded default) and PostgreSQL are both supported; the schema (every table on
+:class:`engine.models.Base`) is created on first use. A failure becomes a one-line
+:class:`~engine.errors.DatabaseError` with the password masked.
 """
 from __future__ import annotations
 
@@ -14,15 +15,11 @@ from pathlib import Path
 from sqlalchemy import MetaData, create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from engine.errors import DatabaseError, one_line
 from engine.log import mask_url
-
-
-class Base(DeclarativeBase):
-    pass
-
+from engine.models import Base
 
 _engines: dict[str, Engine] = {}
 _makers: dict[str, sessionmaker[Session]] = {}
@@ -60,7 +57,6 @@ def get_engine(url: str) -> Engine:
                 event.listen(eng, "connect", _sqlite_pragmas)
             with eng.connect() as conn:
                 conn.execute(text("SELECT 1"))
-            import engine.models  # noqa: F401  (registers the tables on Base)
             create_tables(eng)
         except (SQLAlchemyError, OSError, ImportError) as exc:   # ImportError: the URL's driver is not installed
             reason = one_line(exc)

@@ -43,11 +43,10 @@ from engine.config import Config, ConfigError, Route, RoutePart
 from engine.db import get_engine, session_scope
 from engine.errors import DatabaseError, ExitCode, UsageError, database_error
 from engine.log import mask_url
-from engine.lock import LockInfo, acquire, hostname, overtime_minutes
+from engine.lease import Holder, hostname
+from engine.lock import acquire, overtime_minutes
 from engine.log import component_logger
-from engine.models import (COMM_FAILED, COMM_PENDING, COMM_SENT, IN_COMMERROR, IN_DONE, IN_ERROR, IN_RECEIVED,
-                           OUT_OK, RUN_CRASHED, RUN_ERRORS, RUN_FAILED, RUN_OK, RUN_RUNNING, EngineState, Incoming,
-                           Outgoing, Run, SourceRemoval, utcnow)
+from engine.models import (CommStatus, EngineState, InStatus, Incoming, OutStatus, Outgoing, Run, RunStatus, SourceRemoval, iso_utc, utcnow)
 from engine.report import send_report
 from engine.translate import TranslateError, Translator
 
@@ -181,7 +180,7 @@ class InRec:
 
     def __init__(self, *, id: int | None = None, run_id: int | None, route: str, part: int, channel: str,
                  filename: str, size: int | None, checksum: str = "", archive_path: str = "",
-                 status: str = IN_RECEIVED, error: str = "", times_processed: int = 0) -> None:
+                 status: str = InStatus.RECEIVED, error: str = "", times_processed: int = 0) -> None:
         self.id, self.run_id, self.route, self.part, self.channel = id, run_id, route, part, channel
         self.filename, self.size, self.checksum, self.archive_path = filename, size, checksum, archive_path
         self.status, self.error, self.times_processed = status, error, times_processed
@@ -200,7 +199,7 @@ class OutRec:
 
     def __init__(self, *, id: int | None = None, run_id: int | None, incoming_id: int | None, route: str, part: int,
                  channel: str, filename: str, size: int, checksum: str, store_path: str,
-                 commstatus: str = COMM_PENDING, attempts: int = 0, error: str = "", sent_at: datetime | None = None,
+                 commstatus: str = CommStatus.PENDING, attempts: int = 0, error: str = "", sent_at: datetime | None = None,
                  resend: bool = False) -> None:
         self.id, self.run_id, self.incoming_id, self.route, self.part = id, run_id, incoming_id, route, part
         self.channel, self.filename, self.size, self.checksum = channel, filename, size, checksum
@@ -217,7 +216,7 @@ class OutRec:
     def row(self, now: datetime) -> dict:
         return dict(run_id=self.run_id, incoming_id=self.incoming_id, route=self.route, part=self.part,
                     channel=self.channel, filename=self.filename, size=self.size, checksum=self.checksum,
-                    store_path=self.store_path, status=OUT_OK, commstatus=self.commstatus, attempts=self.attempts,
+                    store_path=self.store_path, status=OutStatus.OK, commstatus=self.commstatus, attempts=self.attempts,
                     error=self.error, resend=False, created=now, sent_at=self.sent_at)
 
 
@@ -411,7 +410,7 @@ class EngineRun:
                     _unlink(tmp)
                     self.comm_error(route.name, name, str(exc))
                     recs.append(InRec(run_id=self.run_id, route=route.name, part=partno, channel=inname,
-                                      filename=name, size=item.size, status=IN_COMMERROR, error=str(exc)))
+                                      filename=name, size=item.size, status=InStatus.COMMERROR, error=str(exc)))
                     failures += 1
                     if failures >= MAX_FETCH_FAILURES:
                         self.log.error("route %s: %d fetches in a row failed on channel %s; the rest waits for the "
@@ -442,12 +441,12 @@ class EngineRun:
                     _unlink(tmp)
                     raise ConfigError(f"{self.cfg.directories.archive}: cannot write the archive: "
                                       f"{exc.strerror or exc}") from None
-                status, error = IN_RECEIVED, ""
+                status, error = InStatus.RECEIVED, ""
                 if size > maxsize:
-                    status, error = IN_ERROR, (f"file too large: {size} bytes, more than maxfilesizeincoming "
+                    status, error = InStatus.ERROR, (f"file too large: {size} bytes, more than maxfilesizeincoming "
                                                f"({maxsize}) in bots.ini")
                 elif size == 0:
-                    status, error = IN_ERROR, "empty file (0 bytes)"
+                    status, error = InStatus.ERROR, "empty file (0 bytes)"
                 rec = InRec(run_id=self.run_id, route=route.name, part=partno, channel=inname, filename=name,
                             size=size, checksum=checksum, archive_path=rel_prefix + base, status=status, error=error)
                 recs.append(rec)
@@ -458,7 +457,7 @@ class EngineRun:
             self.insert_incoming(recs, [rec for _i, rec in got] if remove else (), stale)
             self.counts["received"] += len(got)
             for _item, rec in got:
-                if rec.status == IN_ERROR:
+                if rec.status == InStatus.ERROR:
                     self.file_error(route.name, rec.filename, rec.error)
             if remove:
                 removed: list[int] = []
@@ -474,7 +473,7 @@ class EngineRun:
                                       "left at the source when its removal failed; removed at the source now, not "
                                       "processed again", route.name, safe_name(item.name), prior.incoming_id)
                 self.clear_removals(removed, removed_again)
-            self.process([rec for _i, rec in got if rec.status == IN_RECEIVED],
+            self.process([rec for _i, rec in got if rec.status == InStatus.RECEIVED],
                          dict(route=route.name, part=partno, files_done=done, files_total=total))
             done += len(recs) + len(again)
             self.progress(route=route.name, part=partno, files_done=done, files_total=total, phase="receive")
@@ -576,12 +575,12 @@ class EngineRun:
         part = self.part_of(inc.route, inc.part)
         inc.times_processed += 1
         if part is None:
-            inc.status, inc.error = IN_ERROR, f"route {inc.route!r} part {inc.part} is no longer configured"
+            inc.status, inc.error = InStatus.ERROR, f"route {inc.route!r} part {inc.part} is no longer configured"
             self.file_error(inc.route, inc.filename, inc.error)
             return []
         src = self.botssys / inc.archive_path
         if not inc.archive_path or not src.is_file():
-            inc.status, inc.error = IN_ERROR, f"archived copy {inc.archive_path or '(none)'} is missing"
+            inc.status, inc.error = InStatus.ERROR, f"archived copy {inc.archive_path or '(none)'} is missing"
             self.file_error(inc.route, inc.filename, inc.error)
             return []
         written: list[Path] = []
@@ -624,10 +623,10 @@ class EngineRun:
         except TranslateError as exc:
             for p in written:
                 _unlink(p)
-            inc.status, inc.error = IN_ERROR, str(exc)
+            inc.status, inc.error = InStatus.ERROR, str(exc)
             self.file_error(inc.route, inc.filename, inc.error)
             return []
-        inc.status, inc.error = IN_DONE, ""
+        inc.status, inc.error = InStatus.DONE, ""
         self.counts["processed"] += 1
         if not outs and part.translate != "none" and part.tochannel:
             self.log.info("route %s, file %s: no output", inc.route, inc.filename)
@@ -650,10 +649,10 @@ class EngineRun:
                     raise CommunicationError(f"stored content {out.store_path} is missing") from None
                 raise self._comm(exc, out.channel, f"sending {out.filename!r} failed") from None
         except CommunicationError as exc:
-            out.commstatus, out.error = COMM_FAILED, str(exc)
+            out.commstatus, out.error = CommStatus.FAILED, str(exc)
             self.comm_error(out.route, out.filename, str(exc))
             return
-        out.commstatus, out.error, out.sent_at = COMM_SENT, "", utcnow()
+        out.commstatus, out.error, out.sent_at = CommStatus.SENT, "", utcnow()
         self.counts["sent"] += 1
         if count:
             self.counts[count] += 1
@@ -720,7 +719,7 @@ class EngineRun:
             return
         names = [r.name for r in self.routes_for("automaticretrycommunication")]
         if names:
-            n = self._send_selected([Outgoing.commstatus == COMM_FAILED, Outgoing.id > int(start),
+            n = self._send_selected([Outgoing.commstatus == CommStatus.FAILED, Outgoing.id > int(start),
                                      Outgoing.route.in_(names)], "automaticretrycommunication", "retried")
             if n:
                 self.log.info("automaticretrycommunication: %d file(s) retried, %d sent", n, self.counts["retried"])
@@ -732,7 +731,7 @@ class EngineRun:
         self.set_state("last_cleanup", datetime.now().date().isoformat())
 
     # ------------------------------------------------------------------ crash recovery
-    def recover(self, crashed: LockInfo | None) -> None:
+    def recover(self, crashed: Holder | None) -> None:
         """Finish what earlier runs left half-way (crashed or interrupted); nothing is lost.
 
         ``received`` incoming files (archived and recorded, not processed) are processed again
@@ -740,17 +739,17 @@ class EngineRun:
         """
         now = utcnow()
         with session_scope(self.url) as s:
-            stale = list(s.scalars(select(Run).where(Run.status == RUN_RUNNING, Run.id != self.run_id)))
+            stale = list(s.scalars(select(Run).where(Run.status == RunStatus.RUNNING, Run.id != self.run_id)))
             for r in stale:
-                r.status = RUN_CRASHED
+                r.status = RunStatus.CRASHED
                 r.ended = now
                 why = (f"holder {crashed.describe()} gone (process ended or heartbeat silent since "
-                       f"{crashed.heartbeat.isoformat(timespec='seconds')})") if crashed else "did not finish"
+                       f"{iso_utc(crashed.heartbeat)})") if crashed else "did not finish"
                 r.message = f"crashed: {why}; recovered by run {self.run_id}"
-            left_in = [InRec.of(i) for i in s.scalars(select(Incoming).where(Incoming.status == IN_RECEIVED)
+            left_in = [InRec.of(i) for i in s.scalars(select(Incoming).where(Incoming.status == InStatus.RECEIVED)
                                                       .order_by(Incoming.id))]
             in_ids = {i.id for i in left_in}
-            left_out = [OutRec.of(o) for o in s.scalars(select(Outgoing).where(Outgoing.commstatus == COMM_PENDING)
+            left_out = [OutRec.of(o) for o in s.scalars(select(Outgoing).where(Outgoing.commstatus == CommStatus.PENDING)
                                                         .order_by(Outgoing.id))]
             partial = [o for o in left_out if o.incoming_id in in_ids]
             left_out = [o for o in left_out if o.incoming_id not in in_ids]
@@ -805,18 +804,18 @@ class EngineRun:
             over = overtime_minutes(holder, cfg)
             if over is not None:
                 self.log.warning("%s; it has run %.0f minutes, longer than maxruntime (%d), but it is alive "
-                                 "(heartbeat %s), so it is not taken over", msg, holder.age_minutes(),
-                                 cfg.settings.maxruntime, holder.heartbeat.isoformat(timespec="seconds"))
+                                 "(heartbeat %s), so it is not taken over", msg, holder.age() / 60,
+                                 cfg.settings.maxruntime, iso_utc(holder.heartbeat))
             else:
                 self.log.info(msg)
             return RunResult(None, ExitCode.LOCKED, msg, locked_by=holder.describe())
         self.lock = got.lock
-        status = RUN_FAILED
+        status = RunStatus.FAILED
         message = "run failed"
         try:
             with session_scope(self.url) as s:
                 run = Run(commands=",".join(self.commands), routes=",".join(self.route_names), host=hostname(),
-                          pid=os.getpid(), started=self.lock.started, status=RUN_RUNNING)
+                          pid=os.getpid(), started=self.lock.started, status=RunStatus.RUNNING)
                 s.add(run)
                 s.flush()
                 self.run_id = run.id
@@ -842,10 +841,10 @@ class EngineRun:
                     and self.state("last_cleanup") != datetime.now().date().isoformat():
                 self.log.info("daily cleanup (first run of the day)")
                 self.cmd_cleanup()
-            status = RUN_ERRORS if self.counts["file_errors"] or self.counts["comm_errors"] else RUN_OK
+            status = RunStatus.ERRORS if self.counts["file_errors"] or self.counts["comm_errors"] else RunStatus.OK
             message = self.summary(time.monotonic() - t0)
         except _LockLost:
-            status = RUN_ERRORS
+            status = RunStatus.ERRORS
             message = f"run {self.run_id}: stopped, the engine lock was taken over by another run"
             self.log.error(message)
         except SQLAlchemyError as exc:
@@ -859,12 +858,12 @@ class EngineRun:
             raise
         finally:
             self.close_channels()
-            code = ExitCode.OK if status == RUN_OK else ExitCode.RUN_ERRORS
+            code = ExitCode.OK if status == RunStatus.OK else ExitCode.RUN_ERRORS
             if self.run_id:
                 try:
                     with session_scope(self.url) as s:
                         s.execute(update(Run).where(Run.id == self.run_id).values(
-                            ended=utcnow(), status=status, returncode=code if status != RUN_FAILED else 1,
+                            ended=utcnow(), status=status, returncode=code if status != RunStatus.FAILED else 1,
                             message=message, **{k: self.counts[k] for k in
                                                 ("received", "processed", "sent", "file_errors", "comm_errors")}))
                 except SQLAlchemyError as exc:
@@ -872,7 +871,7 @@ class EngineRun:
                                    str(getattr(exc, "orig", exc)).splitlines()[0])
             self.lock.release()             # deletes the lock row only while it is still ours
         self.log.info(message)
-        if status == RUN_ERRORS:
+        if status == RunStatus.ERRORS:
             self.maybe_report(message)
         return RunResult(self.run_id, code, message, counts=dict(self.counts))
 

@@ -5,9 +5,10 @@
 
 * builds the jobs from bots.ini (:func:`beat_schedule.load_jobs`) and refuses to start, with
   one clear line, when a job names an unknown route or command;
-* takes the beat lock, a row in the tracking database refreshed by a heartbeat: a second beat
-  started by mistake stays idle (and says so) until the first is gone - stopped, crashed on
-  this machine (its pid is dead), or silent for ``[settings] lock_grace`` seconds;
+* takes the beat lock, lease ``beat`` in the tracking database (:mod:`engine.lease`) refreshed by
+  a heartbeat: a second beat started by mistake stays idle (and says so) until the first is gone
+  by the lease rule - stopped, crashed on this machine (its pid is dead or a zombie), or silent
+  for ``[settings] lock_grace`` seconds;
 * keeps each job's last run in the database, so after downtime (or when the lock moves to the
   other beat) a missed run is made up once, never once per missed slot;
 * publishes through ``tasks.submit.submit`` - the same path as bots-job2queue, so priorities
@@ -26,23 +27,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery.beat import ScheduleEntry, Scheduler
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from engine.lock import pid_exists
+from sqlalchemy import Column, Float, MetaData, String, Table, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
-LOCK_NAME = "beat"
+from engine import lease
+from engine.db import create_tables, get_engine
+from engine.errors import DatabaseError
+from engine.lease import Holder
+
+LEASE = "beat"
 RETRY_SECONDS = 5.0
 
 _meta = MetaData()
-lock_table = Table(
-    "botsq_beat_lock", _meta,
-    Column("name", String(32), primary_key=True),
-    Column("holder", String(200), nullable=False),
-    Column("host", String(200), nullable=False),
-    Column("pid", Integer, nullable=False),
-    Column("acquired_at", Float, nullable=False),
-    Column("heartbeat_at", Float, nullable=False),
-)
 state_table = Table(
     "botsq_beat_state", _meta,
     Column("name", String(200), primary_key=True),
@@ -51,68 +47,46 @@ state_table = Table(
 )
 
 
+def _epoch(dt: datetime) -> float:
+    return dt.replace(tzinfo=UTC).timestamp()
+
+
+def _row(h: Holder) -> dict[str, Any]:
+    """A holder as ``botsq schedule --json`` and the scheduler's log lines show it (epoch seconds)."""
+    return {"name": h.name, "holder": h.token, "host": h.host, "pid": h.pid, "acquired_at": _epoch(h.started),
+            "heartbeat_at": _epoch(h.heartbeat)}
+
+
 class BeatStore:
-    """The lock row and the last-run table, in the environment's tracking database."""
+    """The beat lock (lease ``beat``) and the last-run table, in the environment's tracking database.
+
+    A beat's holder id is its lease token (``host:pid:random``): it names the beat in logs."""
 
     def __init__(self, url: str) -> None:
-        from engine.db import create_tables, get_engine
-
+        self.url = url
         self.engine = get_engine(url)
         create_tables(self.engine, metadata=_meta)
         self.host = socket.gethostname()
 
     # ------------------------------------------------------------------ lock
     def try_acquire(self, holder: str, grace: float) -> tuple[bool, dict[str, Any] | None]:
-        """(acquired, current holder row). Takes over a holder that is gone."""
-        now = time.time()
-        with self.engine.begin() as conn:
-            row = conn.execute(select(lock_table).where(lock_table.c.name == LOCK_NAME)).mappings().first()
-            if row is not None:
-                row = dict(row)
-                if row["holder"] == holder:
-                    conn.execute(update(lock_table).where(lock_table.c.name == LOCK_NAME)
-                                 .values(heartbeat_at=now))
-                    return True, row
-                gone = (now - row["heartbeat_at"] > grace
-                        or (row["host"] == self.host and not pid_exists(row["pid"])))
-                if not gone:
-                    return False, row
-                res = conn.execute(
-                    update(lock_table)
-                    .where(lock_table.c.name == LOCK_NAME, lock_table.c.holder == row["holder"],
-                           lock_table.c.heartbeat_at == row["heartbeat_at"])
-                    .values(holder=holder, host=self.host, pid=os.getpid(), acquired_at=now, heartbeat_at=now))
-                return res.rowcount == 1, row
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(lock_table).values(name=LOCK_NAME, holder=holder, host=self.host,
-                                                       pid=os.getpid(), acquired_at=now, heartbeat_at=now))
-            return True, None
-        except IntegrityError:
-            return False, None
+        """(acquired, the holder row as found). Takes over a holder that is gone by the lease rule."""
+        claim = lease.acquire(self.url, LEASE, grace, token=holder)
+        return claim.lease is not None, _row(claim.holder) if claim.holder else None
 
     def heartbeat(self, holder: str) -> bool:
         """Refresh our lock; False when it is no longer ours."""
-        with self.engine.begin() as conn:
-            res = conn.execute(update(lock_table)
-                               .where(lock_table.c.name == LOCK_NAME, lock_table.c.holder == holder)
-                               .values(heartbeat_at=time.time()))
-            return res.rowcount == 1
+        return lease.refresh(self.url, LEASE, holder)
 
     def release(self, holder: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(delete(lock_table).where(lock_table.c.name == LOCK_NAME, lock_table.c.holder == holder))
+        lease.release(self.url, LEASE, holder)
 
     def holder(self, grace: float = 120.0) -> dict[str, Any] | None:
-        """The current lock holder with its heartbeat age and whether it counts as alive."""
-        with self.engine.connect() as conn:
-            row = conn.execute(select(lock_table).where(lock_table.c.name == LOCK_NAME)).mappings().first()
-        if row is None:
+        """The current lock holder with its heartbeat age (``age``, seconds) and ``alive``."""
+        h = lease.read(self.url, LEASE, grace)
+        if h is None:
             return None
-        out = dict(row)
-        out["age"] = time.time() - out["heartbeat_at"]
-        out["alive"] = out["age"] <= grace and not (out["host"] == self.host and not pid_exists(out["pid"]))
-        return out
+        return {**_row(h), "age": h.silence(), "alive": h.alive}
 
     # ------------------------------------------------------------------ last runs
     def load_state(self) -> dict[str, datetime]:
@@ -171,7 +145,7 @@ class BotsScheduler(Scheduler):
     def setup_schedule(self) -> None:
         from beat_schedule import entry_for, load_jobs
         from engine.config import load_config
-        from engine.errors import ConfigError, DatabaseError
+        from engine.errors import ConfigError
         from engine.log import component_logger
 
         try:
@@ -200,7 +174,7 @@ class BotsScheduler(Scheduler):
 
     @property
     def info(self) -> str:
-        return "    . state -> tracking database (botsq_beat_state), lock botsq_beat_lock"
+        return "    . state -> tracking database (botsq_beat_state), lock: lease 'beat' (table leases)"
 
     # ------------------------------------------------------------------ the lock
     def _ensure_lock(self) -> bool:
@@ -216,9 +190,8 @@ class BotsScheduler(Scheduler):
                 self.locked = False
                 self.log.warning("beat: lost the beat lock to another beat; staying idle")
             ok, row = self.store.try_acquire(self.holder_id, self.grace)
-        except SQLAlchemyError as exc:
-            self.log.error("beat: database unreachable (%s); not sending until it answers",
-                           str(exc).splitlines()[0])
+        except DatabaseError as exc:
+            self.log.error("beat: database unreachable (%s); not sending until it answers", exc)
             return False
         if ok:
             self.locked = True
@@ -304,7 +277,7 @@ class BotsScheduler(Scheduler):
             try:
                 self.store.release(self.holder_id)
                 self.log.info("beat: released the beat lock")
-            except SQLAlchemyError:
+            except DatabaseError:
                 pass
             self.locked = False
         super().close()

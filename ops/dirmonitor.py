@@ -41,6 +41,7 @@ from typing import Any, Callable
 from engine.cli_util import ArgumentParser, run_cli
 from engine.config import Config, DirMonitor, add_config_argument, load_config
 from engine.errors import UsageError
+from engine.lease import process_gone
 
 HEARTBEAT_NAME = "dirmonitor.heartbeat"
 HEARTBEAT_EVERY = 2.0
@@ -642,13 +643,12 @@ def heartbeat_age(cfg: Config) -> tuple[float | None, float]:
     hb = read_heartbeat(cfg)
     if not hb or hb.get("state") != "running":
         return None, HEARTBEAT_LIMIT
-    if hb.get("host") == socket.gethostname():
-        try:
-            os.kill(int(hb["pid"]), 0)
-        except ProcessLookupError:
-            return None, HEARTBEAT_LIMIT
-        except (PermissionError, KeyError, ValueError, TypeError):
-            pass
+    try:
+        host, pid = str(hb["host"]), int(hb["pid"])
+    except (KeyError, ValueError, TypeError):
+        return None, HEARTBEAT_LIMIT
+    if process_gone(host, pid):                 # the lease rule's process half: ended, or a zombie
+        return None, HEARTBEAT_LIMIT
     return max(0.0, time.time() - float(hb.get("timestamp", 0))), HEARTBEAT_LIMIT
 
 

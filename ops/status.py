@@ -17,6 +17,7 @@ from typing import Any
 from engine.config import Config, add_config_argument, load_config
 from engine.errors import ConfigError, DatabaseError
 from engine.log import mask_url, redact, register_secrets
+from engine.models import iso_utc
 
 LAST_RUNS = 5
 
@@ -75,9 +76,8 @@ def check_lock(cfg: Config) -> dict[str, Any]:
     info = read_lock(cfg)
     if info is None:
         return {"held": False}
-    return {"held": True, "host": info.host, "pid": info.pid, "run_id": info.run_id,
-            "since": info.started.isoformat(timespec="seconds"),
-            "heartbeat_age_s": round((_now() - info.heartbeat).total_seconds(), 1), "alive": info.alive}
+    return {"held": True, "host": info.host, "pid": info.pid, "run_id": info.run_id, "since": iso_utc(info.started),
+            "heartbeat_age_s": round(info.silence(), 1), "alive": info.alive}
 
 
 def check_waiting(cfg: Config) -> dict[str, Any]:

@@ -36,11 +36,11 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from engine.config import Config
-from engine.db import Base, create_tables, get_engine, session_scope
+from engine.db import create_tables, get_engine, session_scope
 from engine.errors import DatabaseError, database_error
 from engine.log import mask_url
-from engine.lock import hostname, pid_exists
-from engine.models import utcnow
+from engine.lease import holder_alive, hostname
+from engine.models import Base, utcnow
 from tasks.jobs import Job
 
 KEEP_FINISHED = timedelta(days=2)   # started-job rows kept after they end (redeliveries come sooner)
@@ -227,11 +227,8 @@ class Begin:
 
 
 def _alive(cfg: Config, row: StartedJob, now: datetime) -> bool:
-    if (now - row.heartbeat).total_seconds() > cfg.settings.lock_grace:
-        return False
-    if row.host == hostname():
-        return row.pid != os.getpid() and pid_exists(row.pid)
-    return True
+    # a record naming this very process is not a live holder: this process would not be asking
+    return holder_alive(row.host, row.pid, row.heartbeat, cfg.settings.lock_grace, now, this_process_counts=False)
 
 
 def begin(cfg: Config, job: Job, task_id: str, max_attempts: int) -> Begin:

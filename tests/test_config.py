@@ -67,6 +67,8 @@ def test_broker_override_from_environment(make_env, monkeypatch):
     ("[settings\nx=1\n", r"bots.ini: syntax error"),
     ("[dirmonitor1]\npath = x\npriority = 0\n", r"\[dirmonitor1\] priority: expected 1 \(highest\) to 9"),
     ("[dirmonitor1]\npath = x\nroute = nope\n", r"\[dirmonitor1\] route: no route named 'nope'"),
+    ("[dirmonitor1]\npath = x\ndebounce = -1\n", r"\[dirmonitor1\] debounce: must be 0 or more seconds"),
+    ("[jobqueue]\nstale_after = soon\n", r"\[jobqueue\] stale_after: expected a number, got 'soon'"),
 ])
 def test_bad_ini_is_one_line_naming_file_and_key(make_env, ini, match):
     env = make_env(ini=ini, routes=ROUTES_OK)

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from engine.db import session_scope
 from engine.lock import read_lock
-from engine.models import EngineLock, Incoming, Outgoing, Run, utcnow
+from engine.models import Incoming, Lease, Outgoing, Run, utcnow
 from engine.run import run_engine
 
 INI = """
@@ -64,7 +64,7 @@ def _put_lock(cfg, host, pid, started_ago=0.0, heartbeat_ago=0.0, run_id=None):
     get_engine(cfg.database_url)
     now = utcnow()
     with session_scope(cfg.database_url) as s:
-        s.add(EngineLock(id=1, token="x" * 32, host=host, pid=pid, started=now - timedelta(seconds=started_ago),
+        s.add(Lease(name="engine", token="x" * 32, host=host, pid=pid, started=now - timedelta(seconds=started_ago),
                          heartbeat=now - timedelta(seconds=heartbeat_ago), run_id=run_id))
 
 
@@ -91,7 +91,7 @@ def test_live_holder_past_maxruntime_is_only_an_alert(env):
     log = (cfg.directories.logging / "engine.log").read_text()
     assert "longer than maxruntime" in log and "not taken over" in log
     with session_scope(cfg.database_url) as s:
-        assert s.get(EngineLock, 1).pid == os.getpid()
+        assert s.get(Lease, "engine").pid == os.getpid()
     assert "damaged" not in log
 
 

@@ -12,7 +12,10 @@ from types import SimpleNamespace
 import pytest
 from celery import Celery
 
+from sqlalchemy import insert, update
+
 import ops.beat_lock as beat_lock
+from engine.models import Lease, utcnow
 from ops.beat_lock import BeatStore, BotsScheduler
 
 ROUTES = """
@@ -77,7 +80,7 @@ def test_store_lock_holders(db_kind, db_ini, make_env, monkeypatch):
     assert store.try_acquire("B", grace=5)[0]
     # a holder silent for longer than the grace is taken over; it notices at its next heartbeat
     with store.engine.begin() as conn:
-        conn.execute(beat_lock.lock_table.update().values(heartbeat_at=time.time() - 10))
+        conn.execute(update(Lease).where(Lease.name == "beat").values(heartbeat=utcnow() - timedelta(seconds=10)))
     ok, row = store.try_acquire("C", grace=5)
     assert ok and row["holder"] == "B"
     assert not store.heartbeat("B")
@@ -89,8 +92,8 @@ def test_store_takes_over_from_a_dead_process_on_this_host(make_env, monkeypatch
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
     with store.engine.begin() as conn:
-        conn.execute(beat_lock.lock_table.insert().values(name="beat", holder="dead", host=store.host, pid=p.pid,
-                                                          acquired_at=time.time(), heartbeat_at=time.time()))
+        conn.execute(insert(Lease).values(name="beat", token="dead", host=store.host, pid=p.pid, started=utcnow(),
+                                          heartbeat=utcnow()))
     assert store.holder()["alive"] is False
     ok, row = store.try_acquire("me", grace=3600)
     assert ok and row["holder"] == "dead"
