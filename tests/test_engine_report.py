@@ -101,12 +101,12 @@ def test_login_and_password_not_logged(make_env, monkeypatch):
     ((False, True), 0, 1, True), ((False, False), 1, 1, False),
 ])
 def test_report_conditions(make_env, monkeypatch, flags, fe, ce, expect):
-    from engine.run import EngineRun
+    from engine.run.session import RunSession
     env = make_env(ini=f"[settings]\nsendreportiferror = {flags[0]}\nsendreportifprocesserror = {flags[1]}\n",
                    routes=ROUTES)
-    run = EngineRun(env.config(), ["new"], [], None)
-    run.counts.update(file_errors=fe, comm_errors=ce)
+    run = RunSession(env.config(), ["new"], [], None)
+    run.ctx.counts.file_errors, run.ctx.counts.comm_errors = fe, ce
     sent = []
-    monkeypatch.setattr("engine.run.send_report", lambda cfg, s, b: sent.append(s) or True)
+    monkeypatch.setattr("engine.run.session.send_report", lambda cfg, s, b: sent.append(s) or True)
     run.maybe_report("msg")
     assert bool(sent) is expect

@@ -362,15 +362,15 @@ def test_automaticretry_first_use_only_sets_the_starting_point(env):
 
 
 def test_combined_commands_run_in_bots_order(env, monkeypatch):
-    import engine.run as run_mod
+    from engine.run.commands import Commands
     order = []
     for cmd in ENGINE_COMMANDS:
-        original = getattr(run_mod.EngineRun, f"cmd_{cmd}")
+        original = getattr(Commands, cmd)
 
         def wrapped(self, _cmd=cmd, _orig=original):
             order.append(_cmd)
             return _orig(self)
-        monkeypatch.setattr(run_mod.EngineRun, f"cmd_{cmd}", wrapped)
+        monkeypatch.setattr(Commands, cmd, wrapped)
     env.path("data/in").mkdir(parents=True)
     res = run_engine(env.config(), ["cleanup", "new", "rereceive", "resend", "automaticretrycommunication"])
     assert res.exit_code == 0
@@ -448,7 +448,7 @@ def test_channel_opened_once_per_run_and_maxsecondsperchannel(make_env, monkeypa
     env.path("data/out").mkdir(parents=True)
     import time
 
-    import engine.run as run_mod
+    import engine.run.channel_pool as pool_mod
     from engine.channels.file import FileChannel
     opened = []
     real_fetch = FileChannel.fetch
@@ -457,14 +457,14 @@ def test_channel_opened_once_per_run_and_maxsecondsperchannel(make_env, monkeypa
         time.sleep(0.1)
         return real_fetch(self, item, dest)
 
-    real_make = run_mod.make_channel
+    real_make = pool_mod.make_channel
 
     def make(spec, cfg, log):
         ch = real_make(spec, cfg, log)
         opened.append(spec.name)
         return ch
 
-    monkeypatch.setattr(run_mod, "make_channel", make)
+    monkeypatch.setattr(pool_mod, "make_channel", make)
     monkeypatch.setattr(FileChannel, "fetch", slow_fetch)
     cfg = env.config()
     res = run_engine(cfg)
@@ -567,8 +567,8 @@ def test_named_inactive_route_is_skipped_with_a_warning(make_env):
 
 
 def test_progress_per_file_while_receiving_and_processing(menv, monkeypatch):
-    import engine.run as run_mod
-    monkeypatch.setattr(run_mod, "PROGRESS_EVERY", 0.0)   # every update reaches the callback
+    import engine.run.context as context_mod
+    monkeypatch.setattr(context_mod, "PROGRESS_EVERY", 0.0)   # every update reaches the callback
     for n in range(5):
         menv.drop(f"data/in/p{n}.edi", f"file {n}")
     menv.path("data/out").mkdir(parents=True)
