@@ -405,7 +405,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from engine.cli_util import run_cli
+    from engine.cli.common import run_cli
 
     p = argparse.ArgumentParser(prog="botsq schedule")
     add_arguments(p)

@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from engine.cli.engine import parse_engine_args
 from engine.config import Config, load_config
 from engine.log import mask_url, register_secrets
 
@@ -90,7 +91,7 @@ def say(line: str) -> None:
 
 def prepare_environment(target: Path) -> Config:
     """``botsq init --demo`` into ``target`` plus the demo's watched folder; idempotent."""
-    from engine.cli_init import init_environment
+    from engine.cli.init import init_environment
 
     configdir = init_environment(target, demo=True)
     ini = configdir / "bots.ini"
@@ -171,9 +172,8 @@ def job_key(argv: list[str]) -> tuple[str, str] | None:
     """(commands, routes) as the runs table writes them, for an engine command line."""
     if argv[0] != "bots-engine":
         return None
-    opts = [a[2:] for a in argv[1:] if a.startswith("--")] or ["new"]
-    routes = [a for a in argv[1:] if not a.startswith("-")]
-    return (",".join(opts), ",".join(routes))
+    parsed = parse_engine_args(argv[1:])
+    return (",".join(parsed.commands or ("new",)), ",".join(parsed.routes))
 
 
 def describe_run(r: RunRow) -> str:
@@ -264,7 +264,7 @@ def drain_leftovers(cfg: Config, sup: Any, before: int) -> int:
             and all(r.ended is not None for r in runs_since(cfg, before))
 
     wait_until(drained, WAIT_TIMEOUT, "the earlier demo's jobs to run", sup)
-    from engine.cli_init import init_environment
+    from engine.cli.init import init_environment
 
     init_environment(cfg.envdir, demo=True)          # puts back the sample files those runs took
     return last_run_id(cfg)

@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.cli_util import ArgumentParser, run_cli
+from engine.cli.common import ArgumentParser, run_cli
 from engine.config import Config, DirMonitor, add_config_argument, load_config
 from engine.errors import UsageError
 from engine.lease import process_gone

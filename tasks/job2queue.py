@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.cli_util import ArgumentParser, run_cli
+from engine.cli.common import ArgumentParser, run_cli
 from engine.config import add_config_argument, load_config
 from engine.errors import ExitCode, UsageError
 from tasks import priority as prio

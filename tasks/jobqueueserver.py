@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from engine.cli_util import ArgumentParser, run_cli
+from engine.cli.common import ArgumentParser, run_cli
 from engine.config import ENV_CONFIG, add_config_argument, load_config
 from engine.errors import ExitCode
 from engine.log import register_secrets

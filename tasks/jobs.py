@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.cli.engine import parse_engine_args
 from engine.config import Config, load_config, resolve_configdir
 from engine.errors import ConfigError, UsageError
 
@@ -186,18 +187,13 @@ def job_from_argv(cfg: Config, argv: list[str] | tuple[str, ...]) -> Job:
 
 
 def _engine_job(cfg: Config, args: list[str]) -> Job:
-    from engine.cli import build_parser
-
     if any(a in ("-h", "--help") for a in args):
         raise JobError("bots-engine --help is not a job")
     try:
-        ns = build_parser().parse_args(args)
+        parsed = parse_engine_args(args)
     except UsageError as exc:
         raise JobError(f"bots-engine: {exc}") from None
-    from engine.run import ENGINE_COMMANDS
-
-    commands = [c for c in ENGINE_COMMANDS if getattr(ns, c, False)]
-    configdir = resolve_configdir(ns.configdir) if ns.configdir else cfg.configdir
-    job = Job.engine(configdir, commands, ns.routes)
+    configdir = resolve_configdir(parsed.configdir) if parsed.configdir else cfg.configdir
+    job = Job.engine(configdir, parsed.commands, parsed.routes)
     validate(job, cfg)
     return job

@@ -5,7 +5,7 @@ import json
 import subprocess
 
 from conftest import bin_path
-from engine.cli_init import init_environment
+from engine.cli.init import init_environment
 from engine.config import load_config
 
 

@@ -350,7 +350,7 @@ def test_unknown_route_or_command_is_a_config_error(make_env, job, err):
 
 @pytest.mark.parametrize("demo", [False, True])
 def test_botsq_init_writes_the_default_schedule_and_it_validates(tmp_path, demo):
-    from engine.cli_init import init_environment
+    from engine.cli.init import init_environment
     from engine.config import load_config
 
     cfg = load_config(init_environment(tmp_path / "env", demo=demo))

@@ -17,13 +17,13 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from engine.config import add_config_argument, load_config
+from engine.config import Config, add_config_argument, load_config
 from engine.db import session_scope
 from engine.errors import UsageError
 from engine.models import CommStatus, InStatus, Incoming, Outgoing, SourceRemoval
 
-IN_STATUSES = ("received", "done", "error", "commerror")
-OUT_STATUSES = ("pending", "sent", "failed")
+IN_STATUSES = tuple(InStatus)
+OUT_STATUSES = tuple(CommStatus)
 
 
 def parse_when(raw: str, end: bool = False) -> datetime:
@@ -57,10 +57,10 @@ def _filters(args: argparse.Namespace, model: type, kind: str) -> list[Any]:
                          f"{', '.join(OUT_STATUSES)})")
     if status:
         if kind == "in":
-            st = {"failed": InStatus.ERROR, "sent": "done"}.get(status, status)
+            st = {"failed": InStatus.ERROR, "sent": InStatus.DONE}.get(status, status)
             where.append(model.status.in_([InStatus.ERROR, InStatus.COMMERROR]) if st == "error" else model.status == st)
         else:
-            st = {"error": CommStatus.FAILED, "commerror": CommStatus.FAILED, "done": "sent"}.get(status, status)
+            st = {"error": CommStatus.FAILED, "commerror": CommStatus.FAILED, "done": CommStatus.SENT}.get(status, status)
             where.append(model.commstatus == st)
     return where
 
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     return _mark(cfg, args, args.files_command)
 
 
-def _list(cfg, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+def _list(cfg: Config, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError(f"--limit must be at least 1 (got {args.limit})")
     rows: list[dict] = []
@@ -140,7 +140,7 @@ def _list(cfg, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
-def _mark(cfg, args: argparse.Namespace, action: str) -> int:  # type: ignore[no-untyped-def]
+def _mark(cfg: Config, args: argparse.Namespace, action: str) -> int:
     model = Incoming if action == "rereceive" else Outgoing
     kind = "in" if action == "rereceive" else "out"
     flag = "rereceive" if action == "rereceive" else "resend"

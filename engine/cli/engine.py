@@ -2,17 +2,26 @@
 
 Exit codes: 0 ok · 1 system error (bad arguments or config, unknown route, database
 unreachable) · 2 ran, with file or communication errors · 3 locked by a live run.
+
+:func:`parse_engine_args` is the one place a bots-engine command line becomes commands, routes
+and a config dir - for ``bots-engine`` itself and for the job lines of ``bots-job2queue``,
+``[schedule.NAME] job`` and the demo.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
 
-from engine.cli_util import ArgumentParser, run_cli
+from engine.cli.common import ArgumentParser, run_cli
 from engine.config import add_config_argument, load_config
 from engine.errors import ConfigError, DatabaseError, ExitCode, UsageError, one_line
-
+from engine.progress import ProgressBar
+from engine.run import ENGINE_COMMANDS, run_engine
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,27 +37,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@dataclass(frozen=True)
+class EngineArgs:
+    """A bots-engine command line, understood."""
+    commands: tuple[str, ...]           # in Bots' order; () when none was given (a run does "new")
+    routes: tuple[str, ...]             # as given; () = the default run
+    configdir: str | None               # its own -c/-C/--configdir, or None
+
+
+def parse_engine_args(args: Sequence[str]) -> EngineArgs:
+    """The options and routes of a bots-engine command line (without the program name);
+    UsageError (one line) for an unknown option."""
+    ns = build_parser().parse_args(list(args))
+    return EngineArgs(tuple(c for c in ENGINE_COMMANDS if getattr(ns, c)), tuple(ns.routes), ns.configdir)
+
+
 class Terminated(BaseException):
     """SIGTERM (systemd, a scheduler's timeout): stop like Ctrl-C, releasing the lock on the way out."""
 
 
-def _on_sigterm(signum, frame):  # type: ignore[no-untyped-def]
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
 
 def _main() -> int:
-    from engine.progress import ProgressBar
-    from engine.run import ENGINE_COMMANDS, run_engine
-
-    args = build_parser().parse_args()
-    commands = [c for c in ENGINE_COMMANDS if getattr(args, c)] or ["new"]
+    args = parse_engine_args(sys.argv[1:])
     cfg = load_config(args.configdir)
     bar = ProgressBar()
-    import logging
     bar.clear_for_logs(logging.getLogger("botsq.engine"))
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        result = run_engine(cfg, commands, args.routes, progress=bar)
+        result = run_engine(cfg, args.commands or ["new"], args.routes, progress=bar)
     except Terminated:
         bar.finish()
         print("bots-engine: error: terminated (SIGTERM); the lock is released, the next run finishes the files",
@@ -58,7 +77,6 @@ def _main() -> int:
         bar.finish()
         if isinstance(exc, (ConfigError, DatabaseError, UsageError)):
             raise
-        import logging
         logging.getLogger("botsq.engine").exception("engine run failed")
         print(f"bots-engine: error: {one_line(exc, with_type=True)}", file=sys.stderr)
         return ExitCode.SYSTEM

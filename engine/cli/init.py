@@ -15,7 +15,7 @@ from pathlib import Path
 from engine.errors import UsageError
 
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
 def _copy(src: Path, dst: Path, force: bool, written: list[Path]) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import datetime
 
 from sqlalchemy import select
 
@@ -11,7 +12,7 @@ from engine.db import session_scope
 from engine.errors import UsageError
 from engine.models import Run, RunStatus
 
-STATUSES = (RunStatus.RUNNING, RunStatus.OK, RunStatus.ERRORS, RunStatus.CRASHED, RunStatus.FAILED)
+STATUSES = tuple(RunStatus)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +44,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{'id':>6} {'started (UTC)':19} {'secs':>6} {'status':8} {'rc':>2} {'recv':>6} {'proc':>6} {'sent':>6} "
           f"{'ferr':>5} {'cerr':>5} commands / routes")
-    from datetime import datetime
     for r in rows:
         secs = ""
         if r["started"] and r["ended"]:
