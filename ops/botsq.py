@@ -17,7 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("ops.demo", "run the demo: the engine, and the whole queue stack when a broker answers"),
     "files": ("engine.cli.files", "list incoming/outgoing files; mark them for rereceive or resend"),
     "runs": ("engine.cli.runs", "list engine runs"),
-    "queue": ("tasks.cli_queue", "show waiting jobs; 'queue clear' purges queue and registry"),
+    "queue": ("tasks.cli.queue", "show waiting jobs; 'queue clear' purges queue and registry"),
     "status": ("ops.status", "health: broker, workers, lock, waiting jobs, last runs, monitor"),
     "schedule": ("beat_schedule", "print the schedule with next run times"),
     "stack": ("ops.stack", "run worker, beat, monitor and Flower in the foreground"),

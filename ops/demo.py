@@ -25,6 +25,9 @@ from typing import Any
 from engine.cli.engine import parse_engine_args
 from engine.config import Config, load_config
 from engine.log import mask_url, register_secrets
+from tasks.jobs import job_from_argv
+from tasks.registry import PendingRegistry, StartedJobs
+from tasks.submit import submit
 
 BROKER_TIMEOUT = 3.0      # seconds the broker gets to answer
 WAIT_TIMEOUT = 120.0      # seconds the whole queue demo may take before it gives up
@@ -235,9 +238,6 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str, sup: Any) ->
 
 def queue_jobs(cfg: Config) -> list[tuple[int, list[str], str]]:
     """Submit QUEUED; returns (priority, argv, outcome) per job."""
-    from tasks.jobs import job_from_argv
-    from tasks.submit import submit
-
     out = []
     for priority, argv in QUEUED:
         res = submit(cfg, job_from_argv(cfg, argv), priority)
@@ -252,15 +252,14 @@ def drain_leftovers(cfg: Config, sup: Any, before: int) -> int:
     into its report. Returns the last run id once they ran (the report starts after it), with
     the sample files those runs consumed put back.
     """
-    from tasks.registry import count_pending, running_jobs
-
-    left = count_pending(cfg)
+    pending, started = PendingRegistry(cfg), StartedJobs(cfg)
+    left = pending.count()
     if not left:
         return before
     say(f"{left} job(s) left waiting by an earlier demo: the worker runs them first")
 
     def drained() -> bool:
-        return count_pending(cfg) == 0 and not any(j["alive"] for j in running_jobs(cfg)) \
+        return pending.count() == 0 and not any(j["alive"] for j in started.running()) \
             and all(r.ended is not None for r in runs_since(cfg, before))
 
     wait_until(drained, WAIT_TIMEOUT, "the earlier demo's jobs to run", sup)

@@ -691,8 +691,8 @@ def _main(argv: list[str] | None = None) -> int:
             raise UsageError(f"route {route!r}: {exc}") from None
 
     try:                                            # connect now: the first file need not wait for it
+        from tasks.broker import connect
         from tasks.celeryapp import app_for
-        from tasks.submit import connect
 
         connect(app_for(cfg), cfg.jobqueue.connect_timeout).release()
     except Exception as exc:  # noqa: BLE001 - not fatal: jobs are retried until the broker answers

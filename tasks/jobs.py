@@ -21,6 +21,7 @@ from typing import Any
 from engine.cli.engine import parse_engine_args
 from engine.config import Config, load_config, resolve_configdir
 from engine.errors import ConfigError, UsageError
+from engine.run import normalise_commands, select_routes
 
 ENGINE_TASK = "bots.engine"
 COMMAND_TASK = "bots.command"
@@ -44,9 +45,7 @@ class Job:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def engine(cls, configdir: str | Path, commands: Any = (), routes: Any = ()) -> "Job":
-        from engine.run import normalise_commands
-
+    def engine(cls, configdir: str | Path, commands: Any = (), routes: Any = ()) -> Job:
         cmds = _str_list(commands, "commands")
         rts = _str_list(routes, "routes")
         try:
@@ -56,13 +55,13 @@ class Job:
         return cls(ENGINE_TASK, str(resolve_configdir(configdir)), tuple(sorted(norm)), tuple(sorted(set(rts))))
 
     @classmethod
-    def command(cls, configdir: str | Path, name: Any, args: Any = ()) -> "Job":
+    def command(cls, configdir: str | Path, name: Any, args: Any = ()) -> Job:
         if not isinstance(name, str) or not name:
             raise JobError(f"bots.command needs a command name (a string), got {name!r}")
         return cls(COMMAND_TASK, str(resolve_configdir(configdir)), name=name, args=tuple(_str_list(args, "args")))
 
     @classmethod
-    def from_message(cls, task: str, args: Any, kwargs: Any, default_configdir: str | Path) -> "Job":
+    def from_message(cls, task: str, args: Any, kwargs: Any, default_configdir: str | Path) -> Job:
         """The job a message stands for; JobError names what is wrong with it."""
         if task not in TASKS:
             raise JobError(f"unknown task {task!r} (expected {' or '.join(TASKS)})")
@@ -137,8 +136,6 @@ def validate(job: Job, cfg: Config | None = None) -> Config:
     except ConfigError as exc:
         raise JobError(str(exc)) from None
     if job.task == ENGINE_TASK:
-        from engine.run import select_routes
-
         try:
             select_routes(jcfg, job.commands, job.routes)
         except UsageError as exc:

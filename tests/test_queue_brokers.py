@@ -74,7 +74,7 @@ def wait_done(q, names, timeout=30):
 
 
 def test_priorities_9_5_1_5_run_1_5_5_9_and_celery_call_gets_5(q):
-    from tasks import registry
+    from tasks.registry import PendingRegistry, StartedJobs
 
     tag = uuid.uuid4().hex[:4]
     with Busy(q) as busy:
@@ -83,7 +83,7 @@ def test_priorities_9_5_1_5_run_1_5_5_9_and_celery_call_gets_5(q):
         assert r.returncode == 0, r.stderr
         assert submit(q, ["rec", f"p1-{tag}"], 1) == "added"
         assert submit(q, ["rec", f"p5-{tag}"], 5) == "added"
-        waiting = {w.job: w.priority for w in registry.waiting_jobs(q.cfg)}
+        waiting = {w.job: w.priority for w in PendingRegistry(q.cfg).waiting()}
         assert waiting == {f"rec p9-{tag}": 9, f"rec c5-{tag}": 5, f"rec p1-{tag}": 1, f"rec p5-{tag}": 5}
     wait_done(q, [f"p9-{tag}"])
     assert run_after(q, busy.name) == [f"p1-{tag}", f"c5-{tag}", f"p5-{tag}", f"p9-{tag}"]
@@ -143,14 +143,15 @@ from tasks.jobs import job_from_argv
 from tasks.submit import submit
 cfg = load_config()
 job = job_from_argv(cfg, ["rec", sys.argv[1]])
-seen = collections.Counter(submit(cfg, job, 5).status for _ in range(int(sys.argv[2])))
+seen = collections.Counter(str(submit(cfg, job, 5).status) for _ in range(int(sys.argv[2])))
 print(dict(seen))
 """
 
 
 def test_eight_processes_submitting_the_same_job_leave_one_waiting(q):
-    from tasks import registry
-    from tasks.celeryapp import app_for, queue_depth
+    from tasks.registry import PendingRegistry, StartedJobs
+    from tasks.broker import queue_depth
+    from tasks.celeryapp import app_for
 
     name = f"flood-{uuid.uuid4().hex[:4]}"
     n = 1000
@@ -166,15 +167,16 @@ def test_eight_processes_submitting_the_same_job_leave_one_waiting(q):
             for k, v in eval(out.strip().splitlines()[-1]).items():  # noqa: S307 - our own script's dict
                 totals[k] = totals.get(k, 0) + v
         assert totals == {"added": 1, "duplicate": 8 * n - 1}
-        assert [w.job for w in registry.waiting_jobs(q.cfg)] == [f"rec {name}"]
+        assert [w.job for w in PendingRegistry(q.cfg).waiting()] == [f"rec {name}"]
         assert queue_depth(app_for(q.cfg)) == before + 1
     wait_done(q, [name])
     assert run_after(q, busy.name) == [name]
 
 
 def test_stale_registry_entry_is_detected_and_replaced(q):
-    from tasks import registry
-    from tasks.celeryapp import QUEUE, app_for
+    from tasks.registry import PendingRegistry, StartedJobs
+    from tasks.broker import QUEUE
+    from tasks.celeryapp import app_for
 
     name = f"stale-{uuid.uuid4().hex[:4]}"
     with Busy(q) as busy:
@@ -185,7 +187,7 @@ def test_stale_registry_entry_is_detected_and_replaced(q):
         time.sleep(1.2)                                            # [jobqueue] stale_after = 1
         r = job2queue(q.env, q.broker, "rec", name)
         assert (r.returncode, r.stdout.strip()) == (0, "OK, job is added to queue"), r.stderr
-        assert len(registry.waiting_jobs(q.cfg)) == 1
+        assert len(PendingRegistry(q.cfg).waiting()) == 1
     wait_done(q, [name])
     assert run_after(q, busy.name) == [name]
     assert "replaced stale registry entry" in jobqueue_log(q.env)
@@ -272,7 +274,7 @@ def test_engine_job_runs_reports_progress_and_waits_for_a_live_lock(q):
     import logging
 
     from engine.lock import acquire
-    from tasks import registry
+    from tasks.registry import PendingRegistry, StartedJobs
     from tasks.celeryapp import app_for
 
     q.env.drop("data/sin/slow-1.edi", "1.0")
@@ -295,7 +297,7 @@ def test_engine_job_runs_reports_progress_and_waits_for_a_live_lock(q):
         assert not (q.env.root / "data/sout/slow-1.edi").exists()
     finally:
         got.lock.release()
-    wait_for(lambda: (registry.started(q.cfg, res.task_id) or {}).get("state") == "done", 30, "the engine run",
+    wait_for(lambda: (StartedJobs(q.cfg).get(res.task_id) or {}).get("state") == "done", 30, "the engine run",
              q.worker)
     assert (q.env.root / "data/sout/slow-1.edi").read_text() == "1.0"
     wait_for(lambda: any(e.get("progress", {}).get("route") == "slow" for e in progress), 10, "progress events")
@@ -317,9 +319,9 @@ def test_engine_job_runs_reports_progress_and_waits_for_a_live_lock(q):
 
 def test_job2queue_with_the_broker_down_exits_1_and_leaves_no_entry(q):
     from conftest import free_port
-    from tasks import registry
+    from tasks.registry import PendingRegistry, StartedJobs
 
-    before = registry.count_pending(q.cfg)
+    before = PendingRegistry(q.cfg).count()
     scheme = "amqp://guest:guest@" if q.kind == "rabbitmq" else "redis://"
     down = f"{scheme}127.0.0.1:{free_port()}/"
     t0 = time.monotonic()
@@ -327,4 +329,4 @@ def test_job2queue_with_the_broker_down_exits_1_and_leaves_no_entry(q):
     assert r.returncode == 1 and r.stdout == ""
     assert "cannot be reached within 3 s" in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert time.monotonic() - t0 < 15
-    assert registry.count_pending(q.cfg) == before
+    assert PendingRegistry(q.cfg).count() == before

@@ -71,8 +71,8 @@ def test_a_job_that_keeps_killing_its_worker_is_given_up_after_max_retries(rabbi
     assert started(env).count("k") == 2                 # 1 + [jobqueue] max_retries
     assert re.search(rf"job {res.task_id} \(rec k '!kill'\) not run again: gave up: the worker running it was lost "
                      rf"2 time\(s\)", jobqueue_log(env))
-    from tasks import registry
-    assert registry.started(cfg, res.task_id)["state"] == "gaveup"
+    from tasks.registry import PendingRegistry, StartedJobs
+    assert StartedJobs(cfg).get(res.task_id)["state"] == "gaveup"
     submit(cfg, ["rec", "after"])                       # the worker keeps serving
     wait_for(lambda: "after" in ended(env), 20, "the next job", w)
 
@@ -84,7 +84,7 @@ def test_sigkill_of_the_worker_during_an_engine_run_reruns_it_after_restart(rabb
     from engine.db import session_scope
     from engine.lock import read_lock
     from engine.models import Run
-    from tasks import registry
+    from tasks.registry import PendingRegistry, StartedJobs
 
     env, cfg, workers = rabbit_env
     env.drop("data/sin/f1.edi", "3")
@@ -99,7 +99,7 @@ def test_sigkill_of_the_worker_during_an_engine_run_reruns_it_after_restart(rabb
     assert not (env.root / "data/sout/f1.edi").exists()
     w2 = Worker(env, rabbit_url).wait_ready()
     workers.append(w2)
-    wait_for(lambda: (registry.started(cfg, res.task_id) or {}).get("state") == "done", 60, "the rerun", w2)
+    wait_for(lambda: (StartedJobs(cfg).get(res.task_id) or {}).get("state") == "done", 60, "the rerun", w2)
     assert (env.root / "data/sout/f1.edi").read_text() == "3"
     assert [e[0] for e in events(env, "trace.log")] == ["start", "start", "end"]
     with session_scope(cfg.database_url) as s:
@@ -147,13 +147,13 @@ def test_redis_a_killed_pool_process_or_worker_does_not_lose_the_job(redis_url, 
     finally:
         for w in workers:
             w.stop()
-    from tasks import registry
+    from tasks.registry import PendingRegistry, StartedJobs
 
     log = jobqueue_log(env)
     for res, name in ((one, "one"), (two, "two")):
         assert f"job {res.task_id} (rec {name} @{env.root}/{name}.release): run again: the worker running it was " \
                f"lost (attempt 2)" in log
-        assert (registry.started(cfg, res.task_id) or {}).get("state") == "done"
+        assert (StartedJobs(cfg).get(res.task_id) or {}).get("state") == "done"
     assert started(env) == ["one", "one", "two", "two"] and ended(env) == ["one", "two"]
 
 
@@ -255,10 +255,9 @@ def test_rabbitmq_restart_with_50_jobs_waiting_runs_all_in_priority_order(rabbit
     for step in ("stop_app", "start_app"):
         subprocess.run(["rabbitmqctl", "-q", step], check=True, capture_output=True, timeout=120)
     subprocess.run(["rabbitmqctl", "-q", "await_startup", "--timeout", "60"], check=True, capture_output=True)
-    from tasks.celeryapp import _apps
+    from tasks.celeryapp import close_connections
 
-    for app in _apps.values():              # this process's pooled connections died with the broker
-        app.pool.force_close_all()
+    close_connections()                     # this process's pooled connections died with the broker
     w = Worker(env, rabbit_url).wait_ready(60)
     workers.append(w)
     wait_for(lambda: len(ended(env)) == 50, 120, "all 50 jobs", w)

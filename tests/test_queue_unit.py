@@ -17,19 +17,20 @@ from queue_helpers import make_queue_env
 from engine.config import load_config
 from tasks import priority as prio
 from tasks import registry
+from tasks.registry import JobState, PendingRegistry, StartedJobs
 from tasks.jobs import COMMAND_TASK, ENGINE_TASK, Job, JobError, job_from_argv
 
 # --------------------------------------------------------------------------- priorities
 
 
 def test_bots_priorities_map_to_each_brokers_scale():
-    assert [prio.to_broker(p, prio.RABBITMQ) for p in range(1, 10)] == [9, 8, 7, 6, 5, 4, 3, 2, 1]
-    assert [prio.to_broker(p, prio.REDIS) for p in range(1, 10)] == list(range(1, 10))
-    for kind in (prio.RABBITMQ, prio.REDIS):
+    assert [prio.to_broker(p, prio.BrokerKind.RABBITMQ) for p in range(1, 10)] == [9, 8, 7, 6, 5, 4, 3, 2, 1]
+    assert [prio.to_broker(p, prio.BrokerKind.REDIS) for p in range(1, 10)] == list(range(1, 10))
+    for kind in (prio.BrokerKind.RABBITMQ, prio.BrokerKind.REDIS):
         assert [prio.from_broker(prio.to_broker(p, kind), kind) for p in range(1, 10)] == list(range(1, 10))
     # a message sent without priority: the lowest on RabbitMQ, the highest on Redis - never what we send
-    assert prio.from_broker(None, prio.RABBITMQ) == 9 and prio.from_broker(None, prio.REDIS) == 1
-    assert prio.broker_kind("amqp://x//") == prio.RABBITMQ and prio.broker_kind("redis://h/1") == prio.REDIS
+    assert prio.from_broker(None, prio.BrokerKind.RABBITMQ) == 9 and prio.from_broker(None, prio.BrokerKind.REDIS) == 1
+    assert prio.broker_kind("amqp://x//") == prio.BrokerKind.RABBITMQ and prio.broker_kind("redis://h/1") == prio.BrokerKind.REDIS
     for bad in (0, 10, "x", "3.5", None, True):
         with pytest.raises(ValueError, match="from 1 \\(highest\\) to 9"):
             prio.check(bad)
@@ -134,40 +135,40 @@ def _job(cfg, name="x", *args):
 def test_registry_adds_discards_raises_and_undoes(reg_cfg):
     cfg = reg_cfg
     a = _job(cfg, "rec", "a")
-    assert registry.register(cfg, a, "id1", 5).status == "added"
-    dup = registry.register(cfg, a, "id2", 5)
+    assert PendingRegistry(cfg).add(a, "id1", 5).status == "added"
+    dup = PendingRegistry(cfg).add(a, "id2", 5)
     assert (dup.status, dup.task_id, dup.priority) == ("duplicate", "id1", 5)
-    assert registry.register(cfg, a, "id3", 7).status == "duplicate"
-    raised = registry.register(cfg, a, "id4", 2)
+    assert PendingRegistry(cfg).add(a, "id3", 7).status == "duplicate"
+    raised = PendingRegistry(cfg).add(a, "id4", 2)
     assert (raised.status, raised.previous, raised.previous_priority) == ("raised", "id1", 5)
-    assert [(w.task_id, w.priority, w.job) for w in registry.waiting_jobs(cfg)] == [("id4", 2, "rec a")]
-    registry.unregister(cfg, a, raised)                   # its publish failed: back to id1 at 5
-    assert [(w.task_id, w.priority) for w in registry.waiting_jobs(cfg)] == [("id1", 5)]
+    assert [(w.task_id, w.priority, w.job) for w in PendingRegistry(cfg).waiting()] == [("id4", 2, "rec a")]
+    PendingRegistry(cfg).remove(a, raised)                   # its publish failed: back to id1 at 5
+    assert [(w.task_id, w.priority) for w in PendingRegistry(cfg).waiting()] == [("id1", 5)]
     b = _job(cfg, "rec", "b")
-    added = registry.register(cfg, b, "idb", 9)
-    registry.unregister(cfg, b, added)
-    assert registry.count_pending(cfg) == 1
-    assert registry.clear(cfg) == 1 and registry.waiting_jobs(cfg) == []
+    added = PendingRegistry(cfg).add(b, "idb", 9)
+    PendingRegistry(cfg).remove(b, added)
+    assert PendingRegistry(cfg).count() == 1
+    assert PendingRegistry(cfg).clear() == 1 and PendingRegistry(cfg).waiting() == []
 
 
 def test_registry_begin_claims_skips_superseded_and_fails_open(reg_cfg):
     cfg = reg_cfg
     a, b, c = _job(cfg, "rec", "a"), _job(cfg, "rec", "b"), _job(cfg, "rec", "c")
-    registry.register(cfg, a, "a1", 5)
-    registry.register(cfg, a, "a2", 1)                    # raise: a1 is superseded
-    assert registry.begin(cfg, a, "a2", 3).action == "run"
-    assert registry.register(cfg, a, "a3", 5).status == "added"       # identical while running: accepted
-    skip = registry.begin(cfg, a, "a1", 3)
+    PendingRegistry(cfg).add(a, "a1", 5)
+    PendingRegistry(cfg).add(a, "a2", 1)                    # raise: a1 is superseded
+    assert StartedJobs(cfg).begin(a, "a2", 3).action == "run"
+    assert PendingRegistry(cfg).add(a, "a3", 5).status == "added"       # identical while running: accepted
+    skip = StartedJobs(cfg).begin(a, "a1", 3)
     assert (skip.action, skip.reason) == ("skip", "superseded by a copy queued at a higher priority")
-    assert registry.begin(cfg, a, "stray", 3).action == "skip"         # a3 waits: the stray copy is a duplicate
-    run = registry.begin(cfg, c, "c1", 3)                               # never registered: run anyway
+    assert StartedJobs(cfg).begin(a, "stray", 3).action == "skip"         # a3 waits: the stray copy is a duplicate
+    run = StartedJobs(cfg).begin(c, "c1", 3)                               # never registered: run anyway
     assert (run.action, run.registered) == ("run", False)
-    registry.register(cfg, b, "b1", 5)
-    assert registry.begin(cfg, b, "b1", 3).registered is True
-    registry.finish(cfg, "b1", registry.DONE, "ok")
-    again = registry.begin(cfg, b, "b1", 3)               # redelivered after it ran (consumer timeout)
+    PendingRegistry(cfg).add(b, "b1", 5)
+    assert StartedJobs(cfg).begin(b, "b1", 3).registered is True
+    StartedJobs(cfg).finish("b1", JobState.DONE, "ok")
+    again = StartedJobs(cfg).begin(b, "b1", 3)               # redelivered after it ran (consumer timeout)
     assert again.action == "skip" and "already ran" in again.reason
-    assert registry.started(cfg, "b1") == {"state": "done", "attempts": 1, "result": "ok"}
+    assert StartedJobs(cfg).get("b1") == {"state": "done", "attempts": 1, "result": "ok"}
 
 
 def test_registry_redelivery_waits_for_a_live_holder_and_bounds_dead_ones(reg_cfg):
@@ -178,21 +179,21 @@ def test_registry_redelivery_waits_for_a_live_holder_and_bounds_dead_ones(reg_cf
 
     cfg = reg_cfg
     a = _job(cfg, "rec", "a")
-    registry.register(cfg, a, "a1", 5)
-    assert registry.begin(cfg, a, "a1", 2).action == "run"
+    PendingRegistry(cfg).add(a, "a1", 5)
+    assert StartedJobs(cfg).begin(a, "a1", 2).action == "run"
     with session_scope(cfg.database_url) as s:              # the holder: another machine, beating
         s.execute(update(registry.StartedJob).values(host="elsewhere", pid=1, heartbeat=utcnow()))
-    assert registry.begin(cfg, a, "a1", 2).action == "wait"
+    assert StartedJobs(cfg).begin(a, "a1", 2).action == "wait"
     with session_scope(cfg.database_url) as s:              # it went silent: a lost worker
         s.execute(update(registry.StartedJob).values(heartbeat=utcnow().replace(year=2000)))
-    rerun = registry.begin(cfg, a, "a1", 2)
+    rerun = StartedJobs(cfg).begin(a, "a1", 2)
     assert (rerun.action, rerun.attempts) == ("run", 2) and "lost" in rerun.reason
     with session_scope(cfg.database_url) as s:              # this host, a pid that is gone
         s.execute(update(registry.StartedJob).values(pid=2 ** 22 + 7))
-    give = registry.begin(cfg, a, "a1", 2)
+    give = StartedJobs(cfg).begin(a, "a1", 2)
     assert (give.action, give.attempts) == ("giveup", 2)
-    assert registry.started(cfg, "a1")["state"] == "gaveup"
-    assert registry.running_jobs(cfg) == []
+    assert StartedJobs(cfg).get("a1")["state"] == "gaveup"
+    assert StartedJobs(cfg).running() == []
 
 
 def test_registry_detects_stale_entries_and_sweeps(reg_cfg, monkeypatch):
@@ -203,30 +204,30 @@ def test_registry_detects_stale_entries_and_sweeps(reg_cfg, monkeypatch):
 
     cfg = reg_cfg
     a = _job(cfg, "rec", "a")
-    registry.register(cfg, a, "a1", 5)
+    PendingRegistry(cfg).add(a, "a1", 5)
     asked = []
 
     def depth(n):
         return lambda: asked.append(n) or n
 
-    assert registry.register(cfg, a, "a2", 5, queue_depth=depth(0)).status == "duplicate"
+    assert PendingRegistry(cfg).add(a, "a2", 5, queue_depth=depth(0)).status == "duplicate"
     assert asked == []                                     # too young to be stale: the broker is not asked
     with session_scope(cfg.database_url) as s:
         s.execute(update(registry.PendingJob).values(updated=utcnow().replace(year=2000),
                                                       created=utcnow().replace(year=2000)))
-    assert registry.register(cfg, a, "a2", 5, queue_depth=depth(3)).status == "duplicate"
-    stale = registry.register(cfg, a, "a3", 5, queue_depth=depth(0))
+    assert PendingRegistry(cfg).add(a, "a2", 5, queue_depth=depth(3)).status == "duplicate"
+    stale = PendingRegistry(cfg).add(a, "a3", 5, queue_depth=depth(0))
     assert (stale.status, stale.stale, stale.previous) == ("added", True, "a1")
     assert asked == [3, 0]
     with session_scope(cfg.database_url) as s:
         s.execute(update(registry.PendingJob).values(updated=utcnow().replace(year=2000)))
-    assert registry.sweep(cfg, queue_depth=lambda: 2)["stale"] == 0
-    assert registry.sweep(cfg, queue_depth=lambda: 0)["stale"] == 1 and registry.count_pending(cfg) == 0
-    registry.begin(cfg, a, "old", 3)
-    registry.finish(cfg, "old", registry.DONE, "")
+    assert PendingRegistry(cfg).cleanup(utcnow(), queue_depth=lambda: 2) == 0
+    assert PendingRegistry(cfg).cleanup(utcnow(), queue_depth=lambda: 0) == 1 and PendingRegistry(cfg).count() == 0
+    StartedJobs(cfg).begin(a, "old", 3)
+    StartedJobs(cfg).finish("old", JobState.DONE, "")
     with session_scope(cfg.database_url) as s:
         s.execute(update(registry.StartedJob).values(ended=utcnow().replace(year=2000)))
-    assert registry.sweep(cfg)["old"] == 1
+    assert StartedJobs(cfg).cleanup(utcnow()) == 1
 
 
 def _flood(configdir: str, n: int, q) -> None:  # runs in a child process
@@ -235,7 +236,7 @@ def _flood(configdir: str, n: int, q) -> None:  # runs in a child process
     dispose_all()
     cfg = load_config(configdir)
     job = Job.command(cfg.configdir, "rec", ("same",))
-    q.put([registry.register(cfg, job, f"{os.getpid()}-{i}", 5).status for i in range(n)])
+    q.put([PendingRegistry(cfg).add(job, f"{os.getpid()}-{i}", 5).status for i in range(n)])
 
 
 def test_concurrent_registrations_leave_exactly_one_entry(reg_cfg):
@@ -248,16 +249,16 @@ def test_concurrent_registrations_leave_exactly_one_entry(reg_cfg):
     for p in procs:
         p.join(30)
     assert results.count("added") == 1 and results.count("duplicate") == 4 * 40 - 1
-    assert registry.count_pending(reg_cfg) == 1
+    assert PendingRegistry(reg_cfg).count() == 1
 
 
 # --------------------------------------------------------------------------- publish handler, settings
 
 def test_publish_handler_fills_maps_and_marks_duplicates(env, monkeypatch):
     from tasks.celeryapp import app_for
-    from tasks.signals import PAST, before_publish, submitting
+    from tasks.signals import PAST, before_publish
 
-    for broker, kind in (("amqp://guest:guest@127.0.0.1:1//", prio.RABBITMQ), ("redis://127.0.0.1:1/0", prio.REDIS)):
+    for broker, kind in (("amqp://guest:guest@127.0.0.1:1//", prio.BrokerKind.RABBITMQ), ("redis://127.0.0.1:1/0", prio.BrokerKind.REDIS)):
         monkeypatch.setenv("BOTSQ_BROKER_URL", broker)
         cfg = env.config()
         app = app_for(cfg)
@@ -276,18 +277,14 @@ def test_publish_handler_fills_maps_and_marks_duplicates(env, monkeypatch):
         props = {"priority": 7}
         before_publish(sender="bots.command", body=body, headers={"id": "r", "retries": 1}, properties=props)
         assert props == {"priority": 7}                                # a worker's retry: already mapped
-        token = submitting.set({"app": app, "task_id": "mine"})
-        try:
-            headers, props = {"id": "mine"}, {"priority": 1}
-            before_publish(sender="bots.command", body=([], {"name": "rec", "args": ["new"]}, {}),
-                           headers=headers, properties=props)
-        finally:
-            submitting.reset(token)
+        headers, props = {"id": "mine", prio.PRIORITY_HEADER: 1}, {}      # submit() sent and registered it
+        before_publish(sender="bots.command", body=([], {"name": "rec", "args": ["new"]}, {}),
+                       headers=headers, properties=props)
         assert props["priority"] == prio.to_broker(1, kind) and "expires" not in headers
         props = {}
         before_publish(sender="other.task", body=body, headers={"id": "o"}, properties=props)
         assert props == {}
-    assert [(w.job, w.task_id, w.priority) for w in registry.waiting_jobs(cfg)] == [
+    assert [(w.job, w.task_id, w.priority) for w in PendingRegistry(cfg).waiting()] == [
         ("rec rabbitmq", "rabbitmq-3", 2), ("rec redis", "redis-3", 2)]
 
 
@@ -314,10 +311,10 @@ def test_app_settings(env, monkeypatch):
 def test_maxruntime_overrun_is_logged_and_reported_once_for_commands(env, monkeypatch):
     import logging
 
-    from tasks import engine_task
+    from tasks import executors
 
     sent = []
-    monkeypatch.setattr(engine_task, "send_report", lambda cfg, subject, body: sent.append(subject) or True)
+    monkeypatch.setattr(executors, "send_report", lambda cfg, subject, body: sent.append(subject) or True)
     cfg = env.config()
     records: list[str] = []
 
@@ -328,7 +325,7 @@ def test_maxruntime_overrun_is_logged_and_reported_once_for_commands(env, monkey
     log = logging.getLogger("test-overtime")
     log.addHandler(H())
     for job in (_job(cfg, "rec", "long"), Job.engine(cfg.configdir, ["new"], [])):
-        w = engine_task._Watch(cfg, "tid", job, log)
+        w = executors.JobWatch(cfg, "tid", job, log)
         w.check_overtime()
         w.t0 = time.monotonic() - 61 * 60                  # maxruntime = 60 minutes
         w.check_overtime()
@@ -343,9 +340,8 @@ def test_maxruntime_counts_from_the_run_not_from_waiting_for_the_engine_lock(env
     import logging
     from types import SimpleNamespace
 
-    import engine.run
     from engine.errors import ExitCode
-    from tasks import engine_task
+    from tasks import executors
 
     cfg = env.config()
     records: list[str] = []
@@ -356,7 +352,7 @@ def test_maxruntime_counts_from_the_run_not_from_waiting_for_the_engine_lock(env
 
     log = logging.getLogger("test-overtime-wait")
     log.addHandler(H())
-    watch = engine_task._Watch(cfg, "tid", Job.engine(cfg.configdir, ["new"], []), log)
+    watch = executors.JobWatch(cfg, "tid", Job.engine(cfg.configdir, ["new"], []), log)
     calls = []
 
     def fake_run(cfg, commands, routes, progress=None):
@@ -370,11 +366,11 @@ def test_maxruntime_counts_from_the_run_not_from_waiting_for_the_engine_lock(env
         watch.check_overtime()
         return SimpleNamespace(exit_code=0, run_id=8, message="run 8", counts={})
 
-    monkeypatch.setattr(engine.run, "run_engine", fake_run)
-    monkeypatch.setattr(engine_task.time, "sleep", lambda s: None)
+    monkeypatch.setattr(executors, "run_engine", fake_run)
+    monkeypatch.setattr(executors.time, "sleep", lambda s: None)
     task = SimpleNamespace(request=SimpleNamespace(id="tid"), backend=None,
                            app=SimpleNamespace(conf=SimpleNamespace(worker_send_task_events=False)))
-    assert engine_task._run_engine(task, cfg, watch.job, log, watch)["exit_code"] == 0
+    assert executors.run_engine_job(task, cfg, watch.job, log, watch)["exit_code"] == 0
     assert len(calls) == 3
     assert [r for r in records if "longer than maxruntime" in r] == [
         "job tid (bots-engine --new) has been running for 61 minutes, longer than maxruntime (60); it is not stopped"]
@@ -383,15 +379,14 @@ def test_maxruntime_counts_from_the_run_not_from_waiting_for_the_engine_lock(env
 def test_a_run_ended_by_a_database_error_runs_again_on_celerys_retry(env, monkeypatch):
     from types import SimpleNamespace
 
-    import engine.run
     from engine.errors import DatabaseError
-    from tasks import engine_task
+    from tasks import executors, runner
     from tasks.celeryapp import app_for
 
     monkeypatch.setenv("BOTSQ_BROKER_URL", "memory://")
     cfg = env.config()
     app = app_for(cfg)
-    monkeypatch.setattr(engine_task, "send_report", lambda *a, **k: True)
+    monkeypatch.setattr(runner, "send_report", lambda *a, **k: True)
     calls = []
 
     def flaky_run(cfg, commands, routes, progress=None):
@@ -400,21 +395,21 @@ def test_a_run_ended_by_a_database_error_runs_again_on_celerys_retry(env, monkey
             raise DatabaseError("database x cannot be used: server closed the connection")
         return SimpleNamespace(exit_code=0, run_id=1, message="run 1", counts={})
 
-    monkeypatch.setattr(engine.run, "run_engine", flaky_run)
+    monkeypatch.setattr(executors, "run_engine", flaky_run)
     res = app.tasks["bots.engine"].apply(kwargs={"commands": ["new"]}, task_id="db-retry-1")  # retries eagerly
     assert len(calls) == 2 and res.result["exit_code"] == 0
-    assert registry.started(cfg, "db-retry-1") == {"state": "done", "attempts": 2, "result": "run 1"}
+    assert StartedJobs(cfg).get("db-retry-1") == {"state": "done", "attempts": 2, "result": "run 1"}
     log = (env.root / "botssys/logging/jobqueue.log").read_text()
     assert "run again after a database error (attempt 2)" in log
 
     def down(cfg, commands, routes, progress=None):
         raise DatabaseError("database x cannot be used: down")
 
-    monkeypatch.setattr(engine.run, "run_engine", down)
+    monkeypatch.setattr(executors, "run_engine", down)
     res = app.tasks["bots.engine"].apply(kwargs={"commands": ["new"]}, task_id="db-retry-2")
     assert res.state == "FAILURE" and isinstance(res.result, DatabaseError)
-    assert registry.started(cfg, "db-retry-2")["state"] == "failed"     # 1 + max_retries (2) runs, then given up
-    assert registry.started(cfg, "db-retry-2")["attempts"] == 3
+    assert StartedJobs(cfg).get("db-retry-2")["state"] == "failed"     # 1 + max_retries (2) runs, then given up
+    assert StartedJobs(cfg).get("db-retry-2")["attempts"] == 3
     assert "job db-retry-2 (bots-engine --new) given up after 3 database error(s)" in \
         (env.root / "botssys/logging/jobqueue.log").read_text()
 
@@ -448,7 +443,7 @@ def test_commands_help_and_one_line_refusals(env, tmp_path):
     for cmd, argv, extra, msg in cases:
         r = _run(cmd, *argv, env_vars=extra)
         assert r.returncode == 1 and msg in r.stderr and r.stderr.count("\n") == 1 and r.stdout == "", (cmd, r)
-    assert registry.count_pending(env.config()) == 0
+    assert PendingRegistry(env.config()).count() == 0
 
 
 def test_celery_cli_finds_the_app_and_names_a_bad_config_in_one_line(env, tmp_path):

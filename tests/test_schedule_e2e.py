@@ -149,7 +149,7 @@ def test_beat_job_identical_to_a_waiting_one_is_discarded(make_env, module_vhost
                  "duplicates", [b])
         text = beatlog.read_text()
         assert text.count("added job bots-engine --new ra") == 1
-        from tasks.registry import waiting_jobs
-        assert len(waiting_jobs(env.config())) == 1
+        from tasks.registry import PendingRegistry
+        assert len(PendingRegistry(env.config()).waiting()) == 1
     finally:
         b.stop()

@@ -14,6 +14,9 @@ from engine.cli.common import ArgumentParser, run_cli
 from engine.config import ENV_CONFIG, add_config_argument, load_config
 from engine.errors import ExitCode
 from engine.log import register_secrets
+from tasks.broker import QUEUE, connect
+from tasks.celeryapp import app_for
+from tasks.submit import check_enabled
 
 
 
@@ -29,8 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def worker_argv(loglevel: str = "INFO", hostname: str | None = None) -> list[str]:
-    from tasks.celeryapp import QUEUE
-
+    """The ``celery worker`` arguments of the engine worker."""
     argv = ["worker", "-Q", QUEUE, "-c", "1", "-P", "prefork", "-E", "--without-mingle", "--without-gossip",
             "-l", loglevel]
     argv += ["-n", hostname or "botsq@%h"]
@@ -38,9 +40,6 @@ def worker_argv(loglevel: str = "INFO", hostname: str | None = None) -> list[str
 
 
 def _main() -> int:
-    from tasks.celeryapp import app_for
-    from tasks.submit import check_enabled, connect
-
     args = build_parser().parse_args()
     cfg = load_config(args.configdir)
     register_secrets(cfg.secrets())

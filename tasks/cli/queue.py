@@ -10,8 +10,14 @@ import argparse
 import json
 from typing import Any
 
+from celery import Celery
+
 from engine.config import Config, add_config_argument, load_config
 from engine.log import mask_url, redact
+from tasks.broker import QUEUE, QueueError, connect, purge, queue_depth
+from tasks.celeryapp import app_for
+from tasks.context import queue_logger
+from tasks.registry import PendingRegistry, StartedJobs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,11 +38,8 @@ def _age(seconds: float) -> str:
     return f"{s // 86400}d"
 
 
-def _broker(cfg: Config) -> tuple[Any, str | None]:
+def _broker(cfg: Config) -> tuple[Celery | None, str | None]:
     """(app, None) when the broker answers, else (None, reason)."""
-    from tasks.celeryapp import app_for
-    from tasks.submit import QueueError, connect
-
     try:
         app = app_for(cfg)
         connect(app, cfg.jobqueue.connect_timeout).release()
@@ -46,9 +49,7 @@ def _broker(cfg: Config) -> tuple[Any, str | None]:
 
 
 def collect(cfg: Config) -> dict[str, Any]:
-    from tasks import registry
-    from tasks.celeryapp import queue_depth
-
+    """What ``botsq queue --json`` prints: config, broker, broker_messages, waiting, running."""
     app, problem = _broker(cfg)
     out: dict[str, Any] = {"config": str(cfg.configdir), "broker": mask_url(cfg.jobqueue.broker),
                            "broker_messages": None}
@@ -59,37 +60,18 @@ def collect(cfg: Config) -> dict[str, Any]:
             problem = " ".join(str(exc).split()) or type(exc).__name__
     if problem:
         out["broker_error"] = redact(problem)
-    out["waiting"] = [w.as_dict() for w in registry.waiting_jobs(cfg)]
-    out["running"] = registry.running_jobs(cfg)
+    out["waiting"] = [w.as_dict() for w in PendingRegistry(cfg).waiting()]
+    out["running"] = StartedJobs(cfg).running()
     return out
 
 
 def clear(cfg: Config) -> dict[str, int]:
-    from tasks import registry
-    from tasks.celeryapp import QUEUE, app_for
-    from tasks.submit import connect
-
-    app = app_for(cfg)
-    conn = connect(app, cfg.jobqueue.connect_timeout)
-    try:
-        chan = conn.channel()
-        try:
-            purged = int(chan.queue_purge(QUEUE) or 0)
-        except conn.channel_errors:
-            purged = 0              # no queue yet: nothing to purge
-        finally:
-            try:
-                chan.close()
-            except Exception:  # noqa: BLE001
-                pass
-    finally:
-        conn.release()
-    return {"purged": purged, "cleared": registry.clear(cfg)}
+    """Purge queue ``engine`` and forget every waiting job; QueueError when the broker does not answer."""
+    purged = purge(app_for(cfg), cfg.jobqueue.connect_timeout)
+    return {"purged": purged, "cleared": PendingRegistry(cfg).clear()}
 
 
 def run(args: argparse.Namespace) -> int:
-    from tasks.celeryapp import queue_logger
-
     cfg = load_config(args.configdir)
     if args.action == "clear":
         res = clear(cfg)
@@ -98,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(res))
         else:
-            print(f"purged {res['purged']} waiting message(s) from queue engine; "
+            print(f"purged {res['purged']} waiting message(s) from queue {QUEUE}; "
                   f"removed {res['cleared']} registry entr{'y' if res['cleared'] == 1 else 'ies'}")
         return 0
     data = collect(cfg)
@@ -106,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     msgs = data["broker_messages"]
-    print(f"queue engine at {data['broker']}: {len(data['waiting'])} waiting job(s) in the registry, "
+    print(f"queue {QUEUE} at {data['broker']}: {len(data['waiting'])} waiting job(s) in the registry, "
           + (f"{msgs} message(s) waiting at the broker" if msgs is not None
              else f"broker not reachable ({data.get('broker_error')})"))
     for r in data["running"]:

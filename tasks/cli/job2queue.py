@@ -17,6 +17,9 @@ from engine.cli.common import ArgumentParser, run_cli
 from engine.config import add_config_argument, load_config
 from engine.errors import ExitCode, UsageError
 from tasks import priority as prio
+from tasks.jobs import job_from_argv
+from tasks.registry import RegistrationStatus
+from tasks.submit import check_enabled, submit
 
 
 
@@ -37,9 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main() -> int:
-    from tasks.jobs import job_from_argv
-    from tasks.submit import check_enabled, submit
-
     args = build_parser().parse_args()
     if not args.command:
         raise UsageError("no COMMAND given (e.g. bots-engine --new, or a [jobqueue.commands] name)")
@@ -51,13 +51,13 @@ def _main() -> int:
     check_enabled(cfg)
     job = job_from_argv(cfg, args.command)
     res = submit(cfg, job, priority)
-    if res.status == "duplicate":
+    if res.status == RegistrationStatus.DUPLICATE:
         print("Duplicate job, not added.")
         return ExitCode.DUPLICATE
     # Bots' job queue answers a priority change of a waiting job with 0 and "OK": the job
     # will run at the priority asked for, which is what a caller checking the code wants to know.
     print("OK, job is added to queue")
-    if res.status == "raised":
+    if res.status == RegistrationStatus.RAISED:
         print(f"bots-job2queue: an identical job was waiting; its priority is raised to {res.priority}",
               file=sys.stderr)
     return ExitCode.OK
