@@ -19,7 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "runs": ("engine.cli.runs", "list engine runs"),
     "queue": ("tasks.cli.queue", "show waiting jobs; 'queue clear' purges queue and registry"),
     "status": ("ops.status", "health: broker, workers, lock, waiting jobs, last runs, monitor"),
-    "schedule": ("beat_schedule", "print the schedule with next run times"),
+    "schedule": ("ops.schedule", "print the schedule with next run times"),
     "stack": ("ops.stack", "run worker, beat, monitor and Flower in the foreground"),
     "flower": ("ops.flower", "start Flower with authentication"),
 }

@@ -25,6 +25,7 @@ from typing import Any
 from engine.cli.engine import parse_engine_args
 from engine.config import Config, load_config
 from engine.log import mask_url, register_secrets
+from ops.beat_lock import BeatStore
 from tasks.jobs import job_from_argv
 from tasks.registry import PendingRegistry, StartedJobs
 from tasks.submit import submit
@@ -163,8 +164,6 @@ def runs_since(cfg: Config, after_id: int) -> list[RunRow]:
 
 def beat_running(cfg: Config, pid: int) -> bool:
     """Beat (process ``pid``) is up: it holds the beat lock in the tracking database."""
-    from ops.beat_lock import BeatStore
-
     holder = BeatStore(cfg.database_url).holder(cfg.settings.lock_grace)
     return bool(holder and holder["pid"] == pid and holder["alive"])
 

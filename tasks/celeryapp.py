@@ -86,7 +86,7 @@ def settings(cfg: Config) -> dict[str, Any]:
         "timezone": "UTC",
         "enable_utc": True,
         "worker_consumer": "tasks.consumer:Consumer",
-        "beat_scheduler": "beat_schedule:BotsScheduler",
+        "beat_scheduler": "ops.scheduler:BotsScheduler",
         "botsq_configdir": str(cfg.configdir),
     }
 

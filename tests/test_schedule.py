@@ -8,9 +8,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from beat_schedule import CronExpr, ZonedCron, load_jobs
+from beat_schedule import load_jobs
 from engine.config.schedule import machine_timezone
 from engine.errors import ConfigError
+from ops.cron import CronExpr, ZonedCron
 
 AMS = ZoneInfo("Europe/Amsterdam")
 

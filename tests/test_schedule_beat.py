@@ -14,9 +14,10 @@ from celery import Celery
 
 from sqlalchemy import insert, update
 
-import ops.beat_lock as beat_lock
+import ops.scheduler as scheduler_mod
 from engine.models import Lease, utcnow
-from ops.beat_lock import BeatStore, BotsScheduler
+from ops.beat_lock import BeatStore
+from ops.scheduler import BotsScheduler
 
 ROUTES = """
 [channels.in]
@@ -43,7 +44,7 @@ def published(monkeypatch):
         sent.append((job.task, job.describe(), priority))
         return "added"
 
-    monkeypatch.setattr(beat_lock, "_publish", publish)
+    monkeypatch.setattr(scheduler_mod, "publish", publish)
     return state
 
 
@@ -157,7 +158,7 @@ def test_failed_publish_keeps_the_job_due_and_retries(published, make_env, monke
     published.fail = 1
     s = scheduler()
     s.tick()
-    assert published.sent == [] and s._retry_at["daily"] > time.monotonic() + beat_lock.RETRY_SECONDS - 1
+    assert published.sent == [] and s._retry_at["daily"] > time.monotonic() + scheduler_mod.RETRY_SECONDS - 1
     s.tick()                                          # not hammering the broker: waits for the retry time
     assert published.sent == []
     s._retry_at["daily"] = 0.0
