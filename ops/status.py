@@ -24,7 +24,7 @@ from engine.lock import read_lock
 from engine.log import mask_url, redact, register_secrets
 from engine.models import Run, iso_utc
 from ops.beat_lock import BeatStore
-from ops.dirmonitor import heartbeat_age
+from ops.dirmonitor.heartbeat import heartbeat_age
 from tasks.broker import QUEUE, QueueError, connect
 from tasks.celeryapp import app_for
 from tasks.registry import PendingRegistry

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ops.dirmonitor import Monitor, open_for_writing
+from engine.readiness import open_for_writing
+from ops.dirmonitor.monitor import Monitor
 
 ROUTES = """
 [channels.in]
@@ -52,7 +53,7 @@ class Recorder:
             self.fail -= 1
             raise ConnectionError("broker unreachable (test)")
         assert self.mon is not None
-        files = set(self.mon.triggers[route].files)
+        files = set(self.mon.triggers.pending[route].files)
         self.calls.append((route, priority, files, time.monotonic()))
         return "added"
 
@@ -83,7 +84,7 @@ def monitor(make_env) -> Iterator[Callable[..., tuple[Monitor, Recorder, Path]]]
         log = logging.getLogger(f"botsq.test.dirmonitor.{len(started)}")
         mon = Monitor(cfg, log, submit=rec)
         rec.mon = mon
-        mon.start()
+        mon.initialize()
         t = threading.Thread(target=lambda: _loop(mon), daemon=True)
         t.start()
         started.append((mon, t))
@@ -195,10 +196,10 @@ def test_unchanged_files_are_not_queued_again_by_rescans(monitor):
 
 def test_lost_events_are_found_by_the_overflow_rescan(monitor):
     mon, rec, root = monitor(rescan=3600)
-    mon.drop_events = True                            # what an inotify queue overflow does
+    mon.watching.drop_events = True                   # what an inotify queue overflow does
     (root / "data/in/lost.edi").write_bytes(b"x")
     time.sleep(0.6)
-    mon.drop_events = False
+    mon.watching.drop_events = False
     assert rec.calls == []
     logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed; filesystem events were lost")
     rec.wait(lambda: rec.files() == {"lost.edi"}, timeout=5)
@@ -210,7 +211,7 @@ def test_watched_folder_deleted_and_recreated(monitor):
     shutil.rmtree(folder)
     time.sleep(1.5)
     folder.mkdir()
-    rec.wait(lambda: mon.watches[0].missing_since is None and mon._watching(mon.watches[0]), timeout=5)
+    rec.wait(lambda: mon.watches[0].missing_since is None and mon.watching.is_watching(mon.watches[0]), timeout=5)
     (folder / "after.edi").write_bytes(b"x")
     rec.wait(lambda: rec.files() == {"after.edi"})
 
@@ -238,6 +239,34 @@ def test_publish_failures_are_retried_and_nothing_is_lost(monitor):
     assert len(rec.calls) == 1 and rec.fail == 0
 
 
+def test_the_loop_steps_on_a_clock_passed_in_without_sleeping(make_env):
+    """huey style: initialize(now) / loop(now) / shutdown(); the debounce and the publish back-off
+    are measured on the clock the test passes in."""
+    env = make_env(ini=ini(debounce=5), routes=ROUTES)
+    env.path("data/in").mkdir(parents=True)
+    for name in ("a.edi", "b.edi"):                    # already waiting when the monitor starts
+        env.drop(f"data/in/{name}", "x")
+        os.utime(env.path(f"data/in/{name}"), (time.time() - 60, time.time() - 60))
+    rec = Recorder()
+    mon = Monitor(env.config(), logging.getLogger("botsq.test.dirmonitor.loop"), submit=rec)
+    rec.mon = mon
+    t = 1000.0
+    mon.initialize(now=t)
+    try:
+        assert rec.calls == [] and set(mon.triggers.pending) == {"r1"}
+        assert mon.loop(t + 4.9) > 0 and rec.calls == []          # the debounce (5 s) has not passed
+        rec.fail = 1
+        mon.loop(t + 5.0)                                          # due: the publish fails...
+        assert rec.calls == [] and rec.fail == 0
+        mon.loop(t + 5.4)                                          # ...and is retried after RETRY_MIN (0.5 s)
+        assert rec.calls == []
+        mon.loop(t + 5.5)
+        assert [(c[0], c[1]) for c in rec.calls] == [("r1", 4)] and rec.files() == {"a.edi", "b.edi"}
+        assert not mon.triggers.pending
+    finally:
+        mon.shutdown()
+
+
 def test_polling_mode_waits_for_a_stable_size(monitor):
     mon, rec, root = monitor(polling="True", debounce=0.4)
     with open(root / "data/in/p.edi", "wb") as fh:
@@ -261,7 +290,7 @@ def test_two_monitors_route_and_priority(monitor):
 
 
 def test_heartbeat_written_and_marked_stopped(monitor):
-    from ops.dirmonitor import heartbeat_age, read_heartbeat
+    from ops.dirmonitor.heartbeat import heartbeat_age, read_heartbeat
 
     mon, rec, root = monitor()
     hb = read_heartbeat(mon.cfg)
