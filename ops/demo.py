@@ -22,10 +22,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func, select
+
 from engine.cli.engine import parse_engine_args
+from engine.cli.init import init_environment
 from engine.config import Config, load_config
+from engine.db import session_scope
 from engine.log import mask_url, register_secrets
+from engine.models import Run
+from engine.run import run_engine
 from ops.beat_lock import BeatStore
+from ops.procs import Stopped, Supervisor
+from ops.stack import service_commands
+from ops.status import broker_problem
 from tasks.jobs import job_from_argv
 from tasks.registry import PendingRegistry, StartedJobs
 from tasks.submit import submit
@@ -95,8 +104,6 @@ def say(line: str) -> None:
 
 def prepare_environment(target: Path) -> Config:
     """``botsq init --demo`` into ``target`` plus the demo's watched folder; idempotent."""
-    from engine.cli.init import init_environment
-
     configdir = init_environment(target, demo=True)
     ini = configdir / "bots.ini"
     text = ini.read_text(encoding="utf-8")
@@ -141,21 +148,11 @@ class RunRow:
 
 
 def last_run_id(cfg: Config) -> int:
-    from sqlalchemy import func, select
-
-    from engine.db import session_scope
-    from engine.models import Run
-
     with session_scope(cfg.database_url) as s:
         return int(s.scalar(select(func.max(Run.id))) or 0)
 
 
 def runs_since(cfg: Config, after_id: int) -> list[RunRow]:
-    from sqlalchemy import select
-
-    from engine.db import session_scope
-    from engine.models import Run
-
     with session_scope(cfg.database_url) as s:
         rows = s.scalars(select(Run).where(Run.id > after_id).order_by(Run.started, Run.id)).all()
         return [RunRow(r.id, r.commands, r.routes, r.status, r.returncode, r.received, r.sent,
@@ -200,8 +197,6 @@ def print_runs(runs: list[RunRow], priority_of: Callable[[RunRow], str]) -> None
 
 def run_direct(cfg: Config) -> int:
     """One engine run in this process over the demo routes, and its summary."""
-    from engine.run import run_engine
-
     before, started = last_run_id(cfg), time.time()
     result = run_engine(cfg, ["new"], [])
     for r in runs_since(cfg, before):
@@ -262,16 +257,11 @@ def drain_leftovers(cfg: Config, sup: Any, before: int) -> int:
             and all(r.ended is not None for r in runs_since(cfg, before))
 
     wait_until(drained, WAIT_TIMEOUT, "the earlier demo's jobs to run", sup)
-    from engine.cli.init import init_environment
-
     init_environment(cfg.envdir, demo=True)          # puts back the sample files those runs took
     return last_run_id(cfg)
 
 
 def run_queue_demo(cfg: Config) -> int:
-    from ops.procs import Supervisor
-    from ops.stack import service_commands
-
     drop_dir = cfg.envdir / DROP_DIR
     mon = next((m for m in cfg.dirmonitors if m.path == drop_dir), None)
     if mon is None:
@@ -350,9 +340,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ops.procs import Stopped
-    from ops.status import broker_problem
-
     target = Path(args.dir).expanduser().absolute()
     cfg = prepare_environment(target)
     register_secrets(cfg.secrets())

@@ -4,6 +4,7 @@ overlong job, with the engine's progress sent to Flower as task events.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import shlex
 import signal
@@ -120,8 +121,6 @@ def _parent_death_signal() -> Callable[[], Any] | None:
     job whose worker was killed never runs on beside its own rerun. Resolved here, not in the
     forked child: the child only makes the system call."""
     try:
-        import ctypes
-
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None

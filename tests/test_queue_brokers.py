@@ -17,6 +17,7 @@ import pytest
 
 from queue_helpers import (Worker, botsq, celery_call, ended, in_process, job2queue, jobqueue_log, make_queue_env,
                            proc_env, purge, started, wait_for)
+from tasks.registry import PendingRegistry, StartedJobs
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.redis]
 
@@ -74,7 +75,6 @@ def wait_done(q, names, timeout=30):
 
 
 def test_priorities_9_5_1_5_run_1_5_5_9_and_celery_call_gets_5(q):
-    from tasks.registry import PendingRegistry, StartedJobs
 
     tag = uuid.uuid4().hex[:4]
     with Busy(q) as busy:
@@ -149,7 +149,6 @@ print(dict(seen))
 
 
 def test_eight_processes_submitting_the_same_job_leave_one_waiting(q):
-    from tasks.registry import PendingRegistry, StartedJobs
     from tasks.broker import queue_depth
     from tasks.celeryapp import app_for
 
@@ -174,7 +173,6 @@ def test_eight_processes_submitting_the_same_job_leave_one_waiting(q):
 
 
 def test_stale_registry_entry_is_detected_and_replaced(q):
-    from tasks.registry import PendingRegistry, StartedJobs
     from tasks.broker import QUEUE
     from tasks.celeryapp import app_for
 
@@ -274,7 +272,6 @@ def test_engine_job_runs_reports_progress_and_waits_for_a_live_lock(q):
     import logging
 
     from engine.lock import acquire
-    from tasks.registry import PendingRegistry, StartedJobs
     from tasks.celeryapp import app_for
 
     q.env.drop("data/sin/slow-1.edi", "1.0")
@@ -319,7 +316,6 @@ def test_engine_job_runs_reports_progress_and_waits_for_a_live_lock(q):
 
 def test_job2queue_with_the_broker_down_exits_1_and_leaves_no_entry(q):
     from conftest import free_port
-    from tasks.registry import PendingRegistry, StartedJobs
 
     before = PendingRegistry(q.cfg).count()
     scheme = "amqp://guest:guest@" if q.kind == "rabbitmq" else "redis://"

@@ -12,6 +12,7 @@ import pytest
 
 from queue_helpers import (Worker, ended, events, in_process, jobqueue_log, make_queue_env, purge, started,
                            wait_for)
+from tasks.registry import StartedJobs
 
 
 def submit(cfg, argv, priority=5):
@@ -71,7 +72,6 @@ def test_a_job_that_keeps_killing_its_worker_is_given_up_after_max_retries(rabbi
     assert started(env).count("k") == 2                 # 1 + [jobqueue] max_retries
     assert re.search(rf"job {res.task_id} \(rec k '!kill'\) not run again: gave up: the worker running it was lost "
                      rf"2 time\(s\)", jobqueue_log(env))
-    from tasks.registry import PendingRegistry, StartedJobs
     assert StartedJobs(cfg).get(res.task_id)["state"] == "gaveup"
     submit(cfg, ["rec", "after"])                       # the worker keeps serving
     wait_for(lambda: "after" in ended(env), 20, "the next job", w)
@@ -84,7 +84,6 @@ def test_sigkill_of_the_worker_during_an_engine_run_reruns_it_after_restart(rabb
     from engine.db import session_scope
     from engine.lock import read_lock
     from engine.models import Run
-    from tasks.registry import PendingRegistry, StartedJobs
 
     env, cfg, workers = rabbit_env
     env.drop("data/sin/f1.edi", "3")
@@ -147,7 +146,6 @@ def test_redis_a_killed_pool_process_or_worker_does_not_lose_the_job(redis_url, 
     finally:
         for w in workers:
             w.stop()
-    from tasks.registry import PendingRegistry, StartedJobs
 
     log = jobqueue_log(env)
     for res, name in ((one, "one"), (two, "two")):
