@@ -8,7 +8,6 @@ plain copy's speed (BENCHMARKS.md).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import hashlib
 import os
 from pathlib import Path
@@ -17,11 +16,13 @@ _libc: ctypes.CDLL | None = None
 
 
 def syncfs(path: Path) -> None:
-    """Flush the file system holding ``path`` once (a batch's worth of files)."""
+    """Flush the file system holding ``path`` once (a batch's worth of files); ``os.sync()`` where
+    the C library has no ``syncfs``."""
     global _libc
     try:
         if _libc is None:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            # the symbols of this process, libc's among them (ctypes.util.find_library would run ldconfig)
+            _libc = ctypes.CDLL(None, use_errno=True)
         fd = os.open(path, os.O_RDONLY)
         try:
             if _libc.syncfs(fd) != 0:

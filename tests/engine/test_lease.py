@@ -2,6 +2,8 @@
 and the directory monitor; named leases, one engine lock per lane."""
 from __future__ import annotations
 
+import pytest
+
 import logging
 import os
 import subprocess
@@ -27,6 +29,7 @@ def _zombie() -> subprocess.Popen:
     raise AssertionError("the child did not exit")
 
 
+@pytest.mark.procs
 def test_the_rule_heartbeat_within_grace_and_a_live_process_on_this_host():
     now = utcnow()
     me = lease.hostname()

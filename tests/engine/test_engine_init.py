@@ -1,6 +1,8 @@
 """``botsq init``, ``botsq files`` and ``botsq runs``: a working environment, marking files, listing runs."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 
@@ -18,6 +20,7 @@ def engine(configdir, *argv: str) -> subprocess.CompletedProcess[str]:  # type: 
                           timeout=60)
 
 
+@pytest.mark.procs
 def test_init_writes_a_working_environment(tmp_path):
     configdir = init_environment(tmp_path / "env", demo=False)
     assert configdir == tmp_path / "env" / "config"
@@ -31,6 +34,7 @@ def test_init_writes_a_working_environment(tmp_path):
     assert (tmp_path / "env" / "data" / "out" / "x.txt").read_text() == "X"
 
 
+@pytest.mark.procs
 def test_init_demo_runs_clean_and_never_overwrites(tmp_path):
     r = botsq("init", str(tmp_path / "demo"), "--demo")
     assert r.returncode == 0, r.stderr
@@ -49,6 +53,7 @@ def test_init_demo_runs_clean_and_never_overwrites(tmp_path):
     assert (configdir / "bots.ini").read_text().endswith("; mine\n")
 
 
+@pytest.mark.procs
 def test_files_list_mark_rereceive_resend_and_runs(tmp_path):
     configdir = init_environment(tmp_path / "e", demo=True)
     c = str(configdir)

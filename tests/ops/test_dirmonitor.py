@@ -133,6 +133,7 @@ def test_moved_in_from_outside_and_renamed_inside(monitor, tmp_path):
     assert len(rec.calls) == 2 and all(c[0] == "r1" for c in rec.calls)
 
 
+@pytest.mark.procs
 def test_moved_in_while_another_process_still_writes(monitor, tmp_path):
     """A file moved in while its writer still has it open counts only when the writer closes it."""
     mon, rec, root = monitor()
@@ -159,6 +160,7 @@ def test_moved_in_while_another_process_still_writes(monitor, tmp_path):
     assert dst.read_bytes() == b"xy"
 
 
+@pytest.mark.slow
 def test_burst_coalesces_into_a_few_jobs(monitor):
     mon, rec, root = monitor()
     n = 3000
@@ -205,6 +207,7 @@ def test_lost_events_are_found_by_the_overflow_rescan(monitor):
     rec.wait(lambda: rec.files() == {"lost.edi"}, timeout=5)
 
 
+@pytest.mark.slow
 def test_watched_folder_deleted_and_recreated(monitor):
     mon, rec, root = monitor()
     folder = root / "data/in"
@@ -216,6 +219,7 @@ def test_watched_folder_deleted_and_recreated(monitor):
     rec.wait(lambda: rec.files() == {"after.edi"})
 
 
+@pytest.mark.slow
 def test_folder_recreated_with_files_in_it(monitor, tmp_path):
     mon, rec, root = monitor()
     folder = root / "data/in"
@@ -229,6 +233,7 @@ def test_folder_recreated_with_files_in_it(monitor, tmp_path):
     rec.wait(lambda: rec.files() == {"came_with_folder.edi"}, timeout=6)
 
 
+@pytest.mark.slow
 def test_publish_failures_are_retried_and_nothing_is_lost(monitor):
     mon, rec, root = monitor()
     rec.fail = 3
@@ -309,6 +314,7 @@ def test_heartbeat_written_and_marked_stopped(monitor):
      r"\[dirmonitor1\] path: .*data/nothere does not exist"),
     ("[jobqueue]\nenabled = True\n[dirmonitor1]\npath = data/in\nroute = nosuch\n", r"\[dirmonitor1\] route: no route"),
 ])
+@pytest.mark.procs
 def test_refuses_to_start_with_one_line(make_env, ini_text, err):
     import re
 
@@ -320,6 +326,7 @@ def test_refuses_to_start_with_one_line(make_env, ini_text, err):
     assert re.search(err, res.stderr), res.stderr
 
 
+@pytest.mark.procs
 def test_help():
     from conftest import bin_path
 

@@ -15,6 +15,7 @@ def _one_line(text: str) -> str:
     return lines[0]
 
 
+@pytest.mark.procs
 def test_ok_run_prints_summary_and_exit_0(make_env, db_ini):
     env = make_env(ini=DEFAULT_INI + db_ini)
     env.drop("data/in/order 1.edi", "UNA")
@@ -27,6 +28,7 @@ def test_ok_run_prints_summary_and_exit_0(make_env, db_ini):
     assert "1 received, 1 processed, 1 sent" in log
 
 
+@pytest.mark.procs
 def test_errors_give_exit_2(make_env):
     env = make_env()
     env.drop("data/in/a", "A")                       # data/out is missing: communication error
@@ -35,6 +37,7 @@ def test_errors_give_exit_2(make_env):
     assert "1 communication error" in r.stdout
 
 
+@pytest.mark.procs
 def test_bots_style_config_flag_and_routes(make_env):
     env = make_env()
     env.drop("data/in/a", "A")
@@ -62,6 +65,7 @@ def test_bots_style_config_flag_and_routes(make_env):
      r"routes.toml: channels.out.filename: unknown placeholder \{partner\}"),
 ], ids=["wrong-key-type", "unknown-channel-type", "missing-channel", "wrong-toml-type", "ini-syntax",
         "toml-syntax", "unknown-placeholder"])
+@pytest.mark.procs
 def test_config_errors_exit_1_with_one_line_naming_file_and_key(make_env, ini, routes, expect):
     import re
     env = make_env(ini=ini, routes=routes)
@@ -72,6 +76,7 @@ def test_config_errors_exit_1_with_one_line_naming_file_and_key(make_env, ini, r
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.procs
 def test_missing_config_dir_exit_1(tmp_path):
     import subprocess
     r = subprocess.run([bin_path("bots-engine"), "-c", str(tmp_path / "nope")], capture_output=True, text=True)
@@ -79,6 +84,7 @@ def test_missing_config_dir_exit_1(tmp_path):
     assert "config dir does not exist" in _one_line(r.stderr) and str(tmp_path / "nope") in r.stderr
 
 
+@pytest.mark.procs
 def test_unknown_route_and_bad_option_exit_1(make_env):
     env = make_env()
     r = env.run("nosuchroute")
@@ -87,6 +93,7 @@ def test_unknown_route_and_bad_option_exit_1(make_env):
     assert r.returncode == 1 and "unrecognized arguments: --neww" in _one_line(r.stderr)
 
 
+@pytest.mark.procs
 def test_unreachable_database_exit_1_with_masked_url(make_env):
     env = make_env(ini=DEFAULT_INI + "\n[database]\nurl = postgresql+psycopg://bots:Sup3rS3cret@127.0.0.1:1/bots\n")
     r = env.run()
@@ -98,6 +105,7 @@ def test_unreachable_database_exit_1_with_masked_url(make_env):
     assert not log.exists() or "Sup3rS3cret" not in log.read_text()
 
 
+@pytest.mark.procs
 def test_database_driver_not_installed_exit_1_with_masked_url(make_env):
     env = make_env(ini=DEFAULT_INI + "\n[database]\nurl = mysql://bots:Sup3rS3cret@127.0.0.1/bots\n")
     r = env.run()
@@ -107,6 +115,7 @@ def test_database_driver_not_installed_exit_1_with_masked_url(make_env):
     assert "Sup3rS3cret" not in r.stderr + r.stdout and "Traceback" not in r.stderr
 
 
+@pytest.mark.procs
 def test_database_file_in_missing_folder_is_created(make_env):
     env = make_env(ini=DEFAULT_INI + "\n[database]\nurl = sqlite:///db/deeper/still/bots.sqlite\n")
     env.path("data/in").mkdir(parents=True)
@@ -115,6 +124,7 @@ def test_database_file_in_missing_folder_is_created(make_env):
     assert env.path("db/deeper/still/bots.sqlite").is_file()
 
 
+@pytest.mark.procs
 def test_database_file_in_unwritable_folder_exit_1(make_env):
     env = make_env(ini=DEFAULT_INI + "\n[database]\nurl = sqlite:///afile/sub/bots.sqlite\n")
     env.drop("afile", "a regular file: nothing can be created below it, not even by root")
@@ -124,6 +134,7 @@ def test_database_file_in_unwritable_folder_exit_1(make_env):
     assert "database sqlite:///" in line and "afile/sub/bots.sqlite" in line and "damaged" not in line
 
 
+@pytest.mark.procs
 def test_password_never_in_logs(make_env, monkeypatch):
     env = make_env(ini=DEFAULT_INI + "\n[email]\nhost = 127.0.0.1\nport = 1\npassword = ${SMTP_PASSWORD}\n"
                    "user = bots\nmanagers = ops@example.com\n", routes=ROUTES)
@@ -184,6 +195,7 @@ def _run_on_a_terminal(env, timeout: float = 60) -> tuple[int, str]:  # type: ig
     return proc.wait(timeout=10), b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.procs
 def test_progress_bar_shown_by_bots_engine_on_a_terminal_for_a_long_run(make_env):
     routes = ROUTES.replace('translate = "passthrough"', 'translate = "slow.convert"')
     env = make_env(routes=routes)
@@ -209,6 +221,7 @@ def test_progress_bar_shown_by_bots_engine_on_a_terminal_for_a_long_run(make_env
     assert r.returncode == 0 and "\r" not in r.stdout + r.stderr and "[" not in r.stdout
 
 
+@pytest.mark.procs
 def test_missing_routes_toml_is_said_not_silent(make_env):
     env = make_env(routes=None)                     # a config dir with bots.ini only (a wrong -c, a lost file)
     r = env.run()

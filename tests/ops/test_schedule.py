@@ -51,6 +51,7 @@ EXPRS = ["0 1 * * *", "30 2 * * *", "*/5 * * * *", "0 * * * *", "15 2 * * 0", "*
 ZONES = ["Europe/Amsterdam", "America/New_York", "Australia/Lord_Howe", "Pacific/Chatham", "UTC"]
 
 
+@pytest.mark.slow
 def test_next_after_agrees_with_minute_by_minute_reference_around_dst_changes():
     rnd = random.Random(7)
     starts = [utc(2026, 3, 28, 22), utc(2026, 10, 24, 23, 30), utc(2026, 3, 7, 5), utc(2026, 11, 1, 4, 10),
@@ -374,6 +375,7 @@ def test_botsq_init_writes_the_default_schedule_and_it_validates(tmp_path, demo)
     assert cfg.dirmonitors == ()                     # the [dirmonitor1] example is commented out
 
 
+@pytest.mark.procs
 def test_botsq_schedule_prints_next_run_times(make_env):
     ini = """
     [jobqueue]

@@ -98,6 +98,7 @@ def run(env: Env, *argv: str) -> subprocess.CompletedProcess[str]:
 
 # --------------------------------------------------------------------------- out-channel recovery
 
+@pytest.mark.procs
 def test_out_channel_down_then_automaticretrycommunication(make_env, tmp_path: Path, reports: SmtpServer) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "partner"
     (root / "out").mkdir(parents=True)
@@ -139,6 +140,7 @@ def test_out_channel_down_then_automaticretrycommunication(make_env, tmp_path: P
     assert_no_password_anywhere(env, down.stdout, down.stderr, ok.stdout, ok.stderr, reports=reports)
 
 
+@pytest.mark.procs
 def test_resend_marked_files_whatever_their_status(make_env, tmp_path: Path, reports: SmtpServer) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "partner"
     (root / "up").mkdir(parents=True)
@@ -182,6 +184,7 @@ def test_resend_marked_files_whatever_their_status(make_env, tmp_path: Path, rep
 
 # --------------------------------------------------------------------------- in-channel recovery
 
+@pytest.mark.procs
 def test_in_channel_down_nothing_lost_next_run_fetches(make_env, tmp_path: Path, reports: SmtpServer) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "partner"
     (root / "in").mkdir(parents=True)
@@ -204,6 +207,7 @@ def test_in_channel_down_nothing_lost_next_run_fetches(make_env, tmp_path: Path,
     assert_no_password_anywhere(env, down.stdout, down.stderr)
 
 
+@pytest.mark.procs
 def test_in_channel_server_dies_mid_run(make_env, tmp_path: Path, reports: SmtpServer) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "partner"
     (root / "in").mkdir(parents=True)
@@ -232,6 +236,7 @@ def test_in_channel_server_dies_mid_run(make_env, tmp_path: Path, reports: SmtpS
     assert sorted(i["filename"] for i in incoming(env) if i["status"] == "done") == names
 
 
+@pytest.mark.procs
 def test_ftp_server_refusing_dele_nothing_sent_twice(make_env, tmp_path: Path, reports: SmtpServer) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "partner"
     (root / "in").mkdir(parents=True)
@@ -266,6 +271,7 @@ def test_ftp_server_refusing_dele_nothing_sent_twice(make_env, tmp_path: Path, r
     assert_no_password_anywhere(env, first.stdout, ok.stdout)
 
 
+@pytest.mark.procs
 def test_maxsecondsperchannel_leaves_files_for_later_runs(make_env, tmp_path: Path, reports: SmtpServer) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "partner"
     (root / "in").mkdir(parents=True)
@@ -287,6 +293,7 @@ def test_maxsecondsperchannel_leaves_files_for_later_runs(make_env, tmp_path: Pa
 
 # --------------------------------------------------------------------------- volume, secrets, hostile names
 
+@pytest.mark.procs
 @pytest.mark.slow
 def test_a_thousand_small_files_through_ftp_in_one_run(make_env, tmp_path: Path, reports: SmtpServer) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "partner"
@@ -304,6 +311,7 @@ def test_a_thousand_small_files_through_ftp_in_one_run(make_env, tmp_path: Path,
     assert (root / "out" / "o0999.edi").read_bytes() == b"UNB+999" + b"'" * 2000
 
 
+@pytest.mark.procs
 def test_wrong_passwords_clear_errors_and_no_password_anywhere(make_env, tmp_path: Path, reports: SmtpServer) -> None:  # type: ignore[no-untyped-def]
     certs = make_certs(tmp_path / "certs")
     root = tmp_path / "partner"
@@ -344,6 +352,7 @@ def test_wrong_passwords_clear_errors_and_no_password_anywhere(make_env, tmp_pat
             s.stop()
 
 
+@pytest.mark.procs
 def test_hostile_names_from_a_partner_stay_inside(make_env, tmp_path: Path, reports: SmtpServer) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "partner"
     (root / "in").mkdir(parents=True)

@@ -23,6 +23,7 @@ def demo(tmp_path: Path, broker: str, timeout: float = 150, *extra: str) -> subp
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path)
 
 
+@pytest.mark.procs
 def test_without_a_broker_it_says_so_in_one_line_and_runs_the_engine(tmp_path: Path) -> None:
     t0 = time.monotonic()
     res = demo(tmp_path, CLOSED_PORT_BROKER)

@@ -54,6 +54,7 @@ def _refuse_delete(monkeypatch: pytest.MonkeyPatch, names: set[str] | None = Non
     monkeypatch.setattr(FileChannel, "delete", delete)
 
 
+@pytest.mark.procs
 def test_failed_removal_is_finished_by_the_next_run_without_sending_again(env, monkeypatch):  # type: ignore[no-untyped-def]
     env.drop("data/in/a.edi", "AAA")
     env.drop("data/in/b.edi", "BBB")

@@ -239,6 +239,7 @@ def _flood(configdir: str, n: int, q) -> None:  # runs in a child process
     q.put([PendingRegistry(cfg).add(job, f"{os.getpid()}-{i}", 5).status for i in range(n)])
 
 
+@pytest.mark.procs
 def test_concurrent_registrations_leave_exactly_one_entry(reg_cfg):
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
@@ -421,6 +422,7 @@ def _run(cmd: str, *argv: str, env_vars: dict | None = None, cwd: Path | None = 
                           env={**os.environ, **(env_vars or {})}, cwd=cwd)
 
 
+@pytest.mark.procs
 def test_commands_help_and_one_line_refusals(env, tmp_path):
     for cmd in ("bots-job2queue", "bots-jobqueueserver"):
         r = _run(cmd, "--help")
@@ -446,6 +448,7 @@ def test_commands_help_and_one_line_refusals(env, tmp_path):
     assert PendingRegistry(env.config()).count() == 0
 
 
+@pytest.mark.procs
 def test_celery_cli_finds_the_app_and_names_a_bad_config_in_one_line(env, tmp_path):
     r = _run("celery", "-A", "tasks", "report", env_vars={"BOTSQ_CONFIG": str(env.configdir)}, cwd=tmp_path)
     assert r.returncode == 0 and "broker_url: 'memory://" in r.stdout and "botsq_configdir" in r.stdout

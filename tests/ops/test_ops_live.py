@@ -8,7 +8,7 @@ One worker (bots-jobqueueserver) and one Flower (``botsq flower``) serve the who
 * no secret from the config reaches a log line, a task argument shown in Flower, or the status.
 
 The pickled-message refusal is tested by the queue's own tests
-(tests/test_queue_brokers.py::test_malformed_messages_are_rejected_with_a_logged_reason), and
+(tests/tasks/test_queue_brokers.py::test_malformed_messages_are_rejected_with_a_logged_reason), and
 the allow-list through ``bots-job2queue`` there too; here the other two ways (``celery call``, Flower).
 """
 from __future__ import annotations

@@ -87,6 +87,7 @@ def test_store_lock_holders(db_kind, db_ini, make_env, monkeypatch):
     assert not store.heartbeat("B")
 
 
+@pytest.mark.procs
 def test_store_takes_over_from_a_dead_process_on_this_host(make_env, monkeypatch):
     env = schedule_env(make_env, monkeypatch, "")
     store = BeatStore(env.config().database_url)
@@ -113,6 +114,7 @@ def test_second_beat_stays_idle_until_the_first_is_gone(published, make_env, mon
     b.close()
 
 
+@pytest.mark.slow
 def test_crashed_beat_is_taken_over_after_the_grace(published, make_env, monkeypatch):
     schedule_env(make_env, monkeypatch, FAST)
     a, b = scheduler(), scheduler()

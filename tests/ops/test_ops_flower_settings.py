@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import bin_path
+from conftest import REPO, bin_path
 from engine.config.flower import ENV_AUTH, is_loopback, load_flower_settings
 from engine.errors import ConfigError
 from ops.flower import describe, flower_command
@@ -82,6 +82,7 @@ def test_password_never_on_the_command_line(make_env, monkeypatch) -> None:  # t
     assert env["BOTSQ_FLOWER_ADDRESS"] == "0.0.0.0" and env["BOTSQ_FLOWER_PORT"] == "5999"
 
 
+@pytest.mark.procs
 def test_botsq_flower_refuses_in_one_line_with_exit_1(make_env) -> None:  # type: ignore[no-untyped-def]
     env = make_env(ini=QUEUE_INI)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BOTSQ_FLOWER")}
@@ -93,6 +94,7 @@ def test_botsq_flower_refuses_in_one_line_with_exit_1(make_env) -> None:  # type
     assert len(lines) == 1 and "refusing to listen on 0.0.0.0 without authentication" in lines[0], res.stderr
 
 
+@pytest.mark.procs
 def test_settings_module_refuses_too(make_env) -> None:  # type: ignore[no-untyped-def]
     """``celery flower --conf=ops/flowerconfig.py`` alone applies the same rule."""
     env = make_env(ini=QUEUE_INI + "\n[flower]\naddress = 0.0.0.0\n")
@@ -100,7 +102,7 @@ def test_settings_module_refuses_too(make_env) -> None:  # type: ignore[no-untyp
     clean["BOTSQ_CONFIG"] = str(env.configdir)
     res = subprocess.run([sys.executable, "-c", "import runpy; runpy.run_path('ops/flowerconfig.py')"],
                          capture_output=True, text=True, timeout=60, env=clean,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                         cwd=REPO)
     assert res.returncode == 1
     assert "refusing to listen on 0.0.0.0" in res.stderr
 
@@ -118,6 +120,7 @@ def test_settings_module_drops_flowers_unauthenticated_api_switch(make_env, monk
     assert "FLOWER_UNAUTHENTICATED_API" not in os.environ
 
 
+@pytest.mark.procs
 def test_bare_celery_flower_gets_the_same_settings(make_env) -> None:  # type: ignore[no-untyped-def]
     """``celery -A tasks flower`` with no --conf still goes through botsq's settings module."""
     env = make_env(ini=QUEUE_INI + "\n[flower]\naddress = 0.0.0.0\n")

@@ -1,9 +1,11 @@
 """``botsq status`` without a live queue: exit codes, lock holder, last runs, no secret in output.
 
 The checks against a live broker and worker (workers, queues, waiting jobs) are in
-tests/test_ops_live.py, which shares one worker with the Flower tests.
+tests/ops/test_ops_live.py, which shares one worker with the Flower tests.
 """
 from __future__ import annotations
+
+import pytest
 
 import json
 import logging
@@ -38,6 +40,7 @@ def status(env: Env, *args: str) -> tuple[int, str]:
     return res.returncode, res.stdout + res.stderr
 
 
+@pytest.mark.procs
 def test_unreachable_broker_is_unhealthy_and_no_secret_is_shown(make_env) -> None:  # type: ignore[no-untyped-def]
     env = make_env(ini=SECRETS_INI)
     code, out = status(env)
@@ -53,6 +56,7 @@ def test_unreachable_broker_is_unhealthy_and_no_secret_is_shown(make_env) -> Non
         assert "broker-s3cret" not in text and "mail-s3cret" not in text
 
 
+@pytest.mark.procs
 def test_secret_from_environment_is_not_shown_either(make_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("BOTSQ_BROKER_URL", "redis://:redis-s3cret@127.0.0.1:1/0")
     env = make_env(ini=SECRETS_INI)
@@ -61,6 +65,7 @@ def test_secret_from_environment_is_not_shown_either(make_env, monkeypatch) -> N
     assert "redis-s3cret" not in out and "redis://:***@127.0.0.1:1/0" in out
 
 
+@pytest.mark.procs
 def test_queue_disabled_is_healthy_with_lock_holder_and_last_runs(make_env) -> None:  # type: ignore[no-untyped-def]
     env = make_env()                                 # DEFAULT_INI: queue disabled
     env.drop("data/in/a.txt", "hello")
@@ -88,6 +93,7 @@ def test_queue_disabled_is_healthy_with_lock_holder_and_last_runs(make_env) -> N
     assert "lock      free" in out
 
 
+@pytest.mark.procs
 def test_unusable_database_is_unhealthy(make_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
     blocker = tmp_path / "file-not-dir"
     blocker.write_text("x")
@@ -97,6 +103,7 @@ def test_unusable_database_is_unhealthy(make_env, tmp_path) -> None:  # type: ig
     assert "database  FAIL" in out and "UNHEALTHY" in out
 
 
+@pytest.mark.procs
 def test_directory_monitor_heartbeat_missing_stale_or_fresh(make_env) -> None:  # type: ignore[no-untyped-def]
     """A configured monitor: no heartbeat or one older than 30 s is a problem; a fresh one is ok."""
     import os

@@ -60,6 +60,7 @@ def test_all_four_services_exist() -> None:
     assert (UNIT_DIR / "botsq.env.example").exists()
 
 
+@pytest.mark.procs
 @pytest.mark.parametrize("unit", UNITS)
 def test_unit_passes_systemd_analyze_verify(unit: str, tmp_path: Path) -> None:
     tool = systemd_analyze()
@@ -90,6 +91,7 @@ def test_worker_stop_lets_the_running_job_finish() -> None:
     assert to_minutes(keys["TimeoutStopSec"][0]) > Settings().maxruntime
 
 
+@pytest.mark.procs
 @pytest.mark.parametrize("unit", UNITS)
 def test_execstart_command_runs_with_help(unit: str, make_env) -> None:  # type: ignore[no-untyped-def]
     env_dir = make_env(ini="""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from ops.procs import Supervisor
 
 PY = sys.executable
@@ -46,6 +47,7 @@ def wait_for(cond, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-de
     return cond()
 
 
+@pytest.mark.procs
 def test_output_is_prefixed_and_stop_terminates_each_child() -> None:
     out = io.StringIO()
     sup = Supervisor(out=out, colour=False, width=len("beta-long"))   # labels aligned from the first line
@@ -63,6 +65,7 @@ def test_output_is_prefixed_and_stop_terminates_each_child() -> None:
     assert any(line.startswith("botsq     | stopping alpha") for line in lines)
 
 
+@pytest.mark.procs
 def test_colour_prefix_on_request() -> None:
     out = io.StringIO()
     sup = Supervisor(out=out, colour=True)
@@ -72,6 +75,7 @@ def test_colour_prefix_on_request() -> None:
     assert "\033[36mw       |\033[0m hi" in out.getvalue()
 
 
+@pytest.mark.procs
 def test_child_ignoring_sigterm_is_killed_after_grace() -> None:
     out = io.StringIO()
     sup = Supervisor(out=out, colour=False)
@@ -90,6 +94,7 @@ def test_child_ignoring_sigterm_is_killed_after_grace() -> None:
     assert "stubborn did not stop within 1s: killed" in out.getvalue()
 
 
+@pytest.mark.procs
 def test_log_dir_gets_output_and_secrets_are_redacted(tmp_path: Path) -> None:
     from engine.log import register_secrets
 
@@ -122,7 +127,7 @@ HARNESS = textwrap.dedent("""
 def start_harness() -> tuple[subprocess.Popen[str], list[int]]:
     """The harness running, and the pids of its two children."""
     proc = subprocess.Popen([PY, "-c", HARNESS], stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parent.parent)
+                            cwd=REPO)
     assert proc.stdout is not None
     pids: list[int] = []
     while len(pids) < 2:
@@ -133,6 +138,7 @@ def start_harness() -> tuple[subprocess.Popen[str], list[int]]:
     return proc, pids
 
 
+@pytest.mark.procs
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_parent_signal_stops_all_children(sig: int) -> None:
     proc, pids = start_harness()
@@ -143,6 +149,7 @@ def test_parent_signal_stops_all_children(sig: int) -> None:
         assert wait_for(lambda: gone(pid), 5), f"child {pid} still running"
 
 
+@pytest.mark.procs
 def test_children_die_with_a_killed_parent() -> None:
     proc, pids = start_harness()
     proc.kill()
@@ -151,6 +158,7 @@ def test_children_die_with_a_killed_parent() -> None:
         assert wait_for(lambda: gone(pid), 5), f"orphan {pid} still running"
 
 
+@pytest.mark.procs
 def test_demo_failure_names_the_child_and_shows_its_last_lines(tmp_path: Path) -> None:
     from ops.demo import DemoFailed, wait_until
 
@@ -176,10 +184,11 @@ STUBBORN_HARNESS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.procs
 def test_second_ctrl_c_while_stopping_kills_at_once() -> None:
     """README (botsq stack): Ctrl-C waits for the children (60 s grace); a second Ctrl-C kills them."""
     proc = subprocess.Popen([PY, "-c", STUBBORN_HARNESS], stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parent.parent)
+                            cwd=REPO)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert "| pid" in line, line

@@ -68,6 +68,7 @@ def _put_lock(cfg, host, pid, started_ago=0.0, heartbeat_ago=0.0, run_id=None):
                          heartbeat=now - timedelta(seconds=heartbeat_ago), run_id=run_id))
 
 
+@pytest.mark.procs
 def test_live_holder_gives_exit_3_naming_host_pid_and_start(env):
     cfg = env.config()
     _put_lock(cfg, socket.gethostname(), os.getpid(), started_ago=60)
@@ -144,6 +145,7 @@ def test_holder_alerts_once_when_past_maxruntime(env, smtp, monkeypatch):  # noq
     assert any("exceeds maxruntime" in m["Subject"] for m in msgs)
 
 
+@pytest.mark.procs
 def test_dead_pid_on_this_host_is_a_crashed_run_taken_over(env, smtp):  # noqa: F811
     (env.configdir / "bots.ini").write_text(INI + smtp.ini())
     cfg = env.config()
@@ -185,6 +187,7 @@ def test_silent_heartbeat_past_grace_is_a_crashed_run(env):
     assert read_lock(cfg) is None
 
 
+@pytest.mark.procs
 def test_real_crash_mid_run_loses_nothing(env):
     """SIGKILL inside a run (after the sources are removed): the next run recovers every file."""
     for name in ("a", "b", "c"):
@@ -208,6 +211,7 @@ def test_real_crash_mid_run_loses_nothing(env):
         assert {i.status for i in s.scalars(select(Incoming))} == {"done"}
 
 
+@pytest.mark.procs
 def test_sigterm_releases_the_lock_and_the_next_run_finishes_the_files(env):
     import signal
     env.drop("data/in/a", "SLOW 30")
