@@ -84,13 +84,19 @@ def _channel(path: Path, name: str, body: Any) -> ChannelSpec:
     return ChannelSpec(name, ctype.name, opts)
 
 
-def _part(pw: str, part: Any, channels: dict[str, ChannelSpec]) -> RoutePart:
-    if not isinstance(part, dict):
-        raise ConfigError(f"{pw}: expected a table")
-    for key, value in part.items():
-        if key not in PART_KEYS:
-            raise ConfigError(f"{pw}.{key}: unknown key for a route part")
-        _check_type(value, PART_KEYS[key], f"{pw}.{key}")
+def _known_keys(where: str, body: Any, keys: dict[str, KeyType], what: str) -> dict[str, Any]:
+    """``body``, checked to be a table whose keys are all known and of their type."""
+    if not isinstance(body, dict):
+        raise ConfigError(f"{where}: expected a table")
+    for key, value in body.items():
+        if key not in keys:
+            raise ConfigError(f"{where}.{key}: unknown key for {what}")
+        _check_type(value, keys[key], f"{where}.{key}")
+    return body
+
+
+def _part(pw: str, raw: Any, channels: dict[str, ChannelSpec]) -> RoutePart:
+    part = _known_keys(pw, raw, PART_KEYS, "a route part")
     frm = part.get("fromchannel")
     if not frm:
         raise ConfigError(f"{pw}.fromchannel: required")
@@ -107,14 +113,9 @@ def _part(pw: str, part: Any, channels: dict[str, ChannelSpec]) -> RoutePart:
     return RoutePart(frm, part.get("tochannel"), translate)
 
 
-def _route(path: Path, name: str, body: Any, channels: dict[str, ChannelSpec]) -> Route:
+def _route(path: Path, name: str, raw: Any, channels: dict[str, ChannelSpec]) -> Route:
     where = f"{path}: routes.{name}"
-    if not isinstance(body, dict):
-        raise ConfigError(f"{where}: expected a table")
-    for key, value in body.items():
-        if key not in ROUTE_KEYS:
-            raise ConfigError(f"{where}.{key}: unknown key for a route")
-        _check_type(value, ROUTE_KEYS[key], f"{where}.{key}")
+    body = _known_keys(where, raw, ROUTE_KEYS, "a route")
     raw_parts = body.get("parts") or []
     if not raw_parts:
         raise ConfigError(f"{where}.parts: a route needs at least one part")
