@@ -8,6 +8,10 @@ import logging
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:                       # annotation only: engine.config imports this module
+    from engine.config import Config
 
 _secrets: set[str] = set()
 _configured: set[tuple[str, str]] = set()
@@ -68,7 +72,7 @@ def get_logger(component: str, logdir: Path | None = None, console: bool = True,
     return logger
 
 
-def component_logger(component: str, cfg) -> logging.Logger:  # type: ignore[no-untyped-def]
+def component_logger(component: str, cfg: Config) -> logging.Logger:
     """The component's logger for an environment (an :class:`engine.config.Config`), with its
     secrets registered. Raises OSError when the log folder cannot be written."""
     register_secrets(cfg.secrets())

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+from sqlalchemy.sql import ColumnElement
+
 from engine.cleanup import cleanup
 from engine.config import Route
 from engine.models import CommStatus, Incoming, Outgoing
@@ -52,7 +54,7 @@ class Commands:
         self.deliverer.process(incs)
         ctx.counts.rereceived += ctx.counts.processed - before
 
-    def _send_selected(self, where: list, phase: str, count: str) -> int:  # type: ignore[type-arg]
+    def _send_selected(self, where: list[ColumnElement[bool]], phase: str, count: str) -> int:
         ctx = self.ctx
         outs = ctx.tracker.outgoing(*where)
         total = len(outs)
