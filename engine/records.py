@@ -22,28 +22,11 @@ from sqlalchemy import Select, and_, case, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from engine.db import get_engine, session_scope
-from engine.models import (
-    COMM_FAILED,
-    COMM_PENDING,
-    COMM_SENT,
-    IN_COMMERROR,
-    IN_DONE,
-    IN_ERROR,
-    IN_RECEIVED,
-    RUN_CRASHED,
-    RUN_ERRORS,
-    RUN_FAILED,
-    RUN_OK,
-    RUN_RUNNING,
-    Incoming,
-    Outgoing,
-    Run,
-    SourceRemoval,
-)
+from engine.models import CommStatus, Incoming, InStatus, Outgoing, Run, RunStatus, SourceRemoval
 
-IN_STATUSES = (IN_RECEIVED, IN_DONE, IN_ERROR, IN_COMMERROR)
-OUT_STATUSES = (COMM_PENDING, COMM_SENT, COMM_FAILED)
-RUN_STATUSES = (RUN_RUNNING, RUN_OK, RUN_ERRORS, RUN_CRASHED, RUN_FAILED)
+IN_STATUSES = tuple(InStatus)
+OUT_STATUSES = tuple(CommStatus)
+RUN_STATUSES = tuple(RunStatus)
 KINDS = ("in", "out")
 MARK_ACTIONS = {"rereceive": "in", "resend": "out"}     # Bots' two marks and the files they apply to
 _CHUNK = 500                                             # ids per UPDATE (SQLite's parameter limit)
@@ -128,12 +111,13 @@ class FileFilter:
             where.append((Incoming.rereceive if kind == "in" else Outgoing.resend) == true())
         if self.status:
             if kind == "in":
-                st = {"failed": IN_ERROR, "sent": IN_DONE}.get(self.status, self.status)
-                where.append(Incoming.status.in_([IN_ERROR, IN_COMMERROR]) if st == IN_ERROR
+                st = {"failed": InStatus.ERROR, "sent": InStatus.DONE}.get(self.status, self.status)
+                where.append(Incoming.status.in_([InStatus.ERROR, InStatus.COMMERROR]) if st == InStatus.ERROR
                              else Incoming.status == st)
             else:
-                st = {IN_ERROR: COMM_FAILED, IN_COMMERROR: COMM_FAILED, IN_DONE: COMM_SENT}.get(self.status,
-                                                                                               self.status)
+                # an incoming word names the matching delivery state
+                st = {InStatus.ERROR: CommStatus.FAILED, InStatus.COMMERROR: CommStatus.FAILED,
+                      InStatus.DONE: CommStatus.SENT}.get(self.status, self.status)
                 where.append(Outgoing.commstatus == st)
         return where
 
@@ -347,10 +331,10 @@ def run_detail(url: str, run_id: int, files: int = 200) -> dict[str, Any] | None
         out["outgoing"] = [r.as_dict() for r in s.scalars(
             select(Outgoing).where(Outgoing.run_id == run_id).order_by(Outgoing.id).limit(files))]
         errors = [r.as_dict() for r in s.scalars(
-            select(Incoming).where(Incoming.run_id == run_id, Incoming.status.in_([IN_ERROR, IN_COMMERROR]))
+            select(Incoming).where(Incoming.run_id == run_id, Incoming.status.in_([InStatus.ERROR, InStatus.COMMERROR]))
             .order_by(Incoming.id).limit(files))]
         errors += [r.as_dict() for r in s.scalars(
-            select(Outgoing).where(Outgoing.run_id == run_id, Outgoing.commstatus == COMM_FAILED)
+            select(Outgoing).where(Outgoing.run_id == run_id, Outgoing.commstatus == CommStatus.FAILED)
             .order_by(Outgoing.id).limit(files))]
         out["errors"] = errors
     return out
@@ -408,15 +392,15 @@ def activity(url: str, since: datetime, offset_minutes: int = 0,
     def span(col: Any) -> list[Any]:
         return [col >= since] + ([col < until] if until is not None else [])
 
-    failed_in = case((Incoming.status.in_([IN_ERROR, IN_COMMERROR]), 1), else_=0)
-    never_fetched = case((Incoming.status == IN_COMMERROR, 1), else_=0)
-    failed_out = Outgoing.commstatus == COMM_FAILED
+    failed_in = case((Incoming.status.in_([InStatus.ERROR, InStatus.COMMERROR]), 1), else_=0)
+    never_fetched = case((Incoming.status == InStatus.COMMERROR, 1), else_=0)
+    failed_out = Outgoing.commstatus == CommStatus.FAILED
     with session_scope(url) as s:
         if dialect not in ("sqlite", "postgresql"):
             shift = timedelta(minutes=offset_minutes)
             for created, status in s.execute(select(Incoming.created, Incoming.status).where(*span(Incoming.created))):
-                add(created, shift, "received", status != IN_COMMERROR)
-                add(created, shift, "errors", status in (IN_ERROR, IN_COMMERROR))
+                add(created, shift, "received", status != InStatus.COMMERROR)
+                add(created, shift, "errors", status in (InStatus.ERROR, InStatus.COMMERROR))
             for sent_at, in s.execute(select(Outgoing.sent_at).where(*span(Outgoing.sent_at))):
                 add(sent_at, shift, "sent", 1)
             for created, in s.execute(select(Outgoing.created).where(*span(Outgoing.created), failed_out)):

@@ -9,9 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.config import ENV_CONFIG, Config, ConfigError, add_config_argument, load_config, webserver_settings
+from engine.config import ENV_CONFIG, Config, add_config_argument, load_config
+from engine.config.webserver import load_webserver_settings
+from engine.errors import ConfigError
 from engine.log import register_secrets
+from ops.flower import flower_command
 from ops.procs import Stopped, Supervisor, venv_command
+from ops.status import broker_problem
 
 # Seconds the worker gets to finish its job on Ctrl-C before it is killed.
 STOP_GRACE = 60.0
@@ -31,8 +35,6 @@ def service_commands(cfg: Config, flower: bool = True, web: bool = True) -> list
     if web:
         out.append(("web", [venv_command("botsq"), "web", "-c", cdir], env))
     if flower:
-        from ops.flower import flower_command
-
         argv, extra, _settings = flower_command(cfg)
         out.append(("flower", argv, extra))
     return out
@@ -40,8 +42,6 @@ def service_commands(cfg: Config, flower: bool = True, web: bool = True) -> list
 
 def check_queue(cfg: Config, timeout: float = 3.0) -> None:
     """ConfigError (one line) unless the queue is enabled and its broker answers."""
-    from ops.status import broker_problem
-
     if not cfg.jobqueue.enabled:
         raise ConfigError(f"{cfg.ini_path}: [jobqueue] enabled is False: the stack needs the job queue")
     problem = broker_problem(cfg, timeout)
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     register_secrets(cfg.secrets())
     check_queue(cfg)
     if not args.no_web:
-        webserver_settings(cfg)            # a console that would refuse to start stops the stack before it starts
+        load_webserver_settings(cfg)            # a console that would refuse to start stops the stack before it starts
     commands = service_commands(cfg, flower=not args.no_flower, web=not args.no_web)
     sup = Supervisor()
     names = [name for name, _argv, _env in commands]

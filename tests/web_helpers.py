@@ -3,14 +3,24 @@ this process (werkzeug's threaded server: it stops cleanly between tests; ``bots
 waitress, is tested as a process), and logged-in HTTP sessions (requests)."""
 from __future__ import annotations
 
+import dataclasses
+import random
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import requests
+from sqlalchemy import func, insert, select
+from werkzeug.serving import make_server
 
 from conftest import Env, free_port
+from engine.config.webserver import load_webserver_settings
+from engine.db import session_scope
+from engine.models import Incoming, Outgoing, Run, utcnow
+from ops.web.app import create_app
 
 USERS = "ops:ops-secret-pw, viewer:viewer-secret-pw"
 WEB_INI = """
@@ -94,16 +104,8 @@ def run_engine(env: Env, files: dict[str, bytes | str], *argv: str) -> None:
 @contextmanager
 def serve(env: Env, clock: Callable[[], float] | None = None, **settings_kw: object) -> Iterator[str]:
     """The console of ``env`` on a free 127.0.0.1 port in a thread; yields its base URL."""
-    import dataclasses
-    import time
-
-    from werkzeug.serving import make_server
-
-    from engine.config import webserver_settings
-    from ops.web.app import create_app
-
     cfg = env.config()
-    settings = dataclasses.replace(webserver_settings(cfg, "127.0.0.1", free_port()), **settings_kw)
+    settings = dataclasses.replace(load_webserver_settings(cfg, "127.0.0.1", free_port()), **settings_kw)
     app = create_app(cfg, settings, clock=clock or time.monotonic)
     server = make_server("127.0.0.1", settings.port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -140,14 +142,6 @@ def seed_history(url: str, days: int = 30, seed: int = 7) -> int:
     """Records of earlier runs over ``days`` days (a busy day shape, a few errors), so the charts,
     lists and pages have a history to show; returns the number of incoming files added. Records
     only (no stored content): the pages say so for these files."""
-    import random
-    from datetime import timedelta
-
-    from sqlalchemy import func, insert, select
-
-    from engine.db import session_scope
-    from engine.models import Incoming, Outgoing, Run, utcnow
-
     rnd = random.Random(seed)
     now = utcnow()
     with session_scope(url) as s:

@@ -27,7 +27,8 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
-from engine.config import Config, WebServer
+from engine.config import Config
+from engine.config.webserver import WebServerSettings
 from ops.web import api, auth, filters, pages
 from ops.web.context import Console, console
 from ops.web.queries import (
@@ -96,7 +97,7 @@ def _error(exc: HTTPException) -> Any:
     return resp
 
 
-def create_app(cfg: Config, settings: WebServer, clock: Callable[[], float] = time.monotonic) -> Flask:
+def create_app(cfg: Config, settings: WebServerSettings, clock: Callable[[], float] = time.monotonic) -> Flask:
     """The console for ``cfg``; ``clock`` (seconds) drives the login throttle and the health cache."""
     app = Flask("ops.web", root_path=str(HERE), template_folder="templates", static_folder="static")
     app.jinja_options = {**app.jinja_options, "finalize": _finalize}

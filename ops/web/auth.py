@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, g, jsonify, redirect, render_template, request, session, url_for
 
-from engine.config import WebUser
+from engine.config.webserver import WebUser
 from ops.web.context import console
 
 bp = Blueprint("auth", __name__)

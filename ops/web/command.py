@@ -1,9 +1,9 @@
 """``botsq web -c DIR [--address A] [--port P]``: serve the web console (waitress, a production WSGI server).
 
-Settings: ``[webserver]`` of bots.ini (:func:`engine.config.webserver_settings`): ``address``
-(default 127.0.0.1), ``port`` (8080, as Bots' webserver), ``users``, ``readonly``. Without users it
-listens on the loopback interface only (anything else: exit 1, one line) and logs in ``admin``
-with the generated password in ``botssys/web/admin-password``.
+Settings: ``[webserver]`` of bots.ini (:func:`engine.config.webserver.load_webserver_settings`):
+``address`` (default 127.0.0.1), ``port`` (8080, as Bots' webserver), ``users``, ``readonly``.
+Without users it listens on the loopback interface only (anything else: exit 1, one line) and logs
+in ``admin`` with the generated password in ``botssys/web/admin-password``.
 
 ``botsq web --hash-password`` reads a password (prompted, or one line on stdin) and prints the hash
 to put in ``[webserver] users`` as ``name:<hash>``. SIGTERM or Ctrl-C stops the server (exit 0).
@@ -16,7 +16,12 @@ import signal
 import sys
 from types import FrameType
 
-from engine.config import ConfigError, WebServer, add_config_argument, load_config, webserver_settings
+from waitress import create_server
+
+from engine.config import add_config_argument, load_config
+from engine.config.webserver import WebServerSettings, load_webserver_settings
+from engine.errors import ConfigError
+from ops.web.app import create_app, prepare
 from ops.web.users import Users, hash_password
 
 THREADS = 6              # waitress worker threads: a few operators, the API, the self-refreshing panels
@@ -30,12 +35,12 @@ def _stop(_signum: int, _frame: FrameType | None) -> None:
     raise _Stop
 
 
-def url_of(settings: WebServer) -> str:
+def url_of(settings: WebServerSettings) -> str:
     host = f"[{settings.address}]" if ":" in settings.address else (settings.address or "0.0.0.0")
     return f"http://{host}:{settings.port}/"
 
 
-def describe(settings: WebServer, users: Users) -> str:
+def describe(settings: WebServerSettings, users: Users) -> str:
     """One line: where the console is and who logs in (never a password)."""
     if users.generated is not None:
         who = f"user admin, password in {users.generated}"
@@ -65,12 +70,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("an empty password cannot be hashed")
         print(hash_password(password))
         return 0
-    from waitress import create_server
-
-    from ops.web.app import create_app, prepare
-
     cfg = load_config(args.configdir)
-    settings = webserver_settings(cfg, args.address, args.port)
+    settings = load_webserver_settings(cfg, args.address, args.port)
     app = create_app(cfg, settings)
     log = app.extensions["botsq"].log
     try:

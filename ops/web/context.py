@@ -6,7 +6,8 @@ from logging import Logger
 
 from flask import current_app
 
-from engine.config import Config, WebServer
+from engine.config import Config
+from engine.config.webserver import WebServerSettings
 from ops.web.queries import ActivityCache, HealthCache
 from ops.web.throttle import LoginThrottle
 from ops.web.users import Users
@@ -16,7 +17,7 @@ from ops.web.users import Users
 class Console:
     """The environment, who may log in, the login throttle, the health and chart caches, the ``web`` logger."""
     cfg: Config
-    settings: WebServer
+    settings: WebServerSettings
     users: Users
     throttle: LoginThrottle
     health: HealthCache

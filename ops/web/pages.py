@@ -25,6 +25,7 @@ from ops.web.queries import (
     OUT_STATUSES,
     RUN_STATUSES,
     FilterError,
+    RegistrationStatus,
     UsageError,
     count_runs,
     file_detail,
@@ -324,10 +325,10 @@ def run_submit() -> Any:
         con.log.warning("run menu: %s refused: %s", " ".join(argv), exc)
         return _run_menu(400, str(exc), chosen)
     con.log.info("run menu: %s at priority %d by %s: %s", res.job, priority, request.remote_addr, res.status)
-    if res.status == "duplicate":
+    if res.status == RegistrationStatus.DUPLICATE:
         flash({"text": f"Duplicate job, not added: {res.job} is already waiting (priority {res.priority}).",
                "category": "warning"})
-    elif res.status == "raised":
+    elif res.status == RegistrationStatus.RAISED:
         flash({"text": f"{res.job} was already waiting; its priority is raised to {res.priority}.",
                "category": "success"})
     else:

@@ -2,7 +2,7 @@
 
 The console reads the tracking records through :mod:`engine.records` (the filters, marks and
 details ``botsq files``/``botsq runs`` use, so each sees the other's marks), the queue through
-``tasks.cli_queue.collect`` and the registry, health through ``ops.status``, and queues a job
+``tasks.cli.queue.collect`` and the registry (``PendingRegistry``, ``StartedJobs``), health through ``ops.status``, and queues a job
 exactly as ``bots-job2queue`` does: ``tasks.jobs.job_from_argv`` then ``tasks.submit.submit``.
 Nothing else in ``ops/web`` imports from ``engine``, ``tasks`` or ``ops``; when those move, this
 is the one file to follow them.
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from engine.cli_util import UsageError
 from engine.config import Config
+from engine.errors import UsageError
 from engine.log import component_logger, lines_between, log_file, redact, register_secrets
 from engine.models import utcnow
 from engine.records import (
@@ -44,16 +44,16 @@ from engine.records import (
 from engine.run import ENGINE_COMMANDS
 from ops.status import check_lock
 from ops.status import collect as status_collect
-from tasks.cli_queue import collect as queue_collect
+from tasks.cli.queue import collect as queue_collect
 from tasks.jobs import job_from_argv
-from tasks.registry import running_jobs, waiting_jobs
+from tasks.registry import PendingRegistry, RegistrationStatus, StartedJobs
 from tasks.submit import check_enabled, submit
 
 __all__ = [
     "IN_STATUSES", "OUT_STATUSES", "RUN_STATUSES", "Bucket", "FileFilter", "FilterError", "RunFilter", "UsageError",
     "ENGINE_COMMANDS", "DEFAULT_LANE", "ActivityCache", "HealthCache", "Lane", "Submitted", "component_logger",
     "count_runs", "file_detail", "lanes", "list_runs", "mark_files", "page_files", "parse_when", "queue_report",
-    "redact", "register_secrets", "route_lane", "run_detail", "run_log", "stored_path", "submit_job", "utcnow",
+    "redact", "register_secrets", "RegistrationStatus", "route_lane", "run_detail", "run_log", "stored_path", "submit_job", "utcnow",
     "utc_offset_minutes",
 ]
 
@@ -212,9 +212,9 @@ def lanes(cfg: Config, waiting: list[dict[str, Any]] | None = None,
     for name, route in cfg.routes.items():
         by_name.setdefault(route_lane(route), Lane(route_lane(route))).routes.append(name)
     if waiting is None:
-        waiting = [w.as_dict() for w in waiting_jobs(cfg)]
+        waiting = [w.as_dict() for w in PendingRegistry(cfg).waiting()]
     if running is None:
-        running = running_jobs(cfg)
+        running = StartedJobs(cfg).running()
     for w in waiting:
         by_name.setdefault(w.get("lane") or DEFAULT_LANE, Lane(w.get("lane") or DEFAULT_LANE)).waiting.append(w)
     for r in running:
@@ -230,18 +230,19 @@ def lanes(cfg: Config, waiting: list[dict[str, Any]] | None = None,
 class Submitted:
     """What became of a job from the run menu: ``added``, ``duplicate`` or ``raised`` (bots-job2queue's
     outcomes), with the job's command line and the priority it waits at."""
-    status: str
+    status: RegistrationStatus
     job: str
     priority: int
 
 
 def submit_job(cfg: Config, argv: list[str], priority: int) -> Submitted:
-    """Queue a Bots-style COMMAND line at ``priority`` the way ``bots-job2queue`` does; UsageError
-    (one line) when the queue is disabled, the broker is down or the job is refused."""
+    """Queue a Bots-style COMMAND line at ``priority`` the way ``bots-job2queue`` does; a UsageError
+    (one line: ``tasks.jobs.JobError`` for a bad command line, ``tasks.broker.QueueError`` when the
+    queue is disabled, the broker is down or the job is refused)."""
     check_enabled(cfg)
     job = job_from_argv(cfg, argv)
     res = submit(cfg, job, priority)
-    return Submitted(str(res.status), job.describe(), res.priority)
+    return Submitted(res.status, job.describe(), res.priority)
 
 
 # --------------------------------------------------------------------------- a run's log

@@ -1,9 +1,9 @@
 """Who may log in to the console, and the key that signs their sessions.
 
 Users come from ``[webserver] users`` (or ``BOTSQ_WEB_USERS``), read by
-:func:`engine.config.webserver_settings`. A password is plain text, compared in constant time,
-or a Werkzeug hash (``scrypt:...``/``pbkdf2:...``, made by ``botsq web --hash-password``) so
-bots.ini need not hold the password itself.
+:func:`engine.config.webserver.load_webserver_settings`. A password is plain text, compared in
+constant time, or a Werkzeug hash (``scrypt:...``/``pbkdf2:...``, made by
+``botsq web --hash-password``) so bots.ini need not hold the password itself.
 
 With no users configured the console listens on the loopback interface only (the contract) and
 still asks for a login: user ``admin`` with a random password kept in
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from engine.config import WebServer, WebUser
+from engine.config.webserver import WebServerSettings, WebUser
 
 ADMIN = "admin"
 WEB_DIR = "web"                      # under botssys
@@ -63,7 +63,7 @@ def hash_password(password: str) -> str:
 class Users:
     """The console's logins: the configured users, or the generated ``admin``."""
 
-    def __init__(self, settings: WebServer, botssys: Path) -> None:
+    def __init__(self, settings: WebServerSettings, botssys: Path) -> None:
         if settings.users:
             self.generated: Path | None = None
             users = settings.users
