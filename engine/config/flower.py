@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 
 from engine.config import Config
+from engine.config.ini import IniSection
 from engine.errors import ConfigError
 
 ENV_ADDRESS = "BOTSQ_FLOWER_ADDRESS"
@@ -67,19 +68,27 @@ def is_loopback(address: str) -> bool:
         return False
 
 
+def listen_address(sec: IniSection, address: str | None, port: int | None, env_address: str, env_port: str,
+                   default_port: int) -> tuple[str, int]:
+    """Where a server of botsq listens (Flower, the web console): ``address``/``port`` (the command
+    line's), else the ``env_address``/``env_port`` variables, else the section's ``address`` and
+    ``port`` (default 127.0.0.1 and ``default_port``). ConfigError (one line) unless the port is 1..65535."""
+    addr = address if address is not None else os.environ.get(env_address) or sec.get("address", str, "127.0.0.1")
+    raw_port = port if port is not None else os.environ.get(env_port) or sec.get("port", int, default_port)
+    try:
+        prt = int(raw_port)
+    except ValueError:
+        raise ConfigError(f"{env_port}: expected a port number, got {raw_port!r}") from None
+    if not 0 < prt < 65536:
+        raise ConfigError(f"{sec.where('port')}: expected a port number 1..65535, got {prt}")
+    return addr, prt
+
+
 def load_flower_settings(cfg: Config, address: str | None = None, port: int | None = None) -> FlowerSettings:
     """The Flower settings of an environment: arguments, else the BOTSQ_FLOWER_* variables, else
     ``[flower]``. ConfigError (one line) when invalid or unsafe."""
     sec = cfg.section("flower")
-    addr = address if address is not None else os.environ.get(ENV_ADDRESS) or sec.get("address", str, "127.0.0.1")
-    where_port = sec.where("port")
-    raw_port = port if port is not None else os.environ.get(ENV_PORT) or sec.get("port", int, 5555)
-    try:
-        prt = int(raw_port)
-    except ValueError:
-        raise ConfigError(f"{ENV_PORT}: expected a port number, got {raw_port!r}") from None
-    if not 0 < prt < 65536:
-        raise ConfigError(f"{where_port}: expected a port number 1..65535, got {prt}")
+    addr, prt = listen_address(sec, address, port, ENV_ADDRESS, ENV_PORT, 5555)
     env_auth = os.environ.get(ENV_AUTH)
     where_auth = ENV_AUTH if env_auth else sec.where("basic_auth")
     raw_auth = env_auth if env_auth else sec.get("basic_auth", str, "")

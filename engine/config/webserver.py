@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 
 from engine.config import Config
-from engine.config.flower import is_loopback
+from engine.config.flower import is_loopback, listen_address
 from engine.errors import ConfigError
 
 ENV_USERS = "BOTSQ_WEB_USERS"
@@ -60,14 +60,7 @@ def load_webserver_settings(cfg: Config, address: str | None = None, port: int |
     the loopback interface without users."""
     sec = cfg.section("webserver")
     d = WebServerSettings()
-    addr = address if address is not None else os.environ.get(ENV_ADDRESS) or sec.get("address", str, d.address)
-    raw_port = port if port is not None else os.environ.get(ENV_PORT) or sec.get("port", int, d.port)
-    try:
-        prt = int(raw_port)
-    except ValueError:
-        raise ConfigError(f"{ENV_PORT}: expected a port number, got {raw_port!r}") from None
-    if not 0 < prt < 65536:
-        raise ConfigError(f"{sec.where('port')}: expected a port number 1..65535, got {prt}")
+    addr, prt = listen_address(sec, address, port, ENV_ADDRESS, ENV_PORT, d.port)
     env_users = os.environ.get(ENV_USERS)
     where_users = ENV_USERS if env_users else sec.where("users")
     raw = env_users if env_users else sec.get("users", str, "")
