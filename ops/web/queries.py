@@ -2,10 +2,12 @@
 
 The console reads the tracking records through :mod:`engine.records` (the filters, marks and
 details ``botsq files``/``botsq runs`` use, so each sees the other's marks), the queue through
-``tasks.cli.queue.collect`` and the registry (``PendingRegistry``, ``StartedJobs``), health through ``ops.status``, and queues a job
-exactly as ``bots-job2queue`` does: ``tasks.jobs.job_from_argv`` then ``tasks.submit.submit``.
-Nothing else in ``ops/web`` imports from ``engine``, ``tasks`` or ``ops``; when those move, this
-is the one file to follow them.
+``tasks.cli.queue.collect`` and the registry (``PendingRegistry``, ``StartedJobs``), health
+through ``ops.status``, and queues a job exactly as ``bots-job2queue`` does:
+``tasks.jobs.job_from_argv`` then ``tasks.submit.submit``. Apart from the configuration
+(``engine.config``, ``engine.config.webserver`` and ``ConfigError``, which ``botsq web`` reads and
+passes around), nothing else in ``ops/web`` imports from ``engine``, ``tasks`` or ``ops``; when
+those move, this is the one file to follow them.
 
 Lanes: today every route is in lane ``default``. The views group locks, waiting and running jobs
 by a ``lane`` key where the records carry one (``default`` otherwise), so lanes slot in.
