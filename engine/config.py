@@ -7,6 +7,7 @@ a :class:`ConfigError` whose message is one line naming the file and the key.
 from __future__ import annotations
 
 import argparse
+import codecs
 import configparser
 import os
 import re
@@ -256,13 +257,30 @@ _COMMON_REMOTE = {
     "host": str, "port": int, "user": str, "password": str, "path": str, "filemask": str,
     "remove": bool, "filename": str, "timeout": float, "maxsecondsperchannel": float,
 }
+_REMOTE_IN = {"settle": float, "encoding": str}     # engine/readiness.py; file names where the protocol has none
 CHANNEL_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "file": {"path": str, "filemask": str, "remove": bool, "filename": str, "maxsecondsperchannel": float},
-    "ftp": {**_COMMON_REMOTE, "passive": bool},
-    "ftps": {**_COMMON_REMOTE, "passive": bool, "cafile": str, "verify": bool},
-    "sftp": {**_COMMON_REMOTE, "known_hosts": str, "key_file": str, "insecure_no_host_key_check": bool},
+    "file": {"path": str, "filemask": str, "remove": bool, "filename": str, "maxsecondsperchannel": float,
+             "settle": float},
+    "ftp": {**_COMMON_REMOTE, **_REMOTE_IN, "passive": bool},
+    "ftps": {**_COMMON_REMOTE, **_REMOTE_IN, "passive": bool, "cafile": str, "verify": bool},
+    "sftp": {**_COMMON_REMOTE, **_REMOTE_IN, "known_hosts": str, "key_file": str, "insecure_no_host_key_check": bool},
     "smtp": {**_COMMON_REMOTE, "to": (str, list), "sender": str, "starttls": bool, "ssl": bool,
              "cafile": str, "verify": bool},
+}
+
+
+def _known_encoding(name: str) -> bool:
+    try:
+        return getattr(codecs.lookup(name), "_is_text_encoding", True)   # not rot13 and the like
+    except LookupError:
+        return False
+
+
+# values a key's type alone does not rule out: key -> (test, what is expected)
+CHANNEL_VALUES: dict[str, tuple[Any, str]] = {
+    "settle": (lambda v: v >= 0, "seconds, 0 or more (0 turns the check off)"),
+    "timeout": (lambda v: v > 0, "seconds, more than 0"),
+    "encoding": (_known_encoding, "an encoding Python knows, such as \"utf-8\" or \"cp1252\""),
 }
 REQUIRED_KEYS = {"file": ("path",), "ftp": ("host",), "ftps": ("host",), "sftp": ("host",), "smtp": ("host", "to")}
 ROUTE_KEYS = {"active": bool, "notindefaultrun": bool, "parts": list, "description": str}
@@ -316,6 +334,9 @@ def _load_routes(path: Path) -> tuple[dict[str, ChannelSpec], dict[str, Route]]:
             if key not in schema:
                 raise ConfigError(f"{where}.{key}: unknown key for a {ctype} channel")
             opts[key] = _check_type(value, schema[key], f"{where}.{key}")
+            test, expected = CHANNEL_VALUES.get(key, (None, ""))
+            if test is not None and not test(opts[key]):
+                raise ConfigError(f"{where}.{key}: expected {expected}, got {value!r}")
         for key in REQUIRED_KEYS[ctype]:
             if key not in opts:
                 raise ConfigError(f"{where}.{key}: required for a {ctype} channel")

@@ -37,7 +37,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.channels import Channel, CommunicationError, make_channel, safe_name
+from engine.channels import Channel, CommunicationError, FileGone, Refused, make_channel, safe_name
 from engine.cli_util import EXIT_ERRORS, EXIT_LOCKED, EXIT_OK, UsageError
 from engine.config import Config, ConfigError, Route, RoutePart, mask_url
 from engine.db import DatabaseError, get_engine, session_scope
@@ -46,7 +46,9 @@ from engine.log import component_logger
 from engine.models import (COMM_FAILED, COMM_PENDING, COMM_SENT, IN_COMMERROR, IN_DONE, IN_ERROR, IN_RECEIVED,
                            OUT_OK, RUN_CRASHED, RUN_ERRORS, RUN_FAILED, RUN_OK, RUN_RUNNING, EngineState, Incoming,
                            Outgoing, Run, SourceRemoval, utcnow)
+from engine.readiness import Readiness
 from engine.report import send_report
+from engine.sightings import EmptySightings
 from engine.translate import TranslateError, Translator
 
 ENGINE_COMMANDS = ("automaticretrycommunication", "resend", "rereceive", "new", "cleanup")
@@ -239,6 +241,7 @@ class EngineRun:
         self.errors: list[_Error] = []
         self.channels: dict[str, Channel | CommunicationError] = {}
         self.translator = Translator(cfg)
+        self.readiness = Readiness(EmptySightings(self.url), self.log)   # issue 9: only complete files
         self.run_id: int = 0
         self.lock = None
         self.day = datetime.now().strftime("%Y%m%d")
@@ -350,7 +353,7 @@ class EngineRun:
         inname = part.fromchannel
         try:
             ch = self.channel(inname)
-            listing = ch.list_incoming()
+            listing = self.readiness.listing(ch)      # the files that are complete (settled listing)
             # a sized listing is consumed as it goes (a 100,000-file folder never sits in memory
             # as objects); anything else is read whole here, where its errors belong to the listing
             if not hasattr(listing, "__len__"):
@@ -364,7 +367,7 @@ class EngineRun:
         remove = bool(spec.get("remove", False))
         # files an earlier run received but could not remove at the source (usually none: one query);
         # looked at even when nothing is listed, so marks of files gone meanwhile are settled
-        pending = self.pending_removals(inname, listing) if remove else {}
+        pending = self.pending_removals(inname, getattr(listing, "listed", listing)) if remove else {}
         total = len(listing)
         if not total:
             return
@@ -407,10 +410,13 @@ class EngineRun:
                 except Exception as exc:  # noqa: BLE001
                     exc = self._comm(exc, inname, f"fetching {name!r} failed")
                     _unlink(tmp)
+                    if isinstance(exc, FileGone):       # taken by someone else since the listing: not ours
+                        self.log.info("route %s: %s", route.name, exc)
+                        continue
                     self.comm_error(route.name, name, str(exc))
                     recs.append(InRec(run_id=self.run_id, route=route.name, part=partno, channel=inname,
                                       filename=name, size=item.size, status=IN_COMMERROR, error=str(exc)))
-                    failures += 1
+                    failures = 0 if isinstance(exc, Refused) else failures + 1   # a refusal is that file's
                     if failures >= MAX_FETCH_FAILURES:
                         self.log.error("route %s: %d fetches in a row failed on channel %s; the rest waits for the "
                                        "next run", route.name, failures, inname)

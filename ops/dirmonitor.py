@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 from engine.cli_util import ArgumentParser, UsageError, run_cli
 from engine.config import Config, DirMonitor, add_config_argument, load_config
+from engine.readiness import open_for_writing
 
 HEARTBEAT_NAME = "dirmonitor.heartbeat"
 HEARTBEAT_EVERY = 2.0
@@ -50,44 +51,6 @@ WRITING_RECHECK = 1.0       # files seen open for writing are re-checked this of
 RETRY_MIN, RETRY_MAX = 0.5, 15.0
 
 Signature = tuple[int, int, int]        # inode, size, mtime_ns
-
-
-# --------------------------------------------------------------------------- who writes a file
-
-def open_for_writing(paths: set[str]) -> tuple[set[str], bool]:
-    """(paths some process holds open for writing, whether every process could be inspected)."""
-    found: set[str] = set()
-    complete = True
-    if not paths:
-        return found, True
-    try:
-        pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return found, False
-    for pid in pids:
-        fddir = f"/proc/{pid}/fd"
-        try:
-            fds = os.listdir(fddir)
-        except PermissionError:
-            complete = False
-            continue
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(f"{fddir}/{fd}")
-            except OSError:
-                continue
-            if target not in paths:
-                continue
-            try:
-                with open(f"/proc/{pid}/fdinfo/{fd}", encoding="ascii") as fh:
-                    flags = next((int(line.split()[1], 8) for line in fh if line.startswith("flags:")), 0)
-            except (OSError, ValueError):
-                flags = os.O_WRONLY
-            if flags & 3 in (os.O_WRONLY, os.O_RDWR):
-                found.add(target)
-    return found, complete
 
 
 def _signature(path: str) -> Signature | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import logging
 
-from engine.channels.base import Channel, CommunicationError, IncomingItem, safe_name
+from engine.channels.base import Channel, CommunicationError, FileGone, IncomingItem, Refused, safe_name
 from engine.config import ChannelSpec, Config
 
 # type -> "module:Class"; imported lazily so a site without SFTP never loads paramiko.
@@ -22,4 +22,5 @@ def make_channel(spec: ChannelSpec, cfg: Config, log: logging.Logger) -> Channel
     return getattr(importlib.import_module(module), cls)(spec, cfg, log)
 
 
-__all__ = ["Channel", "CommunicationError", "IncomingItem", "safe_name", "make_channel", "CHANNEL_TYPES"]
+__all__ = ["Channel", "CommunicationError", "FileGone", "IncomingItem", "Refused", "safe_name", "make_channel",
+           "CHANNEL_TYPES"]
