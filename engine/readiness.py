@@ -48,8 +48,13 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    time = staticmethod(time.time)
-    sleep = staticmethod(time.sleep)
+    """The real clock: ``time.time`` and ``time.sleep``."""
+
+    def time(self) -> float:
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
 
 
 class Sightings(Protocol):

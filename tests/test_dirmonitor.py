@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ops.dirmonitor import Monitor, open_for_writing
+from engine.readiness import open_for_writing
+from ops.dirmonitor import Monitor
 
 ROUTES = """
 [channels.in]
