@@ -18,6 +18,7 @@ open; an empty remote folder). ``settle = 0`` turns the check off (files are tak
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -125,8 +126,9 @@ class Settled:
         return iter(self.ready)
 
     @property
-    def listed(self) -> list[IncomingItem]:
-        return [*self.ready, *(IncomingItem(name, None, None) for name in self.held)]
+    def listed(self) -> Iterator[IncomingItem]:
+        """Every file listed, ready or held back, made one at a time (100,000 files stay small)."""
+        return itertools.chain(self.ready, (IncomingItem(name, None, None) for name in self.held))
 
 
 def _signature(item: IncomingItem) -> tuple[int | None, Any]:
