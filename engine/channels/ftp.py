@@ -10,6 +10,7 @@ from __future__ import annotations
 import ftplib
 import ssl
 import stat
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,7 @@ class _NamesFTP(ftplib.FTP):
     def putline(self, line: str) -> None:
         if "\r" in line or "\n" in line:
             raise ValueError("an illegal newline character should not be contained")
+        sys.audit("ftplib.sendcmd", self, line)
         self.sock.sendall((line + "\r\n").encode(self.encoding, "surrogateescape"))
 
 
