@@ -204,6 +204,8 @@ class RemoteChannel(Channel):
         name = safe_name(filename)  # a template-made name never leaves the remote folder
         tmp = self.temp_name(name)
         size = src.stat().st_size
+        with self.step(f"cannot send {name!r}"):
+            self.ensure_open()         # no connection: nothing was begun, nothing to clean up
         try:
             with self.step(f"cannot send {name!r}"):
                 self.put(src, tmp)
