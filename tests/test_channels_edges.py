@@ -20,7 +20,7 @@ import paramiko
 import pytest
 
 from channel_servers import HOST, FtpServer, SftpServer, SmtpServer, make_certs, wait_until
-from conftest import DEFAULT_INI, Env
+from conftest import Env
 from test_channels_engine import FILE_OUT, incoming, outgoing, routes
 
 PW = "Edge-pw-1"
