@@ -9,7 +9,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: install demo test
+.PHONY: install demo test test-fast
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -17,3 +17,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q -ra
+
+# The fast tier: no broker, no PostgreSQL, no child process, nothing slow (see tests/conftest.py).
+test-fast: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -q -m "not services and not procs and not slow"

@@ -1,312 +1,24 @@
-"""Schedules: bots.ini ``[schedule.NAME]`` sections -> Celery beat, and ``botsq schedule``.
+"""The beat schedule of botsq, built from bots.ini: the top-level entry Celery beat and ``botsq
+schedule`` use (``build_schedule(cfg)``, ``load_jobs(cfg)``).
 
-One section per job, so a cron or Windows Task Scheduler line moves over one to one::
-
-    [schedule]
-    timezone = Europe/Amsterdam          ; default: the machine's
-
-    [schedule.every5min]
-    cadence = 5min                       ; 5min | hourly | daily | weekly | monthly | cron | interval
-    job = bots-engine --new              ; what bots-job2queue takes as COMMAND
-    priority = 1                         ; 1 (highest) .. 9, default 5
-    ; time = 01:00  (daily, weekly, monthly)   weekday = monday (weekly)   day = 1 (monthly)
-    ; minute = 0 (hourly)   cron = 0 1 * * 1-5 (cron)   seconds = 30 (interval)   enabled = False
-
-Times are wall-clock times in the configured zone, computed by :class:`ZonedCron` (not
-Celery's ``crontab``, whose daylight-saving handling is wrong: celery/celery#10107). Rules:
-
-* a job at a fixed time (minute and hour fields without ``*``) runs once per day it is due:
-  when that time is skipped (clocks go forward) it runs at the moment of the change,
-  when it happens twice (clocks go back) it runs at the first one only;
-* a job whose minute or hour field has ``*`` (every 5 minutes, hourly) follows real time:
-  it runs in both passes of a repeated hour and not in a skipped one.
-
-After beat was down, each job whose slot passed runs once at start, not once per missed slot.
+Each ``[schedule.NAME]`` section (read by :mod:`engine.config.schedule`) becomes a job: its
+schedule in wall-clock time of the configured zone (:class:`ops.cron.ZonedCron`) and, checked
+against the routes and ``[jobqueue.commands]``, the queue's job (:func:`tasks.jobs.job_from_argv`).
+The scheduler that publishes them is :class:`ops.scheduler.BotsScheduler`.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import re
-import shlex
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time as dtime, timedelta, tzinfo
-from pathlib import Path
-from typing import Any, Callable
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from datetime import UTC, datetime
+from typing import Any
 
-from celery.schedules import BaseSchedule, schedstate
+from engine.config import Config
+from engine.config.schedule import ScheduleEntry, load_schedule
+from engine.errors import ConfigError, UsageError, one_line
+from ops.cron import ZonedCron
+from tasks.broker import QUEUE
+from tasks.jobs import Job, job_from_argv
 
-from engine.config import Config, ConfigError, IniSection, add_config_argument, load_config
-
-CADENCES = ("5min", "hourly", "daily", "weekly", "monthly", "cron", "interval")
-SECTION_PREFIX = "schedule."
-WEEKDAYS = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6}
-MONTHS = {m: i for i, m in enumerate(
-    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
-MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
-          "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
-_SEARCH_DAYS = 366 * 9   # long enough for 29 February after a skipped leap year (2096 -> 2104)
-
-
-# --------------------------------------------------------------------------- cron expressions
-
-def _parse_field(spec: str, lo: int, hi: int, names: dict[str, int] | None, what: str) -> frozenset[int]:
-    values: set[int] = set()
-
-    def num(tok: str) -> int:
-        t = tok.strip().lower()
-        if names and t[:3] in names and t.isalpha():
-            return names[t[:3]]
-        if not t.isdigit():
-            raise ValueError(f"{what}: {tok!r} is not a number")
-        n = int(t)
-        if what == "weekday" and n == 7:
-            n = 0
-        if not lo <= n <= hi:
-            raise ValueError(f"{what}: {n} is outside {lo}-{hi}")
-        return n
-
-    for part in spec.split(","):
-        if not part:
-            raise ValueError(f"{what}: empty list item in {spec!r}")
-        rng, _, step_s = part.partition("/")
-        step = 1
-        if step_s:
-            if not step_s.isdigit() or int(step_s) == 0:
-                raise ValueError(f"{what}: bad step {step_s!r}")
-            step = int(step_s)
-        if rng == "*":
-            start, end = lo, hi
-        elif "-" in rng:
-            a, b = rng.split("-", 1)
-            start, end = num(a), num(b)
-            if what == "weekday" and b.strip() == "7":
-                end = 7
-            if end < start:
-                raise ValueError(f"{what}: range {rng!r} runs backwards")
-        else:
-            start = num(rng)
-            end = hi if step_s else start
-        values.update(v % 7 if what == "weekday" else v for v in range(start, end + 1, step))
-    return frozenset(values)
-
-
-@dataclass(frozen=True)
-class CronExpr:
-    """A five-field cron expression (minute hour day-of-month month weekday), Vixie semantics."""
-
-    text: str
-    minutes: tuple[int, ...]
-    hours: tuple[int, ...]
-    days: frozenset[int]
-    months: frozenset[int]
-    weekdays: frozenset[int]          # 0 = Sunday
-    day_star: bool
-    weekday_star: bool
-    fixed_time: bool                  # neither minute nor hour field starts with '*'
-
-    @classmethod
-    def parse(cls, text: str) -> "CronExpr":
-        raw = " ".join(text.split())
-        expanded = MACROS.get(raw.lower(), raw)
-        fields = expanded.split(" ")
-        if len(fields) != 5:
-            raise ValueError(f"expected 5 fields (minute hour day month weekday), got {len(fields)} in {text!r}")
-        mi, ho, dom, mon, dow = fields
-        return cls(
-            text=raw,
-            minutes=tuple(sorted(_parse_field(mi, 0, 59, None, "minute"))),
-            hours=tuple(sorted(_parse_field(ho, 0, 23, None, "hour"))),
-            days=_parse_field(dom, 1, 31, None, "day of month"),
-            months=_parse_field(mon, 1, 12, MONTHS, "month"),
-            weekdays=_parse_field(dow, 0, 7, WEEKDAYS, "weekday"),
-            day_star=dom.startswith("*"), weekday_star=dow.startswith("*"),
-            fixed_time=not (mi.startswith("*") or ho.startswith("*")),
-        )
-
-    def day_matches(self, d: date) -> bool:
-        if d.month not in self.months:
-            return False
-        dom_ok = d.day in self.days
-        dow_ok = (d.weekday() + 1) % 7 in self.weekdays
-        if self.day_star and self.weekday_star:
-            return True
-        if self.day_star:
-            return dow_ok
-        if self.weekday_star:
-            return dom_ok
-        return dom_ok or dow_ok      # both restricted: either matches (as cron does)
-
-
-def resolve_timezone(name: str | None) -> tuple[str, tzinfo]:
-    """(name, tzinfo) for a zone name; empty = the machine's zone."""
-    if not name:
-        name = machine_timezone()
-    if name == "localtime":
-        with open("/etc/localtime", "rb") as fh:
-            return name, ZoneInfo.from_file(fh, key="localtime")
-    return name, ZoneInfo(name)
-
-
-def machine_timezone() -> str:
-    """The machine's IANA zone name (TZ, /etc/timezone, /etc/localtime), else 'UTC'."""
-    tz = os.environ.get("TZ", "").lstrip(":")
-    if tz:
-        try:
-            ZoneInfo(tz)
-            return tz
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    try:
-        name = Path("/etc/timezone").read_text(encoding="utf-8").strip()
-        if name:
-            ZoneInfo(name)
-            return name
-    except (OSError, ZoneInfoNotFoundError, ValueError):
-        pass
-    try:
-        target = os.path.realpath("/etc/localtime")
-        m = re.search(r"zoneinfo/(.+)$", target)
-        if m:
-            ZoneInfo(m.group(1))
-            return m.group(1)
-        if os.path.exists("/etc/localtime"):
-            return "localtime"
-    except (OSError, ZoneInfoNotFoundError, ValueError):
-        pass
-    return "UTC"
-
-
-def _aware(dt: datetime) -> datetime:
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-
-
-class ZonedCron(BaseSchedule):
-    """A Celery beat schedule: a cron expression in wall-clock time of a zone, or an interval.
-
-    ``next_after(t)`` is exact across daylight-saving changes (see the module doc); it is a
-    pure function of ``t``, so beat's fake-clock tests drive it directly.
-    """
-
-    def __init__(self, cron: str | None = None, timezone: str = "UTC", seconds: float | None = None,
-                 nowfun: Callable[[], datetime] | None = None, app: Any = None) -> None:
-        super().__init__(nowfun=nowfun, app=app)
-        if (cron is None) == (seconds is None):
-            raise ValueError("give either a cron expression or an interval in seconds")
-        self.cron_text = cron
-        self.seconds = seconds
-        self.timezone = timezone
-        self.expr = CronExpr.parse(cron) if cron is not None else None
-        if seconds is not None and seconds <= 0:
-            raise ValueError("interval must be more than 0 seconds")
-        self._zone: tzinfo | None = None
-
-    # pickling / equality: beat compares schedules to see whether the config changed
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return self.__class__, (self.cron_text, self.timezone, self.seconds)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, ZonedCron):
-            return (self.cron_text, self.timezone, self.seconds) == (other.cron_text, other.timezone, other.seconds)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.cron_text, self.timezone, self.seconds))
-
-    def __repr__(self) -> str:
-        if self.expr is None:
-            return f"<ZonedCron: every {self.seconds:g}s>"
-        return f"<ZonedCron: {self.cron_text} {self.timezone}>"
-
-    @property
-    def zone(self) -> tzinfo:
-        if self._zone is None:
-            self._zone = resolve_timezone(self.timezone)[1]
-        return self._zone
-
-    def now(self) -> datetime:
-        return _aware(self.nowfun()) if self.nowfun else datetime.now(UTC)
-
-    # ------------------------------------------------------------------ the calculation
-    def _instants(self, wall: datetime) -> list[datetime]:
-        """The UTC instants at which the naive local time ``wall`` is due (0, 1 or 2)."""
-        zone = self.zone
-        a = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
-        b = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
-        if a == b:
-            return [a]
-        a_ok = a.astimezone(zone).replace(tzinfo=None) == wall
-        b_ok = b.astimezone(zone).replace(tzinfo=None) == wall
-        assert self.expr is not None
-        if a_ok and b_ok:                                   # repeated (clocks went back)
-            first, second = sorted((a, b))
-            return [first] if self.expr.fixed_time else [first, second]
-        if self.expr.fixed_time:                            # skipped: run when the clocks jump
-            lo, hi = sorted((a, b))                         # lo is before the jump, hi after it
-            while hi - lo > timedelta(seconds=1):
-                mid = lo + (hi - lo) / 2
-                if mid.astimezone(zone).replace(tzinfo=None) >= wall:
-                    hi = mid
-                else:
-                    lo = mid
-            return [hi.replace(microsecond=0)]
-        return []
-
-    def next_after(self, t: datetime) -> datetime:
-        """The first run strictly after instant ``t`` (aware, UTC)."""
-        t = _aware(t)
-        if self.expr is None:
-            assert self.seconds is not None
-            return t + timedelta(seconds=self.seconds)
-        expr = self.expr
-        local = t.astimezone(self.zone).replace(tzinfo=None)
-        start = local.date() - timedelta(days=1)
-        for i in range(_SEARCH_DAYS):
-            d = start + timedelta(days=i)
-            if not expr.day_matches(d):
-                continue
-            best: datetime | None = None
-            best_wall: datetime | None = None
-            for h in expr.hours:
-                if best_wall is not None and datetime.combine(d, dtime(h)) > best_wall + timedelta(hours=4):
-                    break
-                # skip hours that end well before t (a whole day of minute jobs stays cheap)
-                if datetime.combine(d, dtime(h)) < local - timedelta(hours=4):
-                    continue
-                for m in expr.minutes:
-                    wall = datetime.combine(d, dtime(h, m))
-                    for inst in self._instants(wall):
-                        if inst > t and (best is None or inst < best):
-                            best, best_wall = inst, wall
-            if best is not None:
-                return best
-        raise ValueError(f"cron expression {expr.text!r} never matches a date")
-
-    def next_runs(self, after: datetime, count: int) -> list[datetime]:
-        out, t = [], _aware(after)
-        for _ in range(count):
-            t = self.next_after(t)
-            out.append(t)
-        return out
-
-    def remaining_estimate(self, last_run_at: datetime) -> timedelta:
-        return self.next_after(last_run_at) - self.now()
-
-    def is_due(self, last_run_at: datetime) -> schedstate:
-        """Due when the first slot after ``last_run_at`` has come; one make-up run, never more."""
-        now = self.now()
-        last = _aware(last_run_at)
-        if last > now + timedelta(seconds=60):      # the clock was set back: start counting afresh
-            last = now
-        nxt = self.next_after(last)
-        if nxt <= now:
-            return schedstate(True, max((self.next_after(now) - now).total_seconds(), 0.0))
-        return schedstate(False, (nxt - now).total_seconds())
-
-
-# --------------------------------------------------------------------------- config -> jobs
 
 @dataclass
 class ScheduledJob:
@@ -317,8 +29,8 @@ class ScheduledJob:
     priority: int
     task: str = ""
     kwargs: dict[str, Any] = field(default_factory=dict)
-    job: Any = None                      # tasks.jobs.Job
-    section: IniSection | None = None
+    job: Job | None = None               # set when validated
+    entry: ScheduleEntry | None = None
 
     def describe(self) -> str:
         s = self.schedule
@@ -327,124 +39,36 @@ class ScheduledJob:
         return {"5min": "every 5 minutes"}.get(self.cadence, "") or f"{self.cadence} ({s.expr.text})"
 
 
-def _parse_time(sec: IniSection, key: str = "time") -> tuple[int, int]:
-    raw = sec.get(key, str, "00:00")
-    m = re.fullmatch(r"(\d{1,2})(?::(\d{2}))?", raw)
-    if not m or int(m.group(1)) > 23 or int(m.group(2) or 0) > 59:
-        raise ConfigError(f"{sec.where(key)}: expected a time of day HH:MM, got {raw!r}")
-    return int(m.group(1)), int(m.group(2) or 0)
-
-
-def _cron_for(sec: IniSection, cadence: str) -> str:
-    if cadence == "5min":
-        return "*/5 * * * *"
-    if cadence == "hourly":
-        minute = sec.get("minute", int, 0)
-        if not 0 <= minute <= 59:
-            raise ConfigError(f"{sec.where('minute')}: expected 0-59, got {minute}")
-        return f"{minute} * * * *"
-    if cadence == "cron":
-        text = sec.get("cron", str, "")
-        if not text:
-            raise ConfigError(f"{sec.where('cron')}: required for cadence = cron (e.g. 0 1 * * 1-5)")
-        try:
-            expr = CronExpr.parse(text)
-        except ValueError as exc:
-            raise ConfigError(f"{sec.where('cron')}: {exc}") from None
-        return expr.text
-    h, m = _parse_time(sec)
-    if cadence == "daily":
-        return f"{m} {h} * * *"
-    if cadence == "weekly":
-        raw = sec.get("weekday", str, "monday")
-        names = [w.strip().lower() for w in raw.split(",") if w.strip()]
-        bad = [w for w in names if w[:3] not in WEEKDAYS or not w.isalpha()]
-        if not names or bad:
-            raise ConfigError(f"{sec.where('weekday')}: expected a weekday name (monday ... sunday), got {raw!r}")
-        return f"{m} {h} * * {','.join(str(WEEKDAYS[w[:3]]) for w in names)}"
-    if cadence == "monthly":
-        day = sec.get("day", int, 1)
-        if not 1 <= day <= 31:
-            raise ConfigError(f"{sec.where('day')}: expected a day of the month 1-31, got {day}")
-        return f"{m} {h} {day} * *"
-    raise AssertionError(cadence)
-
-
-def schedule_timezone(cfg: Config) -> str:
-    sec = cfg.section("schedule")
-    name = sec.get("timezone", str, "")
+def _zoned(entry: ScheduleEntry, tzname: str) -> ZonedCron:
+    """The entry's schedule in zone ``tzname``; ConfigError when its cron text is wrong or never comes."""
+    if entry.seconds is not None:
+        return ZonedCron(seconds=entry.seconds, timezone=tzname)
     try:
-        return resolve_timezone(name)[0]
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ConfigError(f"{sec.where('timezone')}: unknown time zone {name!r} (e.g. Europe/Amsterdam)") from None
-
-
-def _job_from_argv(cfg: Config, sec: IniSection, argv: list[str]) -> Any:
-    """The queue's Job for a command line; errors become ConfigError naming the key."""
-    from tasks.jobs import job_from_argv
-
+        sched = ZonedCron(cron=entry.cron, timezone=tzname)
+    except ValueError as exc:
+        raise ConfigError(f"{entry.where('cron')}: {exc}") from None
     try:
-        return job_from_argv(cfg, argv)
-    except ConfigError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - UsageError/JobError: any refusal is a config error here
-        raise ConfigError(f"{sec.where('job')}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-
-
-def _job_parts(job: Any) -> tuple[str, dict[str, Any]]:
-    task = getattr(job, "task", None) or getattr(job, "task_name", None)
-    kwargs = getattr(job, "kwargs", None)
-    if callable(kwargs):
-        kwargs = kwargs()
-    return str(task), dict(kwargs or {})
+        sched.next_after(datetime.now(UTC))
+    except ValueError:
+        raise ConfigError(f"{entry.where('cron' if entry.cadence == 'cron' else 'day')}: "
+                          f"{sched.cron_text!r} never comes (no such date)") from None
+    return sched
 
 
 def load_jobs(cfg: Config, validate: bool = True) -> list[ScheduledJob]:
-    """Every enabled ``[schedule.NAME]`` job, checked; ConfigError (one line) on any problem."""
-    tzname = schedule_timezone(cfg)
-    known = {"timezone"}
-    top = cfg.section("schedule")
-    for key in top.keys():
-        if key not in known:
-            raise ConfigError(f"{top.where(key)}: unknown key (jobs go in [schedule.NAME] sections)")
+    """Every enabled ``[schedule.NAME]`` job with its schedule; ``validate`` also checks the job line
+    against the routes and ``[jobqueue.commands]``. ConfigError (one line) on any problem."""
+    schedule = load_schedule(cfg)
     jobs: list[ScheduledJob] = []
-    allowed = {"cadence", "job", "priority", "time", "weekday", "day", "minute", "cron", "seconds",
-               "enabled", "description"}
-    for secname, sec in cfg.ini.items():
-        if not secname.startswith(SECTION_PREFIX):
-            continue
-        name = secname[len(SECTION_PREFIX):]
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise ConfigError(f"{cfg.ini_path}: [{secname}]: job names use letters, digits, _ . -")
-        for key in sec.keys():
-            if key not in allowed:
-                raise ConfigError(f"{sec.where(key)}: unknown key (expected one of {', '.join(sorted(allowed))})")
-        if not sec.get("enabled", bool, True):
-            continue
-        cadence = sec.choice("cadence", CADENCES, "") if "cadence" in sec.keys() else ""
-        if not cadence:
-            raise ConfigError(f"{sec.where('cadence')}: required ({' | '.join(CADENCES)})")
-        argv = sec.argv("job")
-        if not argv:
-            raise ConfigError(f"{sec.where('job')}: required (e.g. bots-engine --new)")
-        priority = sec.priority()
-        if cadence == "interval":
-            seconds = sec.get("seconds", float, 0.0)
-            if seconds <= 0:
-                raise ConfigError(f"{sec.where('seconds')}: required for cadence = interval, more than 0")
-            sched = ZonedCron(seconds=seconds, timezone=tzname)
-        else:
-            sched = ZonedCron(cron=_cron_for(sec, cadence), timezone=tzname)
-            try:
-                sched.next_after(datetime.now(UTC))
-            except ValueError:
-                raise ConfigError(f"{sec.where('cron' if cadence == 'cron' else 'day')}: "
-                                  f"{sched.cron_text!r} never comes (no such date)") from None
-        sj = ScheduledJob(name=name, cadence=cadence, schedule=sched, argv=argv, priority=priority, section=sec)
+    for entry in schedule.entries:
+        sj = ScheduledJob(name=entry.name, cadence=entry.cadence, schedule=_zoned(entry, schedule.timezone),
+                          argv=list(entry.argv), priority=entry.priority, entry=entry)
         if validate:
-            job = _job_from_argv(cfg, sec, argv)
-            sj.job = job
-            sj.task, sj.kwargs = _job_parts(job)       # routes/command checked by job_from_argv
+            try:
+                sj.job = job_from_argv(cfg, sj.argv)
+            except UsageError as exc:           # JobError: the route or command is refused
+                raise ConfigError(f"{entry.where('job')}: {one_line(exc)}") from None
+            sj.task, sj.kwargs = sj.job.task, sj.job.kwargs
         jobs.append(sj)
     return jobs
 
@@ -456,88 +80,10 @@ def entry_for(job: ScheduledJob) -> dict[str, Any]:
         "args": (),
         "kwargs": job.kwargs,
         # the Bots priority (1 = highest); the queue's publish handler maps it to the broker's
-        "options": {"priority": job.priority, "queue": "engine"},
+        "options": {"priority": job.priority, "queue": QUEUE},
     }
 
 
 def build_schedule(cfg: Config) -> dict[str, dict[str, Any]]:
     """Celery's ``beat_schedule`` from the config; raises ConfigError on an invalid schedule."""
     return {job.name: entry_for(job) for job in load_jobs(cfg)}
-
-
-# --------------------------------------------------------------------------- the beat scheduler
-
-def __getattr__(name: str) -> Any:
-    # ``beat_scheduler = "beat_schedule:BotsScheduler"`` without importing the lock code eagerly
-    if name == "BotsScheduler":
-        from ops.beat_lock import BotsScheduler
-        return BotsScheduler
-    raise AttributeError(name)
-
-
-# --------------------------------------------------------------------------- botsq schedule
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_argument(parser)
-    parser.add_argument("-n", "--count", type=int, default=3, help="next run times per job (default 3)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-def _fmt(dt: datetime, zone: tzinfo) -> str:
-    return dt.astimezone(zone).strftime("%a %Y-%m-%d %H:%M:%S %Z")
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.configdir)
-    jobs = load_jobs(cfg)
-    tzname = schedule_timezone(cfg)
-    zone = resolve_timezone(tzname)[1]
-    now = datetime.now(UTC)
-    state: dict[str, Any] = {}
-    holder = None
-    try:
-        from ops.beat_lock import BeatStore
-        store = BeatStore(cfg.database_url)
-        state = store.load_state()
-        holder = store.holder()
-    except Exception:  # noqa: BLE001 - the schedule prints without the database
-        pass
-    count = max(1, args.count)
-    rows = []
-    for job in jobs:
-        last = state.get(job.name)
-        rows.append({
-            "name": job.name, "cadence": job.describe(), "priority": job.priority, "job": shlex.join(job.argv),
-            "task": job.task, "kwargs": job.kwargs,
-            "last_run": last.isoformat() if last else None,
-            "next_runs": [t.isoformat() for t in job.schedule.next_runs(now, count)],
-        })
-    if args.json:
-        print(json.dumps({"timezone": tzname, "jobs": rows,
-                          "beat": holder}, indent=2))
-        return 0
-    print(f"timezone: {tzname}   now: {_fmt(now, zone)}")
-    if holder and holder.get("alive"):
-        print(f"beat: running on {holder['host']} (pid {holder['pid']}), last heartbeat {holder['age']:.0f} s ago")
-    else:
-        print("beat: not running (start it with: celery -A tasks beat)")
-    if not rows:
-        print("no jobs: add [schedule.NAME] sections to bots.ini")
-        return 0
-    for r, job in zip(rows, jobs):
-        print()
-        print(f"{r['name']}  p{r['priority']}  {r['cadence']}")
-        print(f"  job:  {r['job']}")
-        if r["last_run"]:
-            print(f"  last: {_fmt(state[job.name], zone)}")
-        for i, t in enumerate(r["next_runs"]):
-            print(f"  {'next:' if i == 0 else '     '} {_fmt(datetime.fromisoformat(t), zone)}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from engine.cli_util import run_cli
-
-    p = argparse.ArgumentParser(prog="botsq schedule")
-    add_arguments(p)
-    run_cli("botsq schedule", lambda: run(p.parse_args()))

@@ -146,7 +146,7 @@ def main() -> int:
     ap.add_argument("--debounce", type=float, default=0.5)
     ap.add_argument("--broker", default=os.environ.get("BOTSQ_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"))
     ap.add_argument("--settle", type=float, default=None,
-                    help="the in-channel's settle (seconds; default: the channel default, engine/readiness.py)")
+                    help="the in-channel's settle (seconds; default: its type's, engine/channels/types.py)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures here")
     ap.add_argument("--keep", action="store_true", help="keep the environment folder")
     args = ap.parse_args()

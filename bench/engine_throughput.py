@@ -63,26 +63,28 @@ enabled = False
 CHILD = r"""
 import json, os, resource, sys, time
 sys.path.insert(0, sys.argv[2])
-import engine.run as run_mod
-from engine.config import load_config
 import contextlib
-run_mod.PROGRESS_EVERY = 0.0
+import engine.run.context as context_mod
+from engine.config import load_config
+from engine.run import run_engine
+from engine.run.tracking import Tracker
+context_mod.PROGRESS_EVERY = 0.0
 marks = []
 db = [0.0]
-real_tx = run_mod.EngineRun.tx
+real_tx = Tracker.tx
 @contextlib.contextmanager
 def timed_tx(self):
     t = time.perf_counter()
     with real_tx(self) as conn:
         yield conn
     db[0] += time.perf_counter() - t
-run_mod.EngineRun.tx = timed_tx
+Tracker.tx = timed_tx
 def progress(info):
     if info.get("phase") == "receive" and info.get("files_total"):
         marks.append((time.perf_counter(), info["files_done"], db[0]))
 cfg = load_config(sys.argv[1])
 t0 = time.perf_counter()
-res = run_mod.run_engine(cfg, ["new"], progress=progress)
+res = run_engine(cfg, ["new"], progress=progress)
 os.sync()
 elapsed = time.perf_counter() - t0
 print(json.dumps(dict(elapsed=elapsed, t0=t0, exit_code=res.exit_code, counts=res.counts, marks=marks,
@@ -114,7 +116,7 @@ def folders(root: Path, n: int, size: int) -> tuple[Path, Path, Path]:
 
 def durable_floor(root: Path, n: int, size: int, batch: int = 250) -> float:
     """The plain floor plus one file-system flush per ``batch`` archived files, then their sources removed."""
-    from engine.run import _syncfs as syncfs      # the engine's own flush (syncfs(2) of that file system)
+    from engine.run.archive import syncfs         # the engine's own flush (syncfs(2) of that file system)
 
     src, arch, out = folders(root, n, size)
     t0 = time.perf_counter()

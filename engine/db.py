@@ -1,7 +1,8 @@
 """Database access: the one place that creates SQLAlchemy engines and sessions.
 
-SQLite (the embedded default) and PostgreSQL are both supported; the schema is created
-on first use. Models live beside this module and share :class:`Base`.
+SQLite (the embedded default) and PostgreSQL are both supported; the schema (every table on
+:class:`engine.models.Base`) is created on first use. A failure becomes a one-line
+:class:`~engine.errors.DatabaseError` with the password masked.
 """
 from __future__ import annotations
 
@@ -14,18 +15,11 @@ from pathlib import Path
 from sqlalchemy import MetaData, create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-from engine.config import mask_url
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class DatabaseError(Exception):
-    """The tracking database cannot be reached or used; str() is one line, password masked."""
-
+from engine.errors import DatabaseError, one_line
+from engine.log import mask_url
+from engine.models import Base
 
 _engines: dict[str, Engine] = {}
 _makers: dict[str, sessionmaker[Session]] = {}
@@ -63,10 +57,9 @@ def get_engine(url: str) -> Engine:
                 event.listen(eng, "connect", _sqlite_pragmas)
             with eng.connect() as conn:
                 conn.execute(text("SELECT 1"))
-            import engine.models  # noqa: F401  (registers the tables on Base)
             create_tables(eng)
         except (SQLAlchemyError, OSError, ImportError) as exc:   # ImportError: the URL's driver is not installed
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = one_line(exc)
             if isinstance(exc, ImportError):
                 reason = f"its database driver is not installed ({reason})"
             raise DatabaseError(f"database {mask_url(url)} cannot be used: {reason}") from None

@@ -5,8 +5,13 @@ Secrets from the config never reach a log line: every handler set up here redact
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:                       # annotation only: engine.config imports this module
+    from engine.config import Config
 
 _secrets: set[str] = set()
 _configured: set[tuple[str, str]] = set()
@@ -22,6 +27,20 @@ def redact(text: str) -> str:
     for s in sorted(_secrets, key=len, reverse=True):
         text = text.replace(s, "***")
     return text
+
+
+_URL_PASSWORD = re.compile(r"^([a-z0-9+]+://[^:/@]*):([^@]*)@")
+
+
+def url_password(url: str) -> str:
+    """The password in a URL such as ``amqp://user:secret@host//`` ("" when none)."""
+    m = _URL_PASSWORD.match(url or "")
+    return m.group(2) if m else ""
+
+
+def mask_url(url: str) -> str:
+    """A URL with its password replaced by ***, safe for messages and logs."""
+    return _URL_PASSWORD.sub(r"\1:***@", url or "")
 
 
 class RedactingFormatter(logging.Formatter):
@@ -53,7 +72,8 @@ def get_logger(component: str, logdir: Path | None = None, console: bool = True,
     return logger
 
 
-def component_logger(component: str, cfg) -> logging.Logger:  # type: ignore[no-untyped-def]
-    """The component's logger for an environment, with its secrets registered."""
+def component_logger(component: str, cfg: Config) -> logging.Logger:
+    """The component's logger for an environment (an :class:`engine.config.Config`), with its
+    secrets registered. Raises OSError when the log folder cannot be written."""
     register_secrets(cfg.secrets())
     return get_logger(component, cfg.directories.logging)

@@ -1,29 +1,56 @@
-"""Tracking tables: runs, incoming files, outgoing files, the engine lock, small engine state.
+"""Tracking tables: runs, incoming files, outgoing files, leases, small engine state, remote files seen empty.
 
 Times are naive UTC (``utcnow()``) so SQLite and PostgreSQL store and compare them alike.
-Every column a run or a command-line filter queries on carries an index.
+Every column a run or a command-line filter queries on carries an index. States are ``StrEnum``
+members: stored, compared and written to JSON as the same plain strings as ever.
+
+The queue's tables (:mod:`tasks.registry`) share :class:`Base`; :mod:`engine.db` creates what
+is missing on first use.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from enum import StrEnum
 
 from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from engine.db import Base
 
-# Run.status
-RUN_RUNNING, RUN_OK, RUN_ERRORS, RUN_CRASHED, RUN_FAILED = "running", "ok", "errors", "crashed", "failed"
-# Incoming.status: received (archived + recorded, not yet processed), done, error (file error),
-# commerror (could not be fetched; still at the partner)
-IN_RECEIVED, IN_DONE, IN_ERROR, IN_COMMERROR = "received", "done", "error", "commerror"
-# Outgoing.status (the translation result) and Outgoing.commstatus (the delivery)
-OUT_OK = "ok"
-COMM_PENDING, COMM_SENT, COMM_FAILED = "pending", "sent", "failed"
+class Base(DeclarativeBase):
+    pass
+
+
+class RunStatus(StrEnum):
+    """``Run.status``."""
+    RUNNING = "running"
+    OK = "ok"
+    ERRORS = "errors"          # ran, with file or communication errors (exit 2)
+    CRASHED = "crashed"        # its process died; recorded by the run that recovered it
+    FAILED = "failed"          # stopped by a system error or a signal
+
+
+class InStatus(StrEnum):
+    """``Incoming.status``."""
+    RECEIVED = "received"      # archived and recorded, not yet processed
+    DONE = "done"
+    ERROR = "error"            # a file error
+    COMMERROR = "commerror"    # could not be fetched; still at the partner
+
+
+class OutStatus(StrEnum):
+    """``Outgoing.status``: the translation result (an output exists)."""
+    OK = "ok"
+
+
+class CommStatus(StrEnum):
+    """``Outgoing.commstatus``: the delivery."""
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
 
 
 def utcnow() -> datetime:
-    """Now, naive UTC: the one clock of every tracking column."""
+    """Now, naive UTC: the one clock of every tracking column (leases included)."""
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
@@ -37,7 +64,7 @@ class Run(Base):
     pid: Mapped[int] = mapped_column(Integer, default=0)
     started: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     ended: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    status: Mapped[str] = mapped_column(String(20), default=RUN_RUNNING, index=True)
+    status: Mapped[str] = mapped_column(String(20), default=RunStatus.RUNNING, index=True)
     returncode: Mapped[int | None] = mapped_column(Integer, nullable=True)
     received: Mapped[int] = mapped_column(Integer, default=0)
     processed: Mapped[int] = mapped_column(Integer, default=0)
@@ -49,7 +76,7 @@ class Run(Base):
     def as_dict(self) -> dict:
         return {
             "id": self.id, "commands": self.commands, "routes": self.routes, "host": self.host, "pid": self.pid,
-            "started": _iso(self.started), "ended": _iso(self.ended), "status": self.status,
+            "started": iso_utc(self.started), "ended": iso_utc(self.ended), "status": self.status,
             "returncode": self.returncode, "received": self.received, "processed": self.processed,
             "sent": self.sent, "file_errors": self.file_errors, "comm_errors": self.comm_errors,
             "message": self.message,
@@ -68,7 +95,7 @@ class Incoming(Base):
     size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     checksum: Mapped[str] = mapped_column(String(64), default="")  # sha256 hex
     archive_path: Mapped[str] = mapped_column(Text, default="")    # relative to botssys
-    status: Mapped[str] = mapped_column(String(20), default=IN_RECEIVED, index=True)
+    status: Mapped[str] = mapped_column(String(20), default=InStatus.RECEIVED, index=True)
     error: Mapped[str] = mapped_column(Text, default="")
     rereceive: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     times_processed: Mapped[int] = mapped_column(Integer, default=0)
@@ -81,7 +108,7 @@ class Incoming(Base):
             "channel": self.channel, "filename": self.filename, "size": self.size, "checksum": self.checksum,
             "archive_path": self.archive_path, "status": self.status, "error": self.error,
             "rereceive": self.rereceive, "times_processed": self.times_processed,
-            "created": _iso(self.created), "updated": _iso(self.updated),
+            "created": iso_utc(self.created), "updated": iso_utc(self.updated),
         }
 
 
@@ -99,8 +126,8 @@ class Outgoing(Base):
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     checksum: Mapped[str] = mapped_column(String(64), default="")
     store_path: Mapped[str] = mapped_column(Text)                  # content under botssys, relative
-    status: Mapped[str] = mapped_column(String(20), default=OUT_OK)
-    commstatus: Mapped[str] = mapped_column(String(20), default=COMM_PENDING, index=True)
+    status: Mapped[str] = mapped_column(String(20), default=OutStatus.OK)
+    commstatus: Mapped[str] = mapped_column(String(20), default=CommStatus.PENDING, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
     resend: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
@@ -113,7 +140,7 @@ class Outgoing(Base):
             "route": self.route, "part": self.part, "channel": self.channel, "filename": self.filename,
             "size": self.size, "checksum": self.checksum, "store_path": self.store_path, "status": self.status,
             "commstatus": self.commstatus, "attempts": self.attempts, "error": self.error, "resend": self.resend,
-            "created": _iso(self.created), "sent_at": _iso(self.sent_at),
+            "created": iso_utc(self.created), "sent_at": iso_utc(self.sent_at),
         }
 
 
@@ -141,17 +168,22 @@ class SourceRemoval(Base):
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
-class EngineLock(Base):
-    """At most one row (id 1): the run holding the engine."""
-    __tablename__ = "engine_lock"
+class Lease(Base):
+    """A named lease: who holds it (host, pid), since when, and the holder's last heartbeat.
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    token: Mapped[str] = mapped_column(String(64))
+    The engine lock of a lane (``engine`` for lane default) and the beat lock are leases; the one
+    rule deciding whether a holder is alive is :func:`engine.lease.holder_alive`. ``token`` is the
+    holder's secret: only a writer knowing it may refresh or release the row.
+    """
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    token: Mapped[str] = mapped_column(String(200))
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
     started: Mapped[datetime] = mapped_column(DateTime)
     heartbeat: Mapped[datetime] = mapped_column(DateTime)
-    run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)    # the engine lock: the run holding it
 
 
 class EngineState(Base):
@@ -162,7 +194,8 @@ class EngineState(Base):
     value: Mapped[str] = mapped_column(Text, default="")
 
 
-def _iso(dt: datetime | None) -> str | None:
+def iso_utc(dt: datetime | None) -> str | None:
+    """A naive UTC time as ISO 8601 with its offset (``2026-01-31T12:00:00+00:00``), for output."""
     return dt.replace(tzinfo=timezone.utc).isoformat(timespec="seconds") if dt else None
 
 

@@ -2,9 +2,11 @@
 
 A file is taken only when its writer is done (issue 9, section 1):
 
-* local folder (``file`` channels, and the directory monitor): no process holds it open for
-  writing (:func:`open_for_writing`, from ``/proc``) and its size and mtime have not changed for
-  ``settle`` seconds;
+* local folder (``file`` channels, and the directory monitor's watched folders): no process holds
+  it open for writing (:func:`open_for_writing`, from ``/proc``) and - where a write is not
+  announced by a close (the engine's listing, polling, network shares, a file moved in while
+  ``/proc`` is not fully readable) - its :func:`signature` (inode, size, mtime) has stayed the same
+  for the settle time;
 * remote folder (``ftp``, ``ftps``, ``sftp``): its size (and its time, where the server lists one)
   is the same in two listings ``settle`` seconds apart;
 * a zero-byte remote file is an upload that has not sent data yet (connections can take seconds
@@ -12,7 +14,11 @@ A file is taken only when its writer is done (issue 9, section 1):
   stayed empty for :data:`EMPTY_AFTER` seconds across runs (remembered in the tracking database,
   :class:`engine.sightings.EmptySightings`), then taken and reported as an empty file.
 
-The wait costs at most one ``settle`` and one extra listing per channel per run, never per file, and
+The engine applies it through :class:`Readiness` (a "settled listing" per channel per run); the
+directory monitor (``ops/dirmonitor/arrivals.py``) calls :func:`open_for_writing` and
+:func:`signature` itself with its ``debounce`` as the settle time. The settle time of a channel
+is its ``settle`` key, by default its type's (:data:`engine.channels.types.CHANNEL_TYPES`). The
+wait costs at most one ``settle`` and one extra listing per channel per run, never per file, and
 nothing when no file could still be changing (a local file older than ``settle`` that nobody holds
 open; an empty remote folder). ``settle = 0`` turns the check off (files are taken as listed).
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import stat
 import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
@@ -28,11 +35,8 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from engine.channels.base import Channel, IncomingItem
+from engine.channels.types import CHANNEL_TYPES
 
-# 2 s: longer than the one-second resolution of the times FTP (MLSD ``modify``) and SFTP list, so a
-# file still written in that second shows a changed time or size; the same as the debounce of
-# Bots' own directory monitor; short enough that a run with fresh files waits at most 2 s per channel.
-DEFAULT_SETTLE = 2.0
 # How long a remote file may stay at 0 bytes before it counts as an empty file (a file error):
 # far past any connection's wait for its first byte, short enough that a truly empty file is
 # reported the same hour.
@@ -64,14 +68,27 @@ class Sightings(Protocol):
     def empty_since(self, channel: str, names: Collection[str], now: datetime) -> dict[str, datetime]: ...
 
 
-# --------------------------------------------------------------------------- who writes a file
+# --------------------------------------------------------------------------- who writes a file, has it changed
+
+Signature = tuple[int, int, int]        # inode, size, mtime_ns
+
+
+def signature(path: str) -> Signature | None:
+    """(inode, size, mtime in ns) of a regular file; None when it is gone or not a regular file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
 
 def open_for_writing(paths: set[str]) -> tuple[set[str], bool]:
-    """(the ``paths`` some process holds open for writing, whether every process could be inspected).
+    """(the paths some process holds open for writing, whether every process could be inspected).
 
-    Reads ``/proc/PID/fd`` links and the access mode in ``/proc/PID/fdinfo``; a process whose fds
-    cannot be read (another user's, without privileges) makes the answer incomplete.
-    """
+    Linux only: each process's ``/proc/PID/fd`` links and ``fdinfo`` flags; a process whose fds
+    this user may not read makes the answer incomplete (then the signature rule must decide)."""
     found: set[str] = set()
     complete = True
     if not paths:
@@ -131,10 +148,6 @@ class Settled:
         return itertools.chain(self.ready, (IncomingItem(name, None, None) for name in self.held))
 
 
-def _signature(item: IncomingItem) -> tuple[int | None, Any]:
-    return item.size, item.mtime
-
-
 class Readiness:
     """The receive step's "settled listing": lists a channel and keeps only its complete files.
 
@@ -146,8 +159,9 @@ class Readiness:
         self.sightings, self.log, self.clock = sightings, log, clock or SystemClock()
 
     def settle_of(self, ch: Channel) -> float:
+        """The channel's ``settle`` key in seconds, else its type's default (CHANNEL_TYPES)."""
         value = ch.spec.get("settle")
-        return DEFAULT_SETTLE if value is None else float(value)
+        return CHANNEL_TYPES[ch.spec.type].settle if value is None else float(value)
 
     def listing(self, ch: Channel) -> Settled | Any:
         """The channel's files that are complete now; raises what ``list_incoming`` raises.
@@ -171,7 +185,8 @@ class Readiness:
 
     # ------------------------------------------------------------------ local
     def _local(self, ch: Channel, listing: Any, settle: float) -> Settled:
-        """Held: open for writing; else changed within ``settle`` (waited for once, then looked at again)."""
+        """Held: open for writing; else its signature changed while waited for (once per channel) until
+        the newest of the young files (changed within ``settle``) was ``settle`` old."""
         now = self.clock.time()
         paths = {str(item.ref) for item in listing}
         writers, _complete = open_for_writing(paths)
@@ -183,13 +198,14 @@ class Readiness:
             elif item.mtime is None or now - item.mtime < settle:
                 young[str(item.ref)] = item
         if young:
-            newest = max((i.mtime for i in young.values() if i.mtime is not None), default=now)
+            before = {path: signature(path) for path in young}
+            newest = max((sig[2] / 1e9 for sig in before.values() if sig is not None), default=now)
             self.clock.sleep(min(settle, max(0.0, newest + settle - now)))
             writers, _complete = open_for_writing(set(young))
             for path, item in young.items():
                 if path in writers:
                     held[item.name] = "open for writing"
-                elif _local_signature(path) != _signature(item):
+                elif before[path] is None or signature(path) != before[path]:
                     held[item.name] = f"changed within the last {settle:g} s"
         if not held:
             return Settled(listing)
@@ -227,14 +243,6 @@ class Readiness:
             else:
                 held[item.name] = f"changed within {settle:g} s (size {before.size} -> {item.size})"
         return Settled(ready, held)
-
-
-def _local_signature(path: str) -> tuple[int | None, Any]:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None, None
-    return st.st_size, st.st_mtime
 
 
 def _same(a: IncomingItem, b: IncomingItem) -> bool:

@@ -1,12 +1,14 @@
 """E-mail reports to the managers in ``[email]``, through real SMTP (smtplib)."""
 from __future__ import annotations
 
+import logging
 import smtplib
 import ssl
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from engine.config import Config
+from engine.errors import one_line
 from engine.log import component_logger, redact
 
 
@@ -15,7 +17,6 @@ def send_report(cfg: Config, subject: str, body: str) -> bool:
     try:
         log = component_logger("engine", cfg)
     except Exception:  # noqa: BLE001 - a report must never break its caller
-        import logging
         log = logging.getLogger("botsq.engine")
     em = cfg.email
     full_subject = f"{em.subject_prefix} {subject}".strip() if em.subject_prefix else subject
@@ -44,6 +45,5 @@ def send_report(cfg: Config, subject: str, body: str) -> bool:
         log.info("report sent to %s: %s", ", ".join(em.managers), full_subject)
         return True
     except Exception as exc:  # noqa: BLE001
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        log.error("could not send report %r via %s:%s: %s", full_subject, em.host, em.port, redact(reason))
+        log.error("could not send report %r via %s:%s: %s", full_subject, em.host, em.port, redact(one_line(exc)))
         return False

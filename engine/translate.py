@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from engine.config import Config
+from engine.errors import one_line
 
 Output = tuple[bytes | None, dict]     # None content: the input file unchanged (passthrough)
 
@@ -49,7 +50,7 @@ class Translator:
             spec.loader.exec_module(module)
         except Exception as exc:  # noqa: BLE001 - a broken mapping is a file error
             sys.modules.pop(fullname, None)
-            raise TranslateError(f"mapping module {modname!r} failed to load: {_one_line(exc)}") from None
+            raise TranslateError(f"mapping module {modname!r} failed to load: {one_line(exc, with_type=True)}") from None
         return module
 
     def function(self, name: str) -> Callable[..., Any]:
@@ -86,7 +87,7 @@ class Translator:
         except TranslateError:
             raise
         except Exception as exc:  # noqa: BLE001 - that file errors, the others go on
-            raise TranslateError(f"mapping {how} raised {_one_line(exc)}{_where(exc)}") from None
+            raise TranslateError(f"mapping {how} raised {one_line(exc, with_type=True)}{_where(exc)}") from None
 
 
 def _normalise(how: str, result: Any) -> list[Output]:
@@ -112,11 +113,6 @@ def _normalise(how: str, result: Any) -> list[Output]:
             continue
         raise TranslateError(f"mapping {how} produced {type(item).__name__}, expected (bytes, dict)")
     return outs
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _where(exc: BaseException) -> str:

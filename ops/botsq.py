@@ -9,17 +9,17 @@ import argparse
 import importlib
 import sys
 
-from engine.cli_util import ArgumentParser, run_cli
+from engine.cli.common import ArgumentParser, run_cli
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "init": ("engine.cli_init", "write a working environment (--demo adds sample routes and files)"),
+    "init": ("engine.cli.init", "write a working environment (--demo adds sample routes and files)"),
     "demo": ("ops.demo", "run the demo: the engine, and the whole queue stack when a broker answers"),
-    "files": ("engine.cli_files", "list incoming/outgoing files; mark them for rereceive or resend"),
-    "runs": ("engine.cli_runs", "list engine runs"),
-    "queue": ("tasks.cli_queue", "show waiting jobs; 'queue clear' purges queue and registry"),
+    "files": ("engine.cli.files", "list incoming/outgoing files; mark them for rereceive or resend"),
+    "runs": ("engine.cli.runs", "list engine runs"),
+    "queue": ("tasks.cli.queue", "show waiting jobs; 'queue clear' purges queue and registry"),
     "status": ("ops.status", "health: broker, workers, lock, waiting jobs, last runs, monitor"),
-    "schedule": ("beat_schedule", "print the schedule with next run times"),
+    "schedule": ("ops.schedule", "print the schedule with next run times"),
     "stack": ("ops.stack", "run worker, beat, monitor and Flower in the foreground"),
     "flower": ("ops.flower", "start Flower with authentication"),
 }

@@ -22,8 +22,22 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from engine.config import Config, load_config, mask_url
-from engine.log import register_secrets
+from sqlalchemy import func, select
+
+from engine.cli.engine import parse_engine_args
+from engine.cli.init import init_environment
+from engine.config import Config, load_config
+from engine.db import session_scope
+from engine.log import mask_url, register_secrets
+from engine.models import Run
+from engine.run import run_engine
+from ops.beat_lock import BeatStore
+from ops.procs import Stopped, Supervisor
+from ops.stack import service_commands
+from ops.status import broker_problem
+from tasks.jobs import job_from_argv
+from tasks.registry import PendingRegistry, StartedJobs
+from tasks.submit import submit
 
 BROKER_TIMEOUT = 3.0      # seconds the broker gets to answer
 WAIT_TIMEOUT = 120.0      # seconds the whole queue demo may take before it gives up
@@ -90,8 +104,6 @@ def say(line: str) -> None:
 
 def prepare_environment(target: Path) -> Config:
     """``botsq init --demo`` into ``target`` plus the demo's watched folder; idempotent."""
-    from engine.cli_init import init_environment
-
     configdir = init_environment(target, demo=True)
     ini = configdir / "bots.ini"
     text = ini.read_text(encoding="utf-8")
@@ -136,21 +148,11 @@ class RunRow:
 
 
 def last_run_id(cfg: Config) -> int:
-    from sqlalchemy import func, select
-
-    from engine.db import session_scope
-    from engine.models import Run
-
     with session_scope(cfg.database_url) as s:
         return int(s.scalar(select(func.max(Run.id))) or 0)
 
 
 def runs_since(cfg: Config, after_id: int) -> list[RunRow]:
-    from sqlalchemy import select
-
-    from engine.db import session_scope
-    from engine.models import Run
-
     with session_scope(cfg.database_url) as s:
         rows = s.scalars(select(Run).where(Run.id > after_id).order_by(Run.started, Run.id)).all()
         return [RunRow(r.id, r.commands, r.routes, r.status, r.returncode, r.received, r.sent,
@@ -159,8 +161,6 @@ def runs_since(cfg: Config, after_id: int) -> list[RunRow]:
 
 def beat_running(cfg: Config, pid: int) -> bool:
     """Beat (process ``pid``) is up: it holds the beat lock in the tracking database."""
-    from ops.beat_lock import BeatStore
-
     holder = BeatStore(cfg.database_url).holder(cfg.settings.lock_grace)
     return bool(holder and holder["pid"] == pid and holder["alive"])
 
@@ -171,9 +171,8 @@ def job_key(argv: list[str]) -> tuple[str, str] | None:
     """(commands, routes) as the runs table writes them, for an engine command line."""
     if argv[0] != "bots-engine":
         return None
-    opts = [a[2:] for a in argv[1:] if a.startswith("--")] or ["new"]
-    routes = [a for a in argv[1:] if not a.startswith("-")]
-    return (",".join(opts), ",".join(routes))
+    parsed = parse_engine_args(argv[1:])
+    return (",".join(parsed.commands or ("new",)), ",".join(parsed.routes))
 
 
 def describe_run(r: RunRow) -> str:
@@ -198,8 +197,6 @@ def print_runs(runs: list[RunRow], priority_of: Callable[[RunRow], str]) -> None
 
 def run_direct(cfg: Config) -> int:
     """One engine run in this process over the demo routes, and its summary."""
-    from engine.run import run_engine
-
     before, started = last_run_id(cfg), time.time()
     result = run_engine(cfg, ["new"], [])
     for r in runs_since(cfg, before):
@@ -235,9 +232,6 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str, sup: Any) ->
 
 def queue_jobs(cfg: Config) -> list[tuple[int, list[str], str]]:
     """Submit QUEUED; returns (priority, argv, outcome) per job."""
-    from tasks.jobs import job_from_argv
-    from tasks.submit import submit
-
     out = []
     for priority, argv in QUEUED:
         res = submit(cfg, job_from_argv(cfg, argv), priority)
@@ -252,28 +246,22 @@ def drain_leftovers(cfg: Config, sup: Any, before: int) -> int:
     into its report. Returns the last run id once they ran (the report starts after it), with
     the sample files those runs consumed put back.
     """
-    from tasks.registry import count_pending, running_jobs
-
-    left = count_pending(cfg)
+    pending, started = PendingRegistry(cfg), StartedJobs(cfg)
+    left = pending.count()
     if not left:
         return before
     say(f"{left} job(s) left waiting by an earlier demo: the worker runs them first")
 
     def drained() -> bool:
-        return count_pending(cfg) == 0 and not any(j["alive"] for j in running_jobs(cfg)) \
+        return pending.count() == 0 and not any(j["alive"] for j in started.running()) \
             and all(r.ended is not None for r in runs_since(cfg, before))
 
     wait_until(drained, WAIT_TIMEOUT, "the earlier demo's jobs to run", sup)
-    from engine.cli_init import init_environment
-
     init_environment(cfg.envdir, demo=True)          # puts back the sample files those runs took
     return last_run_id(cfg)
 
 
 def run_queue_demo(cfg: Config) -> int:
-    from ops.procs import Supervisor
-    from ops.stack import service_commands
-
     drop_dir = cfg.envdir / DROP_DIR
     mon = next((m for m in cfg.dirmonitors if m.path == drop_dir), None)
     if mon is None:
@@ -352,9 +340,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ops.procs import Stopped
-    from ops.status import broker_problem
-
     target = Path(args.dir).expanduser().absolute()
     cfg = prepare_environment(target)
     register_secrets(cfg.secrets())

@@ -11,6 +11,7 @@ stops them in order; on Linux each child is also told to get SIGTERM if the pare
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -50,8 +51,6 @@ def venv_command(name: str) -> str:
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:

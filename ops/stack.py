@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.config import ENV_CONFIG, Config, ConfigError, add_config_argument, load_config
+from engine.config import ENV_CONFIG, Config, add_config_argument, load_config
+from engine.errors import ConfigError
 from engine.log import register_secrets
+from ops.flower import flower_command
 from ops.procs import Stopped, Supervisor, venv_command
+from ops.status import broker_problem
 
 # Seconds the worker gets to finish its job on Ctrl-C before it is killed.
 STOP_GRACE = 60.0
@@ -29,8 +32,6 @@ def service_commands(cfg: Config, flower: bool = True) -> list[tuple[str, list[s
     if cfg.dirmonitors:
         out.append(("monitor", [venv_command("bots-dirmonitor"), "-c", cdir], env))
     if flower:
-        from ops.flower import flower_command
-
         argv, extra, _settings = flower_command(cfg)
         out.append(("flower", argv, extra))
     return out
@@ -38,8 +39,6 @@ def service_commands(cfg: Config, flower: bool = True) -> list[tuple[str, list[s
 
 def check_queue(cfg: Config, timeout: float = 3.0) -> None:
     """ConfigError (one line) unless the queue is enabled and its broker answers."""
-    from ops.status import broker_problem
-
     if not cfg.jobqueue.enabled:
         raise ConfigError(f"{cfg.ini_path}: [jobqueue] enabled is False: the stack needs the job queue")
     problem = broker_problem(cfg, timeout)

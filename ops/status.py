@@ -14,17 +14,26 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-from engine.config import Config, add_config_argument, load_config, mask_url
-from engine.log import redact, register_secrets
+from sqlalchemy import select
+
+from beat_schedule import load_jobs
+from engine.config import Config, add_config_argument, load_config
+from engine.db import get_engine, session_scope
+from engine.errors import ConfigError, DatabaseError
+from engine.lock import read_lock
+from engine.log import mask_url, redact, register_secrets
+from engine.models import Run, iso_utc
+from ops.beat_lock import BeatStore
+from ops.dirmonitor.heartbeat import heartbeat_age
+from tasks.broker import QUEUE, QueueError, connect
+from tasks.celeryapp import app_for
+from tasks.registry import PendingRegistry
 
 LAST_RUNS = 5
 
 
 def broker_problem(cfg: Config, timeout: float = 3.0) -> str | None:
     """None when the environment's broker answers within ``timeout`` s, else one line saying why."""
-    from tasks.celeryapp import app_for
-    from tasks.submit import QueueError, connect
-
     try:
         connect(app_for(cfg), timeout).release()
         return None
@@ -39,8 +48,6 @@ def _now() -> datetime:
 # --------------------------------------------------------------------------- the checks
 
 def check_database(cfg: Config) -> dict[str, Any]:
-    from engine.db import DatabaseError, get_engine
-
     try:
         get_engine(cfg.database_url)
         return {"ok": True, "url": mask_url(cfg.database_url)}
@@ -50,8 +57,6 @@ def check_database(cfg: Config) -> dict[str, Any]:
 
 def check_workers(cfg: Config, timeout: float) -> dict[str, Any]:
     """Workers answering a ping, with the queues each consumes."""
-    from tasks.celeryapp import QUEUE, app_for
-
     app = app_for(cfg)
     try:
         queues = app.control.inspect(timeout=timeout).active_queues() or {}
@@ -69,22 +74,17 @@ def check_workers(cfg: Config, timeout: float) -> dict[str, Any]:
 
 
 def check_lock(cfg: Config) -> dict[str, Any]:
-    from engine.lock import read_lock
-
     info = read_lock(cfg)
     if info is None:
         return {"held": False}
-    return {"held": True, "host": info.host, "pid": info.pid, "run_id": info.run_id,
-            "since": info.started.isoformat(timespec="seconds"),
-            "heartbeat_age_s": round((_now() - info.heartbeat).total_seconds(), 1), "alive": info.alive}
+    return {"held": True, "host": info.host, "pid": info.pid, "run_id": info.run_id, "since": iso_utc(info.started),
+            "heartbeat_age_s": round(info.silence(), 1), "alive": info.alive}
 
 
 def check_waiting(cfg: Config) -> dict[str, Any]:
     """Waiting jobs by Bots priority, from the pending-key registry."""
-    from tasks.registry import waiting_jobs
-
     by_priority: dict[str, int] = {}
-    jobs = waiting_jobs(cfg)
+    jobs = PendingRegistry(cfg).waiting()
     for job in jobs:
         key = str(job.priority)
         by_priority[key] = by_priority.get(key, 0) + 1
@@ -92,11 +92,6 @@ def check_waiting(cfg: Config) -> dict[str, Any]:
 
 
 def check_runs(cfg: Config, limit: int = LAST_RUNS) -> list[dict[str, Any]]:
-    from sqlalchemy import select
-
-    from engine.db import session_scope
-    from engine.models import Run
-
     with session_scope(cfg.database_url) as s:
         rows = s.scalars(select(Run).order_by(Run.id.desc()).limit(limit)).all()
         return [{k: r.as_dict()[k] for k in ("id", "commands", "routes", "started", "ended", "status",
@@ -108,8 +103,6 @@ def check_monitor(cfg: Config) -> dict[str, Any]:
     """The directory monitor's heartbeat (a file it touches while it runs)."""
     if not cfg.dirmonitors:
         return {"configured": False}
-    from ops.dirmonitor import heartbeat_age
-
     age, limit = heartbeat_age(cfg)
     if age is None:
         return {"configured": True, "ok": False, "error": "no heartbeat: bots-dirmonitor is not running"}
@@ -121,11 +114,7 @@ def check_monitor(cfg: Config) -> dict[str, Any]:
 
 
 def check_beat(cfg: Config) -> dict[str, Any]:
-    """Beat holding its lock (a row in the tracking database), when the schedule has jobs."""
-    from beat_schedule import load_jobs
-    from engine.config import ConfigError
-    from ops.beat_lock import BeatStore
-
+    """Beat holding its lock (lease ``beat`` in the tracking database), when the schedule has jobs."""
     try:
         jobs = len(load_jobs(cfg, validate=False))
     except ConfigError as exc:

@@ -4,10 +4,17 @@
 from ``[jobqueue] broker`` or ``$BOTSQ_BROKER_URL``. It is built on first access, so importing
 ``tasks.jobs`` or ``tasks.submit`` reads no config. ``celery -A tasks`` finds it either way.
 
-Modules: ``celeryapp`` (the app and its settings), ``priority`` (Bots 1..9 -> broker), ``jobs`` (job identity),
-``registry`` (pending-key registry and start records), ``submit`` (the one publish path),
-``signals`` (publish and worker hooks), ``engine_task`` (the tasks), ``job2queue`` and
-``jobqueueserver`` (the Bots commands), ``cli_queue`` (``botsq queue``).
+Modules:
+
+* ``celeryapp`` - the app and its settings; the only module wiring signals and tasks together;
+* ``context`` - the config of a config dir, the app's config dir and broker kind, the jobqueue log;
+* ``broker`` - queue ``engine``, connecting, its depth; ``priority`` - Bots 1..9 -> the broker's scale;
+* ``jobs`` - a job and its identity (the dedup key); ``registry`` - the pending-key registry and
+  the start records; ``registration`` - registering a job (one function, with its log line);
+* ``submit`` - the one publish path; ``signals`` - publish and worker hooks;
+* ``runner`` - the two tasks and the steps of a job; ``outcomes`` - how a job ends early;
+  ``executors`` - an engine run or a command, watched; ``consumer`` - the worker's consumer;
+* ``cli/`` - ``bots-job2queue``, ``bots-jobqueueserver`` and ``botsq queue``.
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ def _flower_settings_by_default() -> None:
 def __getattr__(name: str) -> Any:
     if name in ("app", "celery"):
         _flower_settings_by_default()
-        from engine.config import ConfigError
+        from engine.errors import ConfigError   # imported here: ``import tasks`` alone reads no config
         from engine.log import redact
         from tasks.celeryapp import app_from_env
 

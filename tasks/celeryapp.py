@@ -1,4 +1,5 @@
-"""The Celery app of botsq and all its settings: the one place.
+"""The Celery app of botsq and all its settings: the one place, and the only module that wires
+signal handlers (:mod:`tasks.signals`) and tasks (:mod:`tasks.runner`) into an app.
 
 ``app_for(cfg)`` builds (once per config dir and broker) an app whose settings come from
 ``[jobqueue]`` of that config; ``celery -A tasks ...`` gets the app for ``$BOTSQ_CONFIG``
@@ -23,59 +24,31 @@ Why each setting (see README, "The job queue"):
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery import Celery
-from kombu import Exchange, Queue
+from celery.signals import before_task_publish, task_failure, task_revoked, worker_process_init, worker_ready
 
 from engine.config import Config, load_config
 from tasks import priority as prio
+from tasks import signals
+from tasks.broker import QUEUE, engine_queue
+from tasks.runner import register_tasks
 
-QUEUE = "engine"
 _apps: dict[tuple[str, str], Celery] = {}
 
 
-def option(cfg: Config, key: str, typ: type, default: Any) -> Any:
-    """An extra ``[jobqueue]`` key of the queue (bots.ini allows extra keys)."""
-    return cfg.section("jobqueue").get(key, typ, default)
-
-
-def visibility_timeout(cfg: Config) -> float:
-    """Redis: seconds before an unacknowledged job is handed out again (above any run's length)."""
-    longest = max(cfg.settings.maxruntime, cfg.jobqueue.hardtimelimit) * 60
-    return option(cfg, "visibility_timeout", float, float(max(3600, 2 * longest)))
-
-
-def _typed(raw: str) -> Any:
-    low = raw.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for conv in (int, float):
-        try:
-            return conv(raw)
-        except ValueError:
-            pass
-    return raw.strip()
-
-
 def transport_options(cfg: Config) -> dict[str, Any]:
+    """kombu's transport options for the config's broker, ``[jobqueue.transport_options]`` last."""
     kind = prio.broker_kind(cfg.jobqueue.broker)
     opts: dict[str, Any] = {}
-    if kind == prio.REDIS:
+    if kind == prio.BrokerKind.REDIS:
         opts.update(priority_steps=prio.REDIS_PRIORITY_STEPS, sep=":", queue_order_strategy="priority",
-                    visibility_timeout=visibility_timeout(cfg))
-    elif kind == prio.RABBITMQ:
+                    visibility_timeout=cfg.jobqueue.visibility_timeout)
+    elif kind == prio.BrokerKind.RABBITMQ:
         opts["confirm_publish"] = True        # "added to queue" means the broker has it
-    extra = cfg.section("jobqueue.transport_options")
-    for key in extra.keys():
-        opts[key] = _typed(extra.get(key, str, ""))
+    opts.update(cfg.jobqueue.transport_options)
     return opts
-
-
-def engine_queue() -> Queue:
-    return Queue(QUEUE, Exchange(QUEUE, type="direct"), routing_key=QUEUE,
-                 queue_arguments={"x-max-priority": prio.RABBITMQ_MAX_PRIORITY})
 
 
 def settings(cfg: Config) -> dict[str, Any]:
@@ -113,16 +86,23 @@ def settings(cfg: Config) -> dict[str, Any]:
         "timezone": "UTC",
         "enable_utc": True,
         "worker_consumer": "tasks.consumer:Consumer",
-        "beat_scheduler": "beat_schedule:BotsScheduler",
+        "beat_scheduler": "ops.scheduler:BotsScheduler",
         "botsq_configdir": str(cfg.configdir),
     }
 
 
-def make_app(cfg: Config) -> Celery:
-    """A new app for ``cfg`` with both tasks registered (use :func:`app_for`)."""
-    import tasks.signals  # noqa: F401  (publish handler: priorities, registry)
-    from tasks.engine_task import register_tasks
+def _connect_signals() -> None:
+    """The queue's signal handlers (:mod:`tasks.signals`); dispatch_uid keeps each connected once."""
+    before_task_publish.connect(signals.before_publish, dispatch_uid="botsq-before-task-publish")
+    worker_process_init.connect(signals.fresh_connections, dispatch_uid="botsq-worker-process-init")
+    worker_ready.connect(signals.on_worker_ready, dispatch_uid="botsq-worker-ready")
+    task_revoked.connect(signals.on_revoked, dispatch_uid="botsq-task-revoked")
+    task_failure.connect(signals.on_failure, dispatch_uid="botsq-task-failure")
 
+
+def make_app(cfg: Config) -> Celery:
+    """A new app for ``cfg``, its signals connected and both tasks registered (use :func:`app_for`)."""
+    _connect_signals()
     app = Celery("botsq", set_as_current=False)
     app.conf.update(settings(cfg))
     register_tasks(app)
@@ -151,39 +131,7 @@ def app_from_env() -> Celery:
     return app
 
 
-def queue_logger(cfg: Config, console: bool = True) -> logging.Logger:
-    """``botssys/logging/jobqueue.log`` (and stderr when ``console``), secrets redacted."""
-    from engine.log import get_logger, register_secrets
-
-    register_secrets(cfg.secrets())
-    return get_logger("jobqueue", cfg.directories.logging, console=console)
-
-
-def configdir_of(app: Celery) -> str:
-    return str(app.conf.get("botsq_configdir") or "")
-
-
-def broker_kind_of(app: Celery) -> str:
-    return prio.broker_kind(app.conf.broker_url or "")
-
-
-def queue_depth(app: Celery, connection: Any = None) -> int:
-    """Messages waiting (not yet delivered) in queue ``engine``; 0 when it does not exist yet."""
-    def ask(conn: Any) -> int:
-        chan = conn.channel()
-        try:
-            _name, count, _consumers = chan.queue_declare(QUEUE, passive=True)
-            return int(count)
-        except conn.channel_errors:
-            return 0
-        finally:
-            try:
-                chan.close()
-            except Exception:  # noqa: BLE001
-                pass
-
-    if connection is not None:
-        return ask(connection)
-    with app.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, timeout=app.conf.broker_connection_timeout)
-        return ask(conn)
+def close_connections() -> None:
+    """Close every pooled broker connection of this process's apps (after the broker restarted)."""
+    for app in _apps.values():
+        app.pool.force_close_all()

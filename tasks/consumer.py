@@ -13,6 +13,9 @@ from celery.exceptions import CPendingDeprecationWarning
 from celery.worker.consumer import Consumer as _CeleryConsumer
 from celery.worker.request import Request as _CeleryRequest
 
+from engine.errors import one_line
+from tasks.context import worker_log
+
 
 def _describe(message: Any) -> str:
     headers = getattr(message, "headers", None) or {}
@@ -31,11 +34,9 @@ class Consumer(_CeleryConsumer):
 
     def _log(self, reason: str, message: Any, exc: Any) -> None:
         try:
-            from tasks.signals import _worker_log
-
-            detail = str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else ""
-            _worker_log(self.app).error("rejected %s: %s%s", _describe(message), reason,
-                                        f": {detail}" if detail else "")
+            detail = one_line(exc) if exc is not None and str(exc).strip() else ""
+            worker_log(self.app).error("rejected %s: %s%s", _describe(message), reason,
+                                       f": {detail}" if detail else "")
         except Exception:  # noqa: BLE001 - logging must not stop the consumer
             pass
 
@@ -73,9 +74,7 @@ class Request(_CeleryRequest):
         if not self.acknowledged and _channel_gone(self.message):
             self.acknowledged = True
             try:
-                from tasks.signals import _worker_log
-
-                _worker_log(self.app).warning(
+                worker_log(self.app).warning(
                     "job %s ended, but its message cannot be acknowledged: the broker closed the channel it came "
                     "on (RabbitMQ's consumer_timeout is shorter than this job, or the connection was lost); the "
                     "broker delivers it again and that copy is skipped, since this job already ran. Set "

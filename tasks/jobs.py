@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.cli_util import UsageError
+from engine.cli.engine import parse_engine_args
 from engine.config import Config, load_config, resolve_configdir
+from engine.errors import ConfigError, UsageError
+from engine.run import normalise_commands, select_routes
 
 ENGINE_TASK = "bots.engine"
 COMMAND_TASK = "bots.command"
@@ -43,9 +45,7 @@ class Job:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def engine(cls, configdir: str | Path, commands: Any = (), routes: Any = ()) -> "Job":
-        from engine.run import normalise_commands
-
+    def engine(cls, configdir: str | Path, commands: Any = (), routes: Any = ()) -> Job:
         cmds = _str_list(commands, "commands")
         rts = _str_list(routes, "routes")
         try:
@@ -55,13 +55,13 @@ class Job:
         return cls(ENGINE_TASK, str(resolve_configdir(configdir)), tuple(sorted(norm)), tuple(sorted(set(rts))))
 
     @classmethod
-    def command(cls, configdir: str | Path, name: Any, args: Any = ()) -> "Job":
+    def command(cls, configdir: str | Path, name: Any, args: Any = ()) -> Job:
         if not isinstance(name, str) or not name:
             raise JobError(f"bots.command needs a command name (a string), got {name!r}")
         return cls(COMMAND_TASK, str(resolve_configdir(configdir)), name=name, args=tuple(_str_list(args, "args")))
 
     @classmethod
-    def from_message(cls, task: str, args: Any, kwargs: Any, default_configdir: str | Path) -> "Job":
+    def from_message(cls, task: str, args: Any, kwargs: Any, default_configdir: str | Path) -> Job:
         """The job a message stands for; JobError names what is wrong with it."""
         if task not in TASKS:
             raise JobError(f"unknown task {task!r} (expected {' or '.join(TASKS)})")
@@ -131,15 +131,11 @@ def job_config(job: Job, cfg: Config | None = None) -> Config:
 
 def validate(job: Job, cfg: Config | None = None) -> Config:
     """Refuse (JobError) a job that cannot run: unknown route, unknown command, bad config dir."""
-    from engine.config import ConfigError
-
     try:
         jcfg = job_config(job, cfg)
     except ConfigError as exc:
         raise JobError(str(exc)) from None
     if job.task == ENGINE_TASK:
-        from engine.run import select_routes
-
         try:
             select_routes(jcfg, job.commands, job.routes)
         except UsageError as exc:
@@ -188,18 +184,13 @@ def job_from_argv(cfg: Config, argv: list[str] | tuple[str, ...]) -> Job:
 
 
 def _engine_job(cfg: Config, args: list[str]) -> Job:
-    from engine.cli import build_parser
-
     if any(a in ("-h", "--help") for a in args):
         raise JobError("bots-engine --help is not a job")
     try:
-        ns = build_parser().parse_args(args)
+        parsed = parse_engine_args(args)
     except UsageError as exc:
         raise JobError(f"bots-engine: {exc}") from None
-    from engine.run import ENGINE_COMMANDS
-
-    commands = [c for c in ENGINE_COMMANDS if getattr(ns, c, False)]
-    configdir = resolve_configdir(ns.configdir) if ns.configdir else cfg.configdir
-    job = Job.engine(configdir, commands, ns.routes)
+    configdir = resolve_configdir(parsed.configdir) if parsed.configdir else cfg.configdir
+    job = Job.engine(configdir, parsed.commands, parsed.routes)
     validate(job, cfg)
     return job

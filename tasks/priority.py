@@ -6,25 +6,37 @@
   without priority gets 0 (the highest). Bots ``p`` -> ``p``.
 * ``memory://`` (unit tests only) follows the Redis scale.
 
-Everything that sends a job passes a *Bots* priority (or none); the ``before_task_publish``
-handler in :mod:`tasks.signals` calls :func:`to_broker` exactly once per message.
+Everything that sends a job passes a *Bots* priority (or none). The publish handler
+(:func:`tasks.signals.before_publish`) maps it to the broker's scale exactly once per message and
+carries the Bots priority in the message header PRIORITY_HEADER, where the worker reads it; only a
+message without that header (sent by a plain kombu producer, or queued before the header existed)
+is mapped back with :func:`from_broker`.
 """
 from __future__ import annotations
+
+from enum import StrEnum
 
 HIGHEST, LOWEST, DEFAULT = 1, 9, 5
 RABBITMQ_MAX_PRIORITY = 10          # x-max-priority of queue "engine"
 REDIS_PRIORITY_STEPS = list(range(10))
+PRIORITY_HEADER = "bots_priority"   # message header: the job's Bots priority 1..9
 
-RABBITMQ, REDIS, MEMORY = "rabbitmq", "redis", "memory"
+
+class BrokerKind(StrEnum):
+    RABBITMQ = "rabbitmq"
+    REDIS = "redis"
+    MEMORY = "memory"
+
+
 _SCHEMES = {
-    "amqp": RABBITMQ, "amqps": RABBITMQ, "pyamqp": RABBITMQ, "librabbitmq": RABBITMQ,
-    "redis": REDIS, "rediss": REDIS, "sentinel": REDIS, "redis+socket": REDIS,
-    "memory": MEMORY,
+    "amqp": BrokerKind.RABBITMQ, "amqps": BrokerKind.RABBITMQ, "pyamqp": BrokerKind.RABBITMQ,
+    "librabbitmq": BrokerKind.RABBITMQ, "redis": BrokerKind.REDIS, "rediss": BrokerKind.REDIS,
+    "sentinel": BrokerKind.REDIS, "redis+socket": BrokerKind.REDIS, "memory": BrokerKind.MEMORY,
 }
 
 
-def broker_kind(url: str) -> str:
-    """``rabbitmq``, ``redis`` or ``memory`` for a broker URL; ValueError for anything else."""
+def broker_kind(url: str) -> BrokerKind:
+    """The kind of a broker URL; ValueError for anything else."""
     scheme = (url or "").split("://", 1)[0].lower()
     try:
         return _SCHEMES[scheme]
@@ -44,17 +56,18 @@ def check(priority: object) -> int:
     return p
 
 
-def to_broker(priority: int, kind: str) -> int:
+def to_broker(priority: int, kind: BrokerKind) -> int:
     """The broker's priority for a Bots priority 1..9."""
     p = check(priority)
-    return RABBITMQ_MAX_PRIORITY - p if kind == RABBITMQ else p
+    return RABBITMQ_MAX_PRIORITY - p if kind == BrokerKind.RABBITMQ else p
 
 
-def from_broker(value: int | None, kind: str) -> int:
-    """The Bots priority a broker priority stands for (None: a message sent without one)."""
+def from_broker(value: int | None, kind: BrokerKind) -> int:
+    """The Bots priority a broker priority stands for (None: a message sent without one) - only for
+    a message that does not carry PRIORITY_HEADER."""
     if value is None:
-        return LOWEST if kind == RABBITMQ else HIGHEST
-    p = RABBITMQ_MAX_PRIORITY - int(value) if kind == RABBITMQ else int(value)
+        return LOWEST if kind == BrokerKind.RABBITMQ else HIGHEST
+    p = RABBITMQ_MAX_PRIORITY - int(value) if kind == BrokerKind.RABBITMQ else int(value)
     return min(max(p, HIGHEST), LOWEST)
 
 

@@ -1,14 +1,16 @@
-"""Celery signal handlers of the queue.
+"""The queue's Celery signal handlers; :mod:`tasks.celeryapp` connects them (the one place that
+wires signals and tasks together).
 
 Publishing side (every process that sends a job with the ``tasks`` app: ``bots-job2queue``,
 ``celery call``, Flower, beat, the directory monitor):
 
-* a message without priority gets Bots' default 5, and the Bots priority (1..9) is mapped to
-  the broker's scale here, exactly once (:mod:`tasks.priority`);
-* a job published around :func:`tasks.submit.submit` (``celery call``, Flower) is registered
-  in the pending-key registry here. A publish cannot be vetoed from a signal, so a duplicate
-  of a waiting job is marked instead: its ``expires`` is set in the past and the worker drops
-  it unrun, visibly (``jobqueue.log``, and "revoked (expired)" in Flower).
+* :func:`before_publish` maps the Bots priority (1..9; none given: Bots' default 5) to the broker's
+  scale, exactly once per message, and carries the Bots priority in header
+  :data:`tasks.priority.PRIORITY_HEADER`. A message that already carries it was sent by
+  :func:`tasks.submit.submit`, which registered it; any other job (``celery call``, Flower) is
+  registered here (:func:`tasks.registration.register`). A publish cannot be vetoed from a
+  signal, so a duplicate of a waiting job is marked instead: its ``expires`` is set in the past and
+  the worker drops it unrun, visibly (``jobqueue.log``, and "revoked (expired)" in Flower).
 
 Worker side: pooled database connections are not shared with forked pool processes; stale
 registry entries are swept when the worker starts; dropped, revoked, failed and malformed
@@ -17,20 +19,23 @@ messages are written to ``jobqueue.log`` with the reason.
 from __future__ import annotations
 
 import logging
-from contextvars import ContextVar
 from typing import Any
 
 from celery import current_app
-from celery.signals import before_task_publish, task_failure, task_revoked, worker_process_init, worker_ready
+from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
+from engine.db import dispose_all
+from engine.errors import ConfigError, DatabaseError, one_line
+from engine.models import utcnow
 from tasks import priority as prio
+from tasks.broker import QUEUE, queue_depth
+from tasks.context import config_for, configdir_of, queue_logger, worker_config, worker_log
 from tasks.jobs import TASKS, Job, JobError
+from tasks.registration import register
+from tasks.registry import JobState, PendingRegistry, RegistrationStatus, StartedJobs, forget_tables
 
 PAST = "2000-01-01T00:00:00+00:00"      # an ``expires`` that has passed: the worker drops the message
 _fallback = logging.getLogger("botsq.jobqueue")
-
-#: set by :func:`tasks.submit.submit` around its own publish: {"app": app, "task_id": id}
-submitting: ContextVar[dict[str, Any] | None] = ContextVar("botsq_submitting", default=None)
 
 
 def _body_parts(body: Any) -> tuple[Any, Any]:
@@ -41,104 +46,75 @@ def _body_parts(body: Any) -> tuple[Any, Any]:
     return (), {}
 
 
-@before_task_publish.connect(dispatch_uid="botsq-before-task-publish")
+# --------------------------------------------------------------------------- publishing side
+
 def before_publish(sender: str | None = None, body: Any = None, headers: dict | None = None,
                    properties: dict | None = None, **_: Any) -> None:
+    """``before_task_publish``: map the priority once, carry it, register a job sent around submit()."""
     if sender not in TASKS or headers is None or properties is None:
-        return
-    ctx = submitting.get()
-    app = ctx["app"] if ctx else current_app
-    from tasks.celeryapp import broker_kind_of
-
-    try:
-        kind = broker_kind_of(app)
-    except ValueError:
         return
     if headers.get("retries"):
         return          # a retry sent by the worker keeps the (already mapped) priority it ran with
-    raw = properties.get("priority")
+    app = current_app
+    try:
+        kind = prio.broker_kind(app.conf.broker_url or "")
+    except ValueError:
+        return
+    carried = headers.get(prio.PRIORITY_HEADER)
+    raw = properties.get("priority") if carried is None else carried
     bots = prio.DEFAULT if raw is None else prio.clamp(raw)
     properties["priority"] = prio.to_broker(bots, kind)
-    if ctx is not None and ctx.get("task_id") == headers.get("id"):
+    headers[prio.PRIORITY_HEADER] = bots
+    if carried is not None:
         return          # submit() registered it already
     try:
-        _register_foreign(app, sender, body, headers, bots)
+        _register_sent(app, sender, body, headers, bots)
     except Exception:  # noqa: BLE001 - never break a publish; the job runs without dedup
         _fallback.exception("job queue: could not register %s[%s]; it is sent without dedup",
                             sender, headers.get("id"))
 
 
-def _register_foreign(app: Any, sender: str, body: Any, headers: dict, bots: int) -> None:
-    from engine.config import ConfigError
-    from engine.db import DatabaseError
-    from engine.log import component_logger
-    from tasks import registry
-    from tasks.celeryapp import configdir_of, queue_depth
-    from tasks.engine_task import config_for
-
+def _register_sent(app: Any, sender: str, body: Any, headers: dict, bots: int) -> None:
     args, kwargs = _body_parts(body)
     try:
         job = Job.from_message(sender, args, kwargs, configdir_of(app))
         cfg = config_for(job.configdir)
     except (JobError, ConfigError):
         return          # not a job we can name: the worker rejects it and logs why
-    log = component_logger("jobqueue", cfg)
+    log = queue_logger(cfg)
     task_id = str(headers.get("id"))
     try:
-        reg = registry.register(cfg, job, task_id, bots, queue_depth=lambda: queue_depth(app))
+        reg = register(cfg, job, task_id, bots, lambda: queue_depth(app), log, sent_as=sender)
     except DatabaseError as exc:
-        log.warning("registry unusable (%s): %s[%s] is sent without dedup", str(exc), sender, task_id)
+        log.warning("registry unusable (%s): %s[%s] is sent without dedup", exc, sender, task_id)
         return
-    if reg.status == "duplicate":
+    if reg.status == RegistrationStatus.DUPLICATE:
         headers["expires"] = PAST
-        log.info("duplicate discarded: %s (priority %d) is identical to waiting job %s (priority %d); "
-                 "message %s expires unrun", job, bots, reg.task_id, reg.priority, task_id)
-    elif reg.status == "raised":
-        log.info("priority raised: %s from %d to %d (message %s supersedes %s)", job, reg.previous_priority,
-                 bots, task_id, reg.previous)
-    else:
-        log.info("added %s priority %d: %s (sent as %s)%s", task_id, bots, job, sender,
-                 " - replaced a stale registry entry" if reg.stale else "")
 
 
 # --------------------------------------------------------------------------- worker side
 
-def _worker_log(app: Any) -> logging.Logger:
-    from engine.log import component_logger
-    from tasks.engine_task import worker_config
-
-    try:
-        return component_logger("jobqueue", worker_config(app))
-    except Exception:  # noqa: BLE001
-        return _fallback
+def fresh_connections(**_: Any) -> None:
+    """``worker_process_init``: never share a parent's pooled database connections after fork."""
+    dispose_all()
+    forget_tables()
 
 
-@worker_process_init.connect(dispatch_uid="botsq-worker-process-init")
-def _fresh_connections(**_: Any) -> None:
-    from engine.db import dispose_all
-
-    dispose_all()           # never share a parent's pooled database connections after fork
-    from tasks import registry
-
-    registry._ready.clear()
-
-
-@worker_ready.connect(dispatch_uid="botsq-worker-ready")
-def _on_ready(sender: Any = None, **_: Any) -> None:
+def on_worker_ready(sender: Any = None, **_: Any) -> None:
+    """``worker_ready``: sweep stale registry entries and old start records."""
     app = getattr(sender, "app", None) or current_app
-    log = _worker_log(app)
+    log = worker_log(app)
     try:
-        from tasks import registry
-        from tasks.celeryapp import queue_depth
-        from tasks.engine_task import worker_config
-
-        swept = registry.sweep(worker_config(app), queue_depth=lambda: queue_depth(app))
-        if swept["stale"]:
-            log.warning("cleared %d stale registry entr%s (queue empty, message gone)", swept["stale"],
-                        "y" if swept["stale"] == 1 else "ies")
+        cfg = worker_config(app)
+        now = utcnow()
+        stale = PendingRegistry(cfg).cleanup(now, queue_depth=lambda: queue_depth(app))
+        StartedJobs(cfg).cleanup(now)
+        if stale:
+            log.warning("cleared %d stale registry entr%s (queue empty, message gone)", stale,
+                        "y" if stale == 1 else "ies")
     except Exception as exc:  # noqa: BLE001
-        log.warning("registry sweep at start failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
-    log.info("worker ready: %s consuming queue engine", getattr(sender, "hostname", "?"))
+        log.warning("registry sweep at start failed: %s", one_line(exc))
+    log.info("worker ready: %s consuming queue %s", getattr(sender, "hostname", "?"), QUEUE)
 
 
 def _task_name(request: Any, sender: Any = None) -> str:
@@ -148,8 +124,6 @@ def _task_name(request: Any, sender: Any = None) -> str:
 
 
 def _job_of(request: Any, app: Any, sender: Any = None) -> Job | None:
-    from tasks.celeryapp import configdir_of
-
     try:
         return Job.from_message(_task_name(request, sender), request.args or (), request.kwargs or {},
                                 configdir_of(app))
@@ -157,11 +131,11 @@ def _job_of(request: Any, app: Any, sender: Any = None) -> Job | None:
         return None
 
 
-@task_revoked.connect(dispatch_uid="botsq-task-revoked")
-def _on_revoked(sender: Any = None, request: Any = None, terminated: bool = False, signum: Any = None,
-                expired: bool = False, **_: Any) -> None:
+def on_revoked(sender: Any = None, request: Any = None, terminated: bool = False, signum: Any = None,
+               expired: bool = False, **_: Any) -> None:
+    """``task_revoked``: say why a message was dropped; its registry entry goes."""
     app = getattr(sender, "app", None) or getattr(request, "app", None) or current_app
-    log = _worker_log(app)
+    log = worker_log(app)
     job = _job_of(request, app, sender)
     what = job.describe() if job else _task_name(request, sender)
     task_id = getattr(request, "id", "?")
@@ -171,33 +145,23 @@ def _on_revoked(sender: Any = None, request: Any = None, terminated: bool = Fals
         log.warning("revoked %s (%s)%s", task_id, what, " while running" if terminated else "")
     if job is not None:
         try:
-            from tasks import registry
-            from tasks.engine_task import config_for
-
-            registry.forget(config_for(job.configdir), job.key, str(task_id))
-        except Exception:  # noqa: BLE001
+            PendingRegistry(config_for(job.configdir)).forget(job.key, str(task_id))
+        except Exception:  # noqa: BLE001 - the entry then ages out
             pass
 
 
-@task_failure.connect(dispatch_uid="botsq-task-failure")
-def _on_failure(sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
-                args: Any = None, kwargs: Any = None, **_: Any) -> None:
+def on_failure(sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
+               args: Any = None, kwargs: Any = None, **_: Any) -> None:
+    """``task_failure``: a job killed by its time limit or with its worker is recorded as failed."""
     if getattr(sender, "name", None) not in TASKS:
         return
-    from celery.exceptions import TimeLimitExceeded, WorkerLostError
-
     if not isinstance(exception, (TimeLimitExceeded, WorkerLostError)):
         return      # failures inside the task are logged by the task itself
     app = sender.app
-    log = _worker_log(app)
     reason = f"{type(exception).__name__}: {exception}"
-    log.error("job %s failed: %s", task_id, reason)
+    worker_log(app).error("job %s failed: %s", task_id, reason)
     try:
-        from tasks import registry
-        from tasks.celeryapp import configdir_of
-        from tasks.engine_task import config_for
-
         job = Job.from_message(sender.name, args or (), kwargs or {}, configdir_of(app))
-        registry.finish(config_for(job.configdir), str(task_id), registry.FAILED, reason)
+        StartedJobs(config_for(job.configdir)).finish(str(task_id), JobState.FAILED, reason)
     except Exception:  # noqa: BLE001 - the start record then ages out
         pass

@@ -626,7 +626,7 @@ def make_channel(folder: Path, ctype: str, log: logging.Logger | None = None, **
     """A channel object of type ``ctype`` built from a real routes.toml (so the keys are validated)."""
     import json
 
-    from engine.channels import make_channel as build
+    from engine.channels.types import make_channel as build
     from engine.config import load_config
 
     env = folder / f"chanenv{next(_envs)}"

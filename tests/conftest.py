@@ -2,9 +2,16 @@
 
 Each test session gets its own RabbitMQ vhost, its own Redis key prefix database and its
 own PostgreSQL database, so concurrent runs (and developers) never see each other's data.
+
+Two tiers. A test that uses a real service (a fixture of SERVICE_FIXTURES, the PostgreSQL side of
+``db_kind``, or a ``rabbitmq``/``redis``/``postgres`` mark) is marked ``services`` here; a test that starts a process (a command, a
+worker, a server, ``multiprocessing``) is marked ``procs`` in its module. The rest is the fast
+tier, ``make test-fast`` (``-m "not services and not procs"``): no broker, SQLite only, no child
+process. A fast-tier test that starts a process fails, naming the mark it lacks.
 """
 from __future__ import annotations
 
+import _posixsubprocess
 import os
 import socket
 import subprocess
@@ -41,6 +48,37 @@ def bin_path(name: str) -> str:
     """A console script of this install (bots-engine, botsq, celery ...)."""
     p = VENV_BIN / name
     return str(p) if p.exists() else name
+
+
+# --------------------------------------------------------------------------- tiers
+
+SERVICE_FIXTURES = frozenset({"rabbit_url", "module_vhost", "own_vhost", "redis_url", "pg_url"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        postgres = callspec is not None and callspec.params.get("db_kind") == "postgres"
+        marked = any(item.get_closest_marker(name) for name in ("rabbitmq", "redis", "postgres"))
+        if postgres or marked or SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_starts_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the fast tier, starting a child process is a mistake of marking: say so."""
+    node = request.node
+    if node.get_closest_marker("services") or node.get_closest_marker("procs"):
+        return
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError(f"{node.nodeid} starts a process: mark it pytest.mark.procs "
+                             "(the fast tier starts none)")
+
+    monkeypatch.setattr(_posixsubprocess, "fork_exec", refuse)     # multiprocessing's spawn
+    monkeypatch.setattr(subprocess, "_fork_exec", refuse)          # subprocess binds it at import
+    monkeypatch.setattr(os, "fork", refuse)
+    monkeypatch.setattr(os, "posix_spawn", refuse)
 
 
 # --------------------------------------------------------------------------- environments

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from engine.channels.base import Channel, CommunicationError, IncomingItem, Refused, safe_name
+from engine.log import redact
 
 # Our own temporary upload names: never offered as incoming files (see temp_name).
 _TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.part$", re.S)
@@ -58,8 +59,6 @@ class RemoteChannel(Channel):
 
     def scrub(self, text: str) -> str:
         """``text`` on one line, with the channel's password (and the config's secrets) masked."""
-        from engine.log import redact
-
         text = one_line(text)
         pw = self.password
         if pw:

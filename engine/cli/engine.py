@@ -1,0 +1,93 @@
+"""``bots-engine``: one engine run from the command line (Bots' options and exit codes).
+
+Exit codes: 0 ok · 1 system error (bad arguments or config, unknown route, database
+unreachable) · 2 ran, with file or communication errors · 3 locked by a live run.
+
+:func:`parse_engine_args` is the one place a bots-engine command line becomes commands, routes
+and a config dir - for ``bots-engine`` itself and for the job lines of ``bots-job2queue``,
+``[schedule.NAME] job`` and the demo.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+
+from engine.cli.common import ArgumentParser, run_cli
+from engine.config import add_config_argument, load_config
+from engine.errors import ConfigError, DatabaseError, ExitCode, UsageError, one_line
+from engine.progress import ProgressBar
+from engine.run import ENGINE_COMMANDS, run_engine
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="bots-engine", description="Run the Bots EDI engine once: receive, translate, send.")
+    p.add_argument("--new", action="store_true", help="receive, translate and send new files (default)")
+    p.add_argument("--rereceive", action="store_true", help="process again the incoming files marked for rereceive")
+    p.add_argument("--resend", action="store_true", help="send again the outgoing files marked for resend")
+    p.add_argument("--automaticretrycommunication", action="store_true",
+                   help="send again outgoing files whose communication failed (first use sets the starting point)")
+    p.add_argument("--cleanup", action="store_true", help="remove records and archive older than maxdays")
+    add_config_argument(p)
+    p.add_argument("routes", nargs="*", metavar="ROUTE", help="routes to run (default: all active routes)")
+    return p
+
+
+@dataclass(frozen=True)
+class EngineArgs:
+    """A bots-engine command line, understood."""
+    commands: tuple[str, ...]           # in Bots' order; () when none was given (a run does "new")
+    routes: tuple[str, ...]             # as given; () = the default run
+    configdir: str | None               # its own -c/-C/--configdir, or None
+
+
+def parse_engine_args(args: Sequence[str]) -> EngineArgs:
+    """The options and routes of a bots-engine command line (without the program name);
+    UsageError (one line) for an unknown option."""
+    ns = build_parser().parse_args(list(args))
+    return EngineArgs(tuple(c for c in ENGINE_COMMANDS if getattr(ns, c)), tuple(ns.routes), ns.configdir)
+
+
+class Terminated(BaseException):
+    """SIGTERM (systemd, a scheduler's timeout): stop like Ctrl-C, releasing the lock on the way out."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def _main() -> int:
+    args = parse_engine_args(sys.argv[1:])
+    cfg = load_config(args.configdir)
+    bar = ProgressBar()
+    bar.clear_for_logs(logging.getLogger("botsq.engine"))
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        result = run_engine(cfg, args.commands or ["new"], args.routes, progress=bar)
+    except Terminated:
+        bar.finish()
+        print("bots-engine: error: terminated (SIGTERM); the lock is released, the next run finishes the files",
+              file=sys.stderr)
+        return ExitCode.SYSTEM
+    except Exception as exc:
+        bar.finish()
+        if isinstance(exc, (ConfigError, DatabaseError, UsageError)):
+            raise
+        logging.getLogger("botsq.engine").exception("engine run failed")
+        print(f"bots-engine: error: {one_line(exc, with_type=True)}", file=sys.stderr)
+        return ExitCode.SYSTEM
+    bar.finish()
+    print(result.message)
+    return result.exit_code
+
+
+def main() -> None:
+    run_cli("bots-engine", _main)
+
+
+if __name__ == "__main__":
+    main()

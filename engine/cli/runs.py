@@ -1,0 +1,55 @@
+"""``botsq runs``: engine runs, newest first (Bots' monitor "reports" view)."""
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime
+
+from sqlalchemy import select
+
+from engine.config import add_config_argument, load_config
+from engine.db import session_scope
+from engine.errors import UsageError
+from engine.models import Run, RunStatus
+
+STATUSES = tuple(RunStatus)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20)")
+    parser.add_argument("--status", help="only runs with this status: running, ok, errors, crashed, failed")
+    parser.add_argument("--id", type=int, metavar="ID", help="only this run")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_config_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.status and args.status not in STATUSES:
+        raise UsageError(f"unknown run status {args.status!r} (expected one of {', '.join(STATUSES)})")
+    if args.limit < 1:
+        raise UsageError(f"--limit must be at least 1 (got {args.limit})")
+    cfg = load_config(args.configdir)
+    q = select(Run).order_by(Run.id.desc()).limit(args.limit)
+    if args.status:
+        q = q.where(Run.status == args.status)
+    if args.id:
+        q = q.where(Run.id == args.id)
+    with session_scope(cfg.database_url) as s:
+        rows = [r.as_dict() for r in s.scalars(q)]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
+        print("no runs")
+        return 0
+    print(f"{'id':>6} {'started (UTC)':19} {'secs':>6} {'status':8} {'rc':>2} {'recv':>6} {'proc':>6} {'sent':>6} "
+          f"{'ferr':>5} {'cerr':>5} commands / routes")
+    for r in rows:
+        secs = ""
+        if r["started"] and r["ended"]:
+            secs = f"{(datetime.fromisoformat(r['ended']) - datetime.fromisoformat(r['started'])).total_seconds():.0f}"
+        rc = "" if r["returncode"] is None else r["returncode"]
+        print(f"{r['id']:>6} {r['started'][:19].replace('T', ' '):19} {secs:>6} {r['status']:8} {rc:>2} "
+              f"{r['received']:>6} {r['processed']:>6} {r['sent']:>6} {r['file_errors']:>5} {r['comm_errors']:>5} "
+              f"{r['commands']}{' / ' + r['routes'] if r['routes'] else ''}")
+    return 0

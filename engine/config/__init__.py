@@ -1,0 +1,116 @@
+"""An environment's configuration: the one place where bots.ini and routes.toml are read.
+
+An environment is a folder holding ``config/`` (bots.ini, routes.toml) plus ``botssys/``
+and ``usersys/``. Relative paths resolve against the config dir's parent. Every error is
+a :class:`ConfigError` whose message is one line naming the file and the key.
+
+* :mod:`engine.config.ini` - bots.ini sections, typed values, ``${VAR}``;
+* :mod:`engine.config.sections` - the sections read at load time (settings, directories,
+  database, email, jobqueue, dirmonitorN) as frozen dataclasses;
+* :mod:`engine.config.routes` - routes.toml (channels and routes);
+* :mod:`engine.config.schedule` and :mod:`engine.config.flower` - ``[schedule.*]`` and
+  ``[flower]``, read on demand by the commands that use them, so a mistake there never stops
+  the engine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.config.ini import IniSection, read_ini
+from engine.config.routes import ChannelSpec, Route, RoutePart, load_routes
+from engine.config.sections import (ENV_BROKER, DirMonitor, Directories, Email, JobQueue, Settings, read_database_url,
+                                    read_directories, read_dirmonitors, read_email, read_jobqueue, read_settings)
+from engine.errors import ConfigError
+from engine.log import url_password
+
+DEFAULT_CONFIGDIR = "config"
+ENV_CONFIG = "BOTSQ_CONFIG"
+
+
+@dataclass(frozen=True)
+class Config:
+    configdir: Path                       # absolute
+    envdir: Path                          # the environment folder: configdir's parent
+    settings: Settings
+    directories: Directories
+    database_url: str                     # a SQLAlchemy URL
+    email: Email
+    jobqueue: JobQueue
+    dirmonitors: tuple[DirMonitor, ...]
+    channels: Mapping[str, ChannelSpec]
+    routes: Mapping[str, Route]           # in routes.toml order
+    ini: Mapping[str, IniSection]         # every bots.ini section, for the on-demand readers of this package
+
+    @property
+    def ini_path(self) -> Path:
+        return self.configdir / "bots.ini"
+
+    def section(self, name: str) -> IniSection:
+        """A bots.ini section (empty when absent); for this package's readers."""
+        return self.ini.get(name) or IniSection(self.ini_path, name, {})
+
+    def resolve(self, p: str | Path) -> Path:
+        """A path from the config: relative ones are relative to the environment folder."""
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else (self.envdir / path)
+
+    def secrets(self) -> list[str]:
+        """Secret values in this config, for log redaction."""
+        out = [self.email.password]
+        out += [str(c.options.get("password", "")) for c in self.channels.values()]
+        out.append(url_password(self.jobqueue.broker))
+        out.append(url_password(self.database_url))
+        return [s for s in out if s]
+
+
+def resolve_configdir(configdir: str | Path | None = None) -> Path:
+    """The config dir from an argument, else BOTSQ_CONFIG, else ./config (absolute)."""
+    raw = configdir or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIGDIR
+    return Path(raw).expanduser().absolute()
+
+
+def load_config(configdir: str | Path | None = None) -> Config:
+    """Read and validate an environment; raise ConfigError with one line on any problem."""
+    cdir = resolve_configdir(configdir)
+    if not cdir.is_dir():
+        raise ConfigError(f"{cdir}: config dir does not exist (use -c DIR or set {ENV_CONFIG})")
+    envdir = cdir.parent
+    ini_path = cdir / "bots.ini"
+    ini = read_ini(ini_path)
+
+    def sec(name: str) -> IniSection:
+        return ini.get(name) or IniSection(ini_path, name, {})
+
+    def resolve(p: str) -> Path:
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else envdir / path
+
+    settings = read_settings(sec("settings"))
+    directories = read_directories(sec("directories"), resolve)
+    url = read_database_url(sec("database"), directories, resolve)
+    email = read_email(sec("email"))
+    jobqueue = read_jobqueue(sec("jobqueue"), sec("jobqueue.commands"), sec("jobqueue.transport_options"), settings)
+    monitors = read_dirmonitors(ini, resolve)
+    channels, routes = load_routes(cdir / "routes.toml")
+    for mon in monitors:
+        if mon.route and mon.route not in routes:
+            raise ConfigError(f"{ini_path}: [{mon.name}] route: no route named {mon.route!r} in routes.toml")
+    return Config(
+        configdir=cdir, envdir=envdir, settings=settings, directories=directories, database_url=url,
+        email=email, jobqueue=jobqueue, dirmonitors=monitors, channels=channels, routes=routes, ini=ini,
+    )
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """``-c DIR``, ``--configdir DIR`` and Bots' ``-CDIR`` all select the config dir."""
+    parser.add_argument("-c", "-C", "--configdir", dest="configdir", metavar="DIR", default=None,
+                        help=f"config dir (default: ${ENV_CONFIG} or ./config)")
+
+
+__all__ = ["Config", "ConfigError", "load_config", "resolve_configdir", "add_config_argument", "ENV_CONFIG",
+           "ENV_BROKER", "DEFAULT_CONFIGDIR", "Settings", "Directories", "Email", "JobQueue", "DirMonitor",
+           "ChannelSpec", "Route", "RoutePart", "IniSection"]

@@ -1,0 +1,136 @@
+"""Reading bots.ini: sections, typed values and ``${VAR}`` expansion, with errors naming file,
+section and key (``/srv/botsq/config/bots.ini: [settings] maxruntime: expected a whole number``).
+
+bots.ini allows extra keys in every section (Bots' own keys stay for Bots); the readers in
+:mod:`engine.config.sections` take what botsq uses.
+"""
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError, one_line
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: str, where: str) -> str:
+    """Expand ``${VAR}`` (or ``${VAR:-default}``) from the environment; ConfigError naming
+    ``where`` when VAR is not set and has no default."""
+
+    def repl(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{where}: environment variable {name} is not set")
+
+    return _VAR.sub(repl, value)
+
+
+# --------------------------------------------------------------------------- typed values
+
+def _to_bool(raw: str, where: str) -> bool:
+    v = raw.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{where}: expected True or False, got {raw!r}")
+
+
+def _to_int(raw: str, where: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{where}: expected a whole number, got {raw!r}") from None
+
+
+def _to_float(raw: str, where: str) -> float:
+    try:
+        return float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
+
+
+def _to_list(raw: str, where: str) -> list[str]:
+    return [p.strip() for p in raw.split(",") if p.strip()]
+
+
+def guess_type(raw: str) -> bool | int | float | str:
+    """An untyped value (kombu transport options): true/false, a number, else the text."""
+    low = raw.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(raw)
+        except ValueError:
+            pass
+    return raw.strip()
+
+
+_CONVERT: dict[type, Callable[[str, str], Any]] = {
+    bool: _to_bool, int: _to_int, float: _to_float, str: lambda r, w: r.strip(), list: _to_list}
+
+
+class IniSection:
+    """Typed read access to one bots.ini section, with errors naming file, section and key."""
+
+    def __init__(self, path: Path, name: str, data: dict[str, str]) -> None:
+        self.path, self.name, self.data = path, name, data
+
+    def where(self, key: str) -> str:
+        """How an error names ``key``: ``<path>: [<section>] <key>``."""
+        return f"{self.path}: [{self.name}] {key}"
+
+    def get(self, key: str, typ: type, default: Any) -> Any:
+        """The value of ``key`` as ``typ`` (bool, int, float, str or list), ``default`` when absent."""
+        if key not in self.data:
+            return default
+        where = self.where(key)
+        return _CONVERT[typ](expand_env(self.data[key], where), where)
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.get(key, str, default).lower()
+        if value not in choices:
+            raise ConfigError(f"{self.where(key)}: expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def priority(self, key: str = "priority", default: int = 5) -> int:
+        """A Bots job priority: 1 (highest) to 9."""
+        value = self.get(key, int, default)
+        if not 1 <= value <= 9:
+            raise ConfigError(f"{self.where(key)}: expected 1 (highest) to 9, got {value}")
+        return value
+
+    def argv(self, key: str) -> list[str]:
+        """A command line split the way a shell would (no shell runs it); [] when empty."""
+        line = self.get(key, str, "")
+        try:
+            return shlex.split(line)
+        except ValueError as exc:
+            raise ConfigError(f"{self.where(key)}: cannot split command line: {exc}") from None
+
+    def keys(self) -> list[str]:
+        return list(self.data)
+
+
+def read_ini(path: Path) -> dict[str, IniSection]:
+    """Every section of bots.ini at ``path`` (none when the file does not exist)."""
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"), strict=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    if path.exists():
+        try:
+            parser.read_string(path.read_text(encoding="utf-8"), source=str(path))
+        except configparser.Error as exc:
+            raise ConfigError(f"{path}: syntax error: {one_line(exc)}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return {name: IniSection(path, name, dict(parser[name])) for name in parser.sections()}

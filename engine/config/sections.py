@@ -1,0 +1,188 @@
+"""The bots.ini sections botsq reads at load time, each a frozen typed dataclass with its reader.
+
+Section names are Bots' (``[settings]``, ``[directories]``, ``[database]``, ``[email]``,
+``[jobqueue]``, ``[dirmonitorN]``); extra keys are allowed. Defaults are the dataclass
+defaults; every reader raises :class:`~engine.errors.ConfigError` naming file, section and key.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.config.ini import IniSection, guess_type
+from engine.errors import ConfigError
+
+ENV_BROKER = "BOTSQ_BROKER_URL"
+Resolve = Callable[[str], Path]          # a config path -> an absolute path (relative: the environment folder)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``[settings]``: the engine's limits and report choices."""
+    maxruntime: int = 60                  # minutes a run may hold the lock before an alert
+    maxdays: int = 30                     # days records and archived files are kept
+    maxfilesizeincoming: int = 5_000_000  # bytes; larger: a file error
+    sendreportiferror: bool = False
+    sendreportifprocesserror: bool = True
+    whencleanup: str = "daily"            # daily | never
+    maxsecondsperchannel: float | None = None
+    lock_heartbeat: float = 10.0          # seconds between lease heartbeats
+    lock_grace: float = 120.0             # heartbeat silence (seconds) after which a holder counts as gone
+
+
+def read_settings(s: IniSection) -> Settings:
+    d = Settings()
+    msc = s.get("maxsecondsperchannel", float, None)
+    settings = Settings(
+        maxruntime=s.get("maxruntime", int, d.maxruntime),
+        maxdays=s.get("maxdays", int, d.maxdays),
+        maxfilesizeincoming=s.get("maxfilesizeincoming", int, d.maxfilesizeincoming),
+        sendreportiferror=s.get("sendreportiferror", bool, d.sendreportiferror),
+        sendreportifprocesserror=s.get("sendreportifprocesserror", bool, d.sendreportifprocesserror),
+        whencleanup=s.choice("whencleanup", ("daily", "never"), d.whencleanup),
+        maxsecondsperchannel=msc if msc and msc > 0 else None,
+        lock_heartbeat=s.get("lock_heartbeat", float, d.lock_heartbeat),
+        lock_grace=s.get("lock_grace", float, d.lock_grace),
+    )
+    for key in ("maxruntime", "maxdays", "maxfilesizeincoming"):
+        if getattr(settings, key) <= 0:
+            raise ConfigError(f"{s.where(key)}: must be greater than 0")
+    return settings
+
+
+@dataclass(frozen=True)
+class Directories:
+    """``[directories]``: botssys (archive, logs, SQLite database) and usersys (mappings)."""
+    botssys: Path
+    usersys: Path
+
+    @property
+    def logging(self) -> Path:
+        return self.botssys / "logging"
+
+    @property
+    def archive(self) -> Path:
+        return self.botssys / "data"
+
+
+def read_directories(s: IniSection, resolve: Resolve) -> Directories:
+    return Directories(botssys=resolve(s.get("botssys", str, "botssys")),
+                       usersys=resolve(s.get("usersys", str, "usersys")))
+
+
+def read_database_url(s: IniSection, directories: Directories, resolve: Resolve) -> str:
+    """``[database] url``: any SQLAlchemy URL; default SQLite under botssys; a relative SQLite path
+    resolves against the environment folder."""
+    default = f"sqlite:///{directories.botssys / 'sqlitedb' / 'botsdb.sqlite'}"
+    url = s.get("url", str, "") or default
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
+        url = "sqlite:///" + str(resolve(url[len("sqlite:///"):]))
+    return url
+
+
+@dataclass(frozen=True)
+class Email:
+    """``[email]``: where reports go (real SMTP)."""
+    host: str = "localhost"
+    port: int = 25
+    use_tls: bool = False
+    ssl: bool = False
+    user: str = ""
+    password: str = ""
+    sender: str = "bots@localhost"
+    managers: tuple[str, ...] = ()
+    subject_prefix: str = "[botsq]"
+    timeout: float = 10.0                 # seconds
+
+
+def read_email(es: IniSection) -> Email:
+    e = Email()
+    return Email(
+        host=es.get("host", str, e.host), port=es.get("port", int, e.port),
+        use_tls=es.get("use_tls", bool, e.use_tls), ssl=es.get("ssl", bool, e.ssl),
+        user=es.get("user", str, e.user), password=es.get("password", str, e.password),
+        sender=es.get("sender", str, e.sender), managers=tuple(es.get("managers", list, [])),
+        subject_prefix=es.get("subject_prefix", str, e.subject_prefix), timeout=es.get("timeout", float, e.timeout),
+    )
+
+
+DEFAULT_STALE_AFTER = 30.0
+
+
+@dataclass(frozen=True)
+class JobQueue:
+    """``[jobqueue]``, ``[jobqueue.commands]`` and ``[jobqueue.transport_options]``."""
+    enabled: bool = False
+    broker: str = "amqp://guest:guest@127.0.0.1:5672//"   # BOTSQ_BROKER_URL overrides it
+    commands: Mapping[str, tuple[str, ...]] = field(default_factory=dict)   # name -> argv (no shell)
+    hardtimelimit: int = 0                # minutes; 0 = never kill a running engine job
+    max_retries: int = 3                  # redeliveries of a job whose worker died
+    connect_timeout: float = 4.0          # seconds to reach the broker before giving up
+    stale_after: float = DEFAULT_STALE_AFTER   # seconds before a registry entry may be judged stale
+    visibility_timeout: float = 3600.0    # Redis: seconds before an unacknowledged job is handed out again
+    transport_options: Mapping[str, Any] = field(default_factory=dict)     # extra kombu options, verbatim
+
+
+def read_jobqueue(js: IniSection, cs: IniSection, ts: IniSection, settings: Settings) -> JobQueue:
+    """``js``: [jobqueue], ``cs``: [jobqueue.commands], ``ts``: [jobqueue.transport_options]."""
+    j = JobQueue()
+    commands: dict[str, tuple[str, ...]] = {}
+    for name in cs.keys():
+        argv = cs.argv(name)
+        if not argv:
+            raise ConfigError(f"{cs.where(name)}: empty command line")
+        commands[name] = tuple(argv)
+    hardtimelimit = js.get("hardtimelimit", int, j.hardtimelimit)
+    # above any run's length: a message must not be handed out again while its run goes on
+    longest = max(settings.maxruntime, hardtimelimit) * 60
+    return JobQueue(
+        enabled=js.get("enabled", bool, j.enabled),
+        broker=os.environ.get(ENV_BROKER) or js.get("broker", str, j.broker),
+        commands=commands,
+        hardtimelimit=hardtimelimit,
+        max_retries=js.get("max_retries", int, j.max_retries),
+        connect_timeout=js.get("connect_timeout", float, j.connect_timeout),
+        stale_after=js.get("stale_after", float, j.stale_after),
+        visibility_timeout=js.get("visibility_timeout", float, float(max(3600, 2 * longest))),
+        transport_options={key: guess_type(ts.get(key, str, "")) for key in ts.keys()},
+    )
+
+
+@dataclass(frozen=True)
+class DirMonitor:
+    """One ``[dirmonitorN]`` section: a watched folder and the engine job it queues."""
+    name: str
+    path: Path
+    filemask: str = "*"
+    route: str = ""                       # "" = the default run
+    recursive: bool = False
+    priority: int = 5                     # Bots priority 1 (highest) .. 9
+    debounce: float = 0.5                 # seconds ready files coalesce into one job
+    polling: bool = False                 # no inotify (network shares): settle on size and mtime
+    rescan: float = 60.0                  # seconds between safety rescans
+
+
+_MONITOR = re.compile(r"dirmonitor\d*")
+
+
+def read_dirmonitors(ini: Mapping[str, IniSection], resolve: Resolve) -> tuple[DirMonitor, ...]:
+    monitors = []
+    for name in sorted(n for n in ini if _MONITOR.fullmatch(n)):
+        ms = ini[name]
+        path = ms.get("path", str, "")
+        if not path:
+            raise ConfigError(f"{ms.where('path')}: required")
+        mon = DirMonitor(
+            name=name, path=resolve(path), filemask=ms.get("filemask", str, "*") or "*",
+            route=ms.get("route", str, ""), recursive=ms.get("recursive", bool, False), priority=ms.priority(),
+            debounce=ms.get("debounce", float, 0.5), polling=ms.get("polling", bool, False),
+            rescan=ms.get("rescan", float, 60.0),
+        )
+        if mon.debounce < 0:
+            raise ConfigError(f"{ms.where('debounce')}: must be 0 or more seconds")
+        monitors.append(mon)
+    return tuple(monitors)

@@ -1,0 +1,244 @@
+"""Leases: who holds a named role, and the one rule that decides whether that holder is alive.
+
+A lease is a row of table ``leases`` (:class:`engine.models.Lease`): name, the holder's secret
+token, host, pid, start and heartbeat (naive UTC, :func:`engine.models.utcnow`). The engine lock
+of a lane (lease ``engine``; ``engine.<lane>`` for other lanes, :mod:`engine.lock`) and the beat
+lock (lease ``beat``, :mod:`ops.beat_lock`) are leases.
+
+**The is-alive rule** (:func:`holder_alive`): a holder is alive while its heartbeat is at most
+``grace`` seconds old AND, when it runs on this host, its process exists and is not a zombie. A
+holder on another host is judged by its heartbeat alone. A live holder is never taken over,
+however long it has held the lease; a dead one is taken over by the next claimant. The same rule
+judges the queue's started-job records (:mod:`tasks.registry`, a table of their own) and the
+directory monitor's heartbeat file (:mod:`ops.dirmonitor.heartbeat`).
+
+Claiming is race-safe on SQLite and PostgreSQL: a free lease is taken by inserting its row (a
+second inserter gets a key conflict); a dead holder's row is taken over by an update conditional
+on its token and heartbeat, so of two claimants noticing the same death only one wins.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from sqlalchemy.orm import Session
+
+from engine.db import session_scope
+from engine.errors import database_error
+from engine.models import Lease as LeaseRow
+from engine.models import iso_utc, utcnow
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+def pid_exists(pid: int) -> bool:
+    """A process with this pid exists on this host and has not ended (a zombie has ended: its
+    parent just has not reaped it yet)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def process_gone(host: str, pid: int, *, this_process_counts: bool = True) -> bool:
+    """The holder ran on this host and its process has ended (half of the is-alive rule).
+
+    ``this_process_counts=False``: a record naming this very process counts as gone - used where
+    this process asks about a job it is not running (a redelivered message of its own).
+    """
+    if host != hostname():
+        return False
+    if pid == os.getpid() and not this_process_counts:
+        return True
+    return not pid_exists(pid)
+
+
+def holder_alive(host: str, pid: int, heartbeat: datetime, grace: float, now: datetime | None = None, *,
+                 this_process_counts: bool = True) -> bool:
+    """The one is-alive rule (see the module doc). ``heartbeat`` and ``now``: naive UTC;
+    ``grace`` in seconds."""
+    silent = ((now or utcnow()) - heartbeat).total_seconds()
+    return silent <= grace and not process_gone(host, pid, this_process_counts=this_process_counts)
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a lease, as read from its row; ``alive`` by the rule at the time of reading."""
+    name: str
+    token: str
+    host: str
+    pid: int
+    started: datetime                    # naive UTC
+    heartbeat: datetime                  # naive UTC
+    run_id: int | None
+    alive: bool
+
+    def describe(self) -> str:
+        """``host H pid P since 2026-01-31T12:00:00+00:00``."""
+        return f"host {self.host} pid {self.pid} since {iso_utc(self.started)}"
+
+    def age(self, now: datetime | None = None) -> float:
+        """Seconds since the holder took the lease."""
+        return ((now or utcnow()) - self.started).total_seconds()
+
+    def silence(self, now: datetime | None = None) -> float:
+        """Seconds since the holder's last heartbeat."""
+        return ((now or utcnow()) - self.heartbeat).total_seconds()
+
+
+@contextmanager
+def _session(url: str) -> Iterator[Session]:
+    """A session on the lease table; any database failure is a one-line DatabaseError."""
+    try:
+        with session_scope(url) as s:
+            yield s
+    except SQLAlchemyError as exc:
+        raise database_error(url, exc) from None
+
+
+def _holder(row: LeaseRow, grace: float, now: datetime) -> Holder:
+    return Holder(row.name, row.token, row.host, row.pid, row.started, row.heartbeat, row.run_id,
+                  holder_alive(row.host, row.pid, row.heartbeat, grace, now))
+
+
+class Lease:
+    """A lease this process holds (see :func:`acquire`)."""
+
+    def __init__(self, url: str, name: str, token: str, started: datetime) -> None:
+        self.url, self.name, self.token, self.started = url, name, token, started
+
+    def refresh(self) -> bool:
+        """One heartbeat; False when the lease is no longer ours (taken over). DatabaseError when
+        the database fails (a missed beat: the grace period covers a few)."""
+        return refresh(self.url, self.name, self.token)
+
+    def set_run(self, run_id: int) -> None:
+        """Name the engine run holding the lease (``botsq status`` shows it)."""
+        with _session(self.url) as s:
+            s.execute(update(LeaseRow).where(LeaseRow.name == self.name, LeaseRow.token == self.token)
+                      .values(run_id=run_id))
+
+    def release(self) -> None:
+        """Give the lease up (only while it is still ours); DatabaseError."""
+        release(self.url, self.name, self.token)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of :func:`acquire`: ``lease`` when we hold it now; ``holder`` is whoever held it
+    when we looked (None: it was free) - a live holder when refused, a dead one we took over, or
+    ourselves when we already held it."""
+    lease: Lease | None
+    holder: Holder | None = None
+
+
+def read(url: str, name: str, grace: float) -> Holder | None:
+    """The current holder of lease ``name``, or None when it is free. DatabaseError when the
+    database cannot be used."""
+    with _session(url) as s:
+        row = s.get(LeaseRow, name)
+        return _holder(row, grace, utcnow()) if row is not None else None
+
+
+def acquire(url: str, name: str, grace: float, *, token: str | None = None) -> Claim:
+    """Take lease ``name``, or name the live holder. A given ``token`` that already holds the
+    lease refreshes it (a holder asking again). DatabaseError when the database cannot be used."""
+    token = token or uuid.uuid4().hex
+    me_host, me_pid = hostname(), os.getpid()
+    for _attempt in range(5):
+        now = utcnow()
+        try:
+            with session_scope(url) as s:
+                row = s.get(LeaseRow, name)
+                if row is None:
+                    s.add(LeaseRow(name=name, token=token, host=me_host, pid=me_pid, started=now, heartbeat=now,
+                                   run_id=None))
+                    s.flush()
+                    return Claim(Lease(url, name, token, now))
+                found = _holder(row, grace, now)
+                if row.token == token:
+                    row.heartbeat = now
+                    return Claim(Lease(url, name, token, row.started), found)
+                if found.alive:
+                    return Claim(None, found)
+                n = s.execute(update(LeaseRow)
+                              .where(LeaseRow.name == name, LeaseRow.token == row.token,
+                                     LeaseRow.heartbeat == row.heartbeat)
+                              .values(token=token, host=me_host, pid=me_pid, started=now, heartbeat=now,
+                                      run_id=None)).rowcount
+                if n == 1:
+                    return Claim(Lease(url, name, token, now), found)
+        except IntegrityError:
+            continue                       # another claimant inserted the row first: look again
+        except SQLAlchemyError as exc:
+            raise database_error(url, exc) from None
+    return Claim(None, read(url, name, grace))
+
+
+def refresh(url: str, name: str, token: str) -> bool:
+    """Heartbeat of lease ``name`` held with ``token``; False when it is not (any more) ours.
+    DatabaseError."""
+    with _session(url) as s:
+        return s.execute(update(LeaseRow).where(LeaseRow.name == name, LeaseRow.token == token)
+                         .values(heartbeat=utcnow())).rowcount == 1
+
+
+def release(url: str, name: str, token: str) -> None:
+    """Delete lease ``name`` if ``token`` still holds it; DatabaseError."""
+    with _session(url) as s:
+        s.execute(delete(LeaseRow).where(LeaseRow.name == name, LeaseRow.token == token))
+
+
+class Heartbeat:
+    """A daemon thread calling ``beat()`` every ``interval`` seconds until :meth:`stop` - the one
+    heartbeat thread of botsq (engine lock, running jobs). ``beat`` must not raise."""
+
+    def __init__(self, beat: Callable[[], None], interval: float, name: str) -> None:
+        self.beat, self.interval = beat, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+    def start(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout=timeout)
+
+    def __enter__(self) -> "Heartbeat":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+__all__ = ["hostname", "pid_exists", "process_gone", "holder_alive", "Holder", "Lease", "Claim", "read",
+           "acquire", "refresh", "release", "Heartbeat"]

@@ -1,0 +1,150 @@
+"""What a job does once it runs: an engine run (``bots.engine``) or an allow-listed command
+(``bots.command``), watched by a heartbeat that keeps its start record alive and reports an
+overlong job, with the engine's progress sent to Flower as task events.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task
+from celery.backends.base import DisabledBackend
+
+from engine.config import Config
+from engine.errors import ExitCode, one_line
+from engine.lease import Heartbeat
+from engine.report import send_report
+from engine.run import run_engine
+from tasks.jobs import COMMAND_TASK, Job
+from tasks.registry import StartedJobs
+
+
+class JobWatch:
+    """While a job runs: the heartbeat of its start record, and an error (for commands also a report)
+    once it runs longer than maxruntime. Engine runs report that themselves (engine lock heartbeat)."""
+
+    def __init__(self, cfg: Config, task_id: str, job: Job, log: logging.Logger) -> None:
+        self.cfg, self.task_id, self.job, self.log = cfg, task_id, job, log
+        self.t0 = time.monotonic()
+        self.alerted = False
+        self._started = StartedJobs(cfg)
+        self._heartbeat = Heartbeat(self.beat, max(0.2, cfg.settings.lock_heartbeat), "botsq-job-heartbeat")
+
+    def __enter__(self) -> JobWatch:
+        self._heartbeat.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._heartbeat.stop(timeout=10)
+
+    def beat(self) -> None:
+        try:
+            self._started.heartbeat(self.task_id)
+        except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the grace period covers it
+            self.log.warning("job %s: heartbeat failed: %s", self.task_id, one_line(exc))
+        self.check_overtime()
+
+    def restart(self) -> None:
+        """Count from now: time spent waiting for the engine lock is not running time."""
+        self.t0 = time.monotonic()
+
+    def check_overtime(self) -> None:
+        minutes = (time.monotonic() - self.t0) / 60
+        if self.alerted or minutes <= self.cfg.settings.maxruntime:
+            return
+        self.alerted = True
+        msg = (f"job {self.task_id} ({self.job.describe()}) has been running for {minutes:.0f} minutes, longer "
+               f"than maxruntime ({self.cfg.settings.maxruntime}); it is not stopped")
+        self.log.error(msg)
+        if self.job.task == COMMAND_TASK:
+            send_report(self.cfg, f"job {self.job.name} exceeds maxruntime", msg + "\n")
+
+
+class TaskProgress:
+    """Engine progress -> a ``task-progress`` event (Flower shows it as the task's result)."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.events = bool(task.app.conf.worker_send_task_events)
+        self.backend = not isinstance(task.backend, DisabledBackend)
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        meta = {k: info.get(k) for k in ("phase", "route", "part", "files_done", "files_total", "waiting")
+                if info.get(k) is not None}
+        done, total = meta.get("files_done"), meta.get("files_total")
+        text = " ".join(str(x) for x in (meta.get("phase"), meta.get("route") and f"route {meta['route']}",
+                                         meta.get("part") and f"part {meta['part']}") if x)
+        if meta.get("waiting"):
+            text = f"waiting: {meta['waiting']}"
+        elif done is not None:
+            text += f": {done}/{total} files" if total else f": {done} files"
+        try:
+            if self.events:
+                self.task.send_event("task-progress", progress=meta, result=text)
+            if self.backend:
+                self.task.update_state(state="PROGRESS", meta=meta)
+        except Exception:  # noqa: BLE001 - progress is best effort
+            pass
+
+
+def run_engine_job(task: Task, cfg: Config, job: Job, log: logging.Logger,
+                   watch: JobWatch | None = None) -> dict[str, Any]:
+    """One engine run for the job. A live run holding the engine lock elsewhere is waited for (the
+    job is never dropped); maxruntime counts from the attempt that gets the lock."""
+    progress: Callable[[dict[str, Any]], None] = TaskProgress(task)
+    poll = min(5.0, max(0.2, cfg.settings.lock_heartbeat / 2))
+    waiting_since = None
+    while True:
+        if watch is not None:
+            watch.restart()
+        res = run_engine(cfg, job.commands, job.routes, progress=progress)
+        if res.exit_code != ExitCode.LOCKED:
+            break
+        if waiting_since is None:
+            waiting_since = time.monotonic()
+            log.info("job %s waits for the engine: %s", task.request.id, res.message)
+            progress({"waiting": res.message})
+        time.sleep(poll)
+    if waiting_since is not None:
+        log.info("job %s: the engine is free after %.1f s; ran", task.request.id, time.monotonic() - waiting_since)
+    return {"exit_code": res.exit_code, "run_id": res.run_id, "message": res.message, "counts": res.counts}
+
+
+def _parent_death_signal() -> Callable[[], Any] | None:
+    """A pre-exec hook making a command die (SIGTERM) with the pool process that started it, so a
+    job whose worker was killed never runs on beside its own rerun. Resolved here, not in the
+    forked child: the child only makes the system call."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGTERM)         # PR_SET_PDEATHSIG
+
+
+def run_command_job(cfg: Config, job: Job, task_id: str, log: logging.Logger) -> dict[str, Any]:
+    """Run an allow-listed ``[jobqueue.commands]`` command as an argument list (no shell), in the
+    environment folder, its output into ``jobqueue.log``."""
+    argv = [*cfg.jobqueue.commands[job.name], *job.args]
+    log.info("job %s: running %s (in %s)", task_id, shlex.join(argv), cfg.envdir)
+    try:
+        proc = subprocess.Popen(argv, cwd=cfg.envdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace",
+                                preexec_fn=_parent_death_signal())  # noqa: PLW1509
+    except OSError as exc:
+        msg = f"{job.name}: cannot start {argv[0]}: {exc.strerror or exc}"
+        log.error("job %s: %s", task_id, msg)
+        return {"exit_code": 127, "message": msg}
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        log.info("job %s | %s: %s", task_id, job.name, line.rstrip("\n"))
+    code = proc.wait()
+    msg = f"{job.name}: exit status {code}"
+    if code:
+        log.error("job %s: %s", task_id, msg)
+    return {"exit_code": code, "message": msg}
