@@ -32,11 +32,13 @@ _REMOTE: dict[str, KeyType] = {
 # keys of the remote types that receive: readiness, and file names where the protocol fixes no encoding
 _REMOTE_IN: dict[str, KeyType] = {"settle": float, "encoding": str}
 
-# Default ``settle`` (seconds), see engine/readiness.py. 2 s: longer than the one-second resolution
-# of the times FTP (MLSD ``modify``) and SFTP list, so a file still written in that second shows a
-# changed time or size; the same as the debounce of Bots' own directory monitor; short enough that
-# a run with fresh files waits at most 2 s per channel.
-DEFAULT_SETTLE = 2.0
+# Default ``settle`` (seconds), see engine/readiness.py. A local folder: 0.5 s, the directory
+# monitor's default debounce, so its close -> file received path waits no longer; writers on this
+# host are seen in /proc anyway (raise it on network shares, where writers on other hosts are not).
+# A remote folder: 2 s, past the one-second resolution of the times FTP (MLSD ``modify``, LIST)
+# and SFTP list, so a file still written in that second shows a changed time or size.
+SETTLE_LOCAL = 0.5
+SETTLE_REMOTE = 2.0
 
 
 @dataclass(frozen=True)
@@ -59,15 +61,15 @@ CHANNEL_TYPES: dict[str, ChannelType] = {t.name: t for t in (
     ChannelType("file", "engine.channels.file:FileChannel",
                 {"path": str, "filemask": str, "remove": bool, "filename": str, "maxsecondsperchannel": float,
                  "settle": float},
-                required=("path",), settle=DEFAULT_SETTLE),
+                required=("path",), settle=SETTLE_LOCAL),
     ChannelType("ftp", "engine.channels.ftp:FtpChannel", {**_REMOTE, **_REMOTE_IN, "passive": bool},
-                required=("host",), settle=DEFAULT_SETTLE),
+                required=("host",), settle=SETTLE_REMOTE),
     ChannelType("ftps", "engine.channels.ftp:FtpsChannel",
                 {**_REMOTE, **_REMOTE_IN, "passive": bool, "cafile": str, "verify": bool}, required=("host",),
-                settle=DEFAULT_SETTLE),
+                settle=SETTLE_REMOTE),
     ChannelType("sftp", "engine.channels.sftp:SftpChannel",
                 {**_REMOTE, **_REMOTE_IN, "known_hosts": str, "key_file": str, "insecure_no_host_key_check": bool},
-                required=("host",), settle=DEFAULT_SETTLE),
+                required=("host",), settle=SETTLE_REMOTE),
     ChannelType("smtp", "engine.channels.smtp:SmtpChannel",
                 {**_REMOTE, "to": (str, list), "sender": str, "starttls": bool, "ssl": bool, "cafile": str,
                  "verify": bool},
@@ -95,4 +97,4 @@ def make_channel(spec: ChannelSpec, cfg: Config, log: logging.Logger) -> Channel
     return CHANNEL_TYPES[spec.type].load()(spec, cfg, log)
 
 
-__all__ = ["ChannelType", "CHANNEL_TYPES", "VALUE_CHECKS", "DEFAULT_SETTLE", "make_channel"]
+__all__ = ["ChannelType", "CHANNEL_TYPES", "VALUE_CHECKS", "SETTLE_LOCAL", "SETTLE_REMOTE", "make_channel"]

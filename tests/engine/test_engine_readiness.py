@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from channel_servers import HOST, FtpServer, SftpServer, make_channel
-from engine.channels.types import DEFAULT_SETTLE
+from engine.channels.types import CHANNEL_TYPES, SETTLE_LOCAL, SETTLE_REMOTE
+from engine.config.sections import DirMonitor
 from engine.readiness import EMPTY_AFTER, Readiness
 from engine.sightings import EmptySightings
 
@@ -74,8 +75,8 @@ def test_a_file_written_again_during_the_wait_is_left_then_taken_whole(tmp_path:
     clock = StepClock(erp_writes_part_two)
     got = Readiness(sightings, LOG, clock).listing(ch)
     assert names(got) == ["old.edi"] and list(got.held) == ["slow.edi"]
-    assert "changed within the last 2 s" in got.held["slow.edi"]
-    assert len(clock.slept) == 1 and 0 < clock.slept[0] <= DEFAULT_SETTLE   # one wait for the channel
+    assert got.held["slow.edi"] == "changed within the last 0.5 s"     # a file channel's default settle
+    assert len(clock.slept) == 1 and 0 < clock.slept[0] <= SETTLE_LOCAL     # one wait for the channel
 
     clock.on_sleep = None
     clock.now += 10                                     # the next run, later: nothing changed since
@@ -101,6 +102,16 @@ def test_a_file_held_open_for_writing_is_never_taken_however_old(tmp_path: Path,
     age(path, 3600)
     got = Readiness(sightings, LOG, clock).listing(ch)
     assert names(got) == ["open.edi"] and clock.slept == []
+
+
+def test_settle_defaults_per_channel_type(tmp_path: Path, sightings) -> None:  # type: ignore[no-untyped-def]
+    """A local folder settles as long as the directory monitor's default debounce, so the monitor's
+    close -> file received path waits no longer; remote listings show times to the second."""
+    assert SETTLE_LOCAL == DirMonitor.debounce == 0.5 and SETTLE_REMOTE == 2.0
+    assert {t.name: t.settle for t in CHANNEL_TYPES.values() if t.receives} == \
+        {"file": 0.5, "ftp": 2.0, "ftps": 2.0, "sftp": 2.0}
+    readiness = Readiness(sightings, LOG, StepClock())
+    assert readiness.settle_of(local(tmp_path)) == 0.5 and readiness.settle_of(local(tmp_path, settle=3)) == 3.0
 
 
 def test_settle_zero_takes_files_as_listed(tmp_path: Path, sightings) -> None:  # type: ignore[no-untyped-def]
@@ -147,7 +158,7 @@ def test_a_growing_remote_file_is_left_until_two_listings_agree(partner, sightin
     clock = StepClock(upload_goes_on)
     with ch:
         got = Readiness(sightings, LOG, clock).listing(ch)
-        assert names(got) == ["done.edi"] and clock.slept == [DEFAULT_SETTLE]
+        assert names(got) == ["done.edi"] and clock.slept == [SETTLE_REMOTE]   # the remote types' default
         assert got.held == {"big.edi": "changed within 2 s (size 1000 -> 2000)"}
         clock.on_sleep = None
         got = Readiness(sightings, LOG, clock).listing(ch)
