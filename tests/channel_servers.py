@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paramiko
+import pytest
 
 from conftest import free_port
 
@@ -636,6 +637,21 @@ def make_channel(folder: Path, ctype: str, log: logging.Logger | None = None, **
     (env / "config" / "routes.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
     cfg = load_config(env / "config")
     return build(cfg.channels["partner"], cfg, log or logging.getLogger("test.channels"))
+
+
+def fetch_refused_gone_ok(ch, folder: Path, refusal: str) -> None:  # type: ignore[no-untyped-def]
+    """Fetch a listing's 'gone.edi' (FileGone), 'locked.edi' (Refused, matching ``refusal``) and 'ok.edi'
+    over one open channel: the first two are those files' problems, and the connection stays usable."""
+    from engine.channels.base import FileGone, Refused
+
+    items = {i.name: i for i in ch.list_incoming()}
+    with pytest.raises(FileGone, match=r"'gone.edi' was listed but is gone$"):
+        ch.fetch(items["gone.edi"], folder / "g")
+    with pytest.raises(Refused, match=refusal):
+        ch.fetch(items["locked.edi"], folder / "l")
+    ch.fetch(items["ok.edi"], folder / "o")
+    assert not ch.broken
+    assert (folder / "o").read_bytes() == b"ok.edi"
 
 
 def assert_secret_free(exc: BaseException, *secrets: str) -> None:
