@@ -17,7 +17,7 @@ from sqlalchemy import delete
 
 from engine.config import Config
 from engine.db import session_scope
-from engine.models import Incoming, Outgoing, Run, RunStatus, utcnow
+from engine.models import EmptySighting, Incoming, Outgoing, Run, RunStatus, utcnow
 
 _DAY = re.compile(r"^\d{8}$")
 
@@ -31,6 +31,8 @@ def cleanup(cfg: Config, log: logging.Logger, now: datetime | None = None) -> in
         removed += s.execute(delete(Outgoing).where(Outgoing.created < cutoff)).rowcount or 0
         removed += s.execute(delete(Incoming).where(Incoming.created < cutoff)).rowcount or 0
         removed += s.execute(delete(Run).where(Run.started < cutoff, Run.status != RunStatus.RUNNING)).rowcount or 0
+        # sightings of a channel no longer listed (renamed, removed) are never settled by a listing
+        s.execute(delete(EmptySighting).where(EmptySighting.first_seen < cutoff))
     cutoff_day = (datetime.now() - timedelta(days=maxdays)).strftime("%Y%m%d") if now is None \
         else (now - timedelta(days=maxdays)).strftime("%Y%m%d")
     folders = 0

@@ -1,4 +1,4 @@
-"""Tracking tables: runs, incoming files, outgoing files, leases, small engine state.
+"""Tracking tables: runs, incoming files, outgoing files, leases, small engine state, remote files seen empty.
 
 Times are naive UTC (``utcnow()``) so SQLite and PostgreSQL store and compare them alike.
 Every column a run or a command-line filter queries on carries an index. States are ``StrEnum``
@@ -199,3 +199,18 @@ class EngineState(Base):
 def iso_utc(dt: datetime | None) -> str | None:
     """A naive UTC time as ISO 8601 with its offset (``2026-01-31T12:00:00+00:00``), for output."""
     return dt.replace(tzinfo=timezone.utc).isoformat(timespec="seconds") if dt else None
+
+
+class EmptySighting(Base):
+    """A remote file seen at 0 bytes, and since when (first seen empty, naive UTC).
+
+    An upload that has not sent its first byte yet looks like an empty file; it is taken (and
+    reported as empty) only once it has stayed empty past readiness.EMPTY_AFTER, across runs. A row
+    goes as soon as its file is no longer listed empty. Behind engine.sightings.EmptySightings.
+    """
+    __tablename__ = "empty_sightings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(200), index=True)
+    filename: Mapped[str] = mapped_column(Text)                    # the partner's name, as listed
+    first_seen: Mapped[datetime] = mapped_column(DateTime)

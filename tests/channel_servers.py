@@ -8,6 +8,12 @@
 Every server can be stopped and started again on the same port ("server down" tests).
 Servers that lie (``lies``: a name shown in every listing -> the path, from the server's
 root, of the file served for it) play the hostile partner of the path traversal tests.
+Partners that fall short: ``truncate_uploads`` (the server keeps one byte less than it was
+sent, and says nothing), ``stall_after`` (SFTP: the server stops reading its socket after that
+many bytes, as a partner that hangs mid-file), ``encoding`` (FTP: names sent in a Windows code
+page), ``refuse_read`` (names whose download is refused), ``gone_on_read`` (names removed the
+moment their download begins, as when another client took them since the listing); the SFTP
+server passes names as the bytes they are on its disk.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paramiko
+import pytest
 
 from conftest import free_port
 
@@ -111,10 +118,14 @@ class FtpServer(_Threaded):
 
     def __init__(self, root: Path, user: str = "alice", password: str = "s3cret-pw", *,
                  certs: Certs | None = None, perm: str = "elradfmwMT", lies: dict[str, str] | None = None,
-                 mlsd: bool = True, die_after_sent: int = 0, port: int = 0) -> None:
+                 mlsd: bool = True, die_after_sent: int = 0, encoding: str = "utf8", truncate_uploads: bool = False,
+                 refuse_read: set[str] | None = None, gone_on_read: set[str] | None = None, port: int = 0) -> None:
+        self.refuse_read, self.gone_on_read = refuse_read or set(), gone_on_read or set()
         self.root, self.user, self.password, self.certs, self.perm = root, user, password, certs, perm
         self.lies = lies or {}
         self.mlsd = mlsd
+        self.encoding = encoding
+        self.truncate_uploads = truncate_uploads
         self.die_after_sent = die_after_sent   # > 0: the server goes down after serving that many files
         self.files_sent = 0
         self.connections = 0      # control connections accepted since start
@@ -155,14 +166,29 @@ class FtpServer(_Threaded):
             if owner.die_after_sent and owner.files_sent >= owner.die_after_sent:
                 owner._stop.set()      # the serving loop ends and drops every connection
 
+        def on_file_received(handler, file) -> None:  # type: ignore[no-untyped-def]
+            if owner.truncate_uploads:
+                os.truncate(file, max(os.path.getsize(file) - 1, 0))
+
         proto_cmds = dict(base.proto_cmds)
         if not self.mlsd:
             proto_cmds.pop("MLSD")
         attrs = {"authorizer": authorizer, "abstracted_fs": LyingFS, "banner": "botsq test ftpd",
                  "passive_ports": None, "permit_foreign_addresses": False, "timeout": 60,
-                 "on_connect": on_connect, "on_file_sent": on_file_sent, "proto_cmds": proto_cmds, "auth_failed_timeout": 0.2}
+                 "on_connect": on_connect, "on_file_sent": on_file_sent, "on_file_received": on_file_received,
+                 "proto_cmds": proto_cmds, "auth_failed_timeout": 0.2, "encoding": self.encoding}
         if self.certs:
             attrs.update(certfile=str(self.certs.combined), tls_control_required=True, tls_data_required=True)
+
+        def ftp_RETR(handler, file):  # type: ignore[no-untyped-def]
+            name = os.path.basename(file)
+            if name in owner.refuse_read:
+                return handler.respond("550 Permission denied.")
+            if name in owner.gone_on_read and os.path.exists(file):
+                os.remove(file)
+            return base.ftp_RETR(handler, file)
+
+        attrs["ftp_RETR"] = ftp_RETR
         return type("Handler", (base,), attrs)
 
     def start(self) -> "FtpServer":
@@ -224,11 +250,48 @@ def _attrs(path: str, name: str) -> paramiko.SFTPAttributes:
 
 
 class _Handle(paramiko.SFTPHandle):
+    truncate = False     # on close, keep one byte less than was written (a server losing data quietly)
+
     def stat(self):  # type: ignore[no-untyped-def]
         try:
             return paramiko.SFTPAttributes.from_stat(os.fstat(self.readfile.fileno()))
         except OSError as exc:
             return paramiko.SFTPServer.convert_errno(exc.errno)
+
+    def close(self) -> None:
+        if self.truncate and getattr(self, "writefile", None) is not None:
+            self.writefile.flush()
+            self.writefile.truncate(max(self.writefile.tell() - 1, 0))
+        super().close()
+
+
+class _BytesNamesServer(paramiko.SFTPServer):
+    """paramiko's SFTP server decodes every path as UTF-8 and fails on other bytes; this one hands
+    the interface the bytes as surrogate-escaped text, which the os functions map back to the
+    same bytes on disk (SFTP v3 has no encoding: a server passes its disk's bytes)."""
+
+    def _process(self, t, request_number, msg):  # type: ignore[no-untyped-def]
+        msg.get_text = lambda: msg.get_string().decode("utf-8", "surrogateescape")
+        return super()._process(t, request_number, msg)
+
+
+class _StallingSocket:
+    """A server-side socket that stops reading after ``limit`` bytes (the partner hangs mid-file):
+    the client's data piles up in the kernel's buffers and its sends stop moving."""
+
+    def __init__(self, sock: socket.socket, limit: int, stop: threading.Event) -> None:
+        self._sock, self._left, self._stop = sock, limit, stop
+
+    def recv(self, n: int) -> bytes:
+        if self._left <= 0:
+            self._stop.wait(0.1)
+            raise socket.timeout()
+        data = self._sock.recv(min(n, self._left))
+        self._left -= len(data)
+        return data
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._sock, name)
 
 
 class _Sftp(paramiko.SFTPServerInterface):
@@ -255,7 +318,7 @@ class _Sftp(paramiko.SFTPServerInterface):
     def list_folder(self, path: str):  # type: ignore[no-untyped-def]
         real = self._real(path)
         try:
-            out = [_attrs(os.path.join(real, n), n) for n in os.listdir(real)]
+            out = [_attrs(os.path.join(real, n), os.fsencode(n)) for n in os.listdir(real)]   # the disk's bytes
             for fake, target in self.owner.lies.items():
                 out.append(_attrs(self._real(target), fake))
             return out
@@ -272,6 +335,11 @@ class _Sftp(paramiko.SFTPServerInterface):
 
     def open(self, path: str, flags: int, attr):  # type: ignore[no-untyped-def]
         real = self._real(path)
+        name = os.path.basename(real)
+        if name in self.owner.refuse_read:
+            return paramiko.SFTP_PERMISSION_DENIED
+        if name in self.owner.gone_on_read and os.path.exists(real):
+            os.remove(real)
         try:
             fd = os.open(real, flags | getattr(os, "O_BINARY", 0), 0o644)
             if flags & os.O_WRONLY:
@@ -284,6 +352,7 @@ class _Sftp(paramiko.SFTPServerInterface):
         except OSError as exc:
             return self._err(exc)
         h = _Handle(flags)
+        h.truncate = self.owner.truncate_uploads
         h.filename = real
         h.readfile = h.writefile = f
         return h
@@ -350,8 +419,13 @@ class SftpServer(_Threaded):
 
     def __init__(self, root: Path, user: str = "alice", password: str | None = "s3cret-pw", *,
                  host_key: paramiko.PKey | None = None, client_keys: list[paramiko.PKey] | None = None,
-                 lies: dict[str, str] | None = None, port: int = 0) -> None:
+                 lies: dict[str, str] | None = None, stall_after: int = 0, truncate_uploads: bool = False,
+                 port: int = 0) -> None:
         self.root, self.user, self.password = root, user, password
+        self.stall_after = stall_after          # > 0: stop reading each connection after that many bytes
+        self.truncate_uploads = truncate_uploads
+        self.refuse_read: set[str] = set()
+        self.gone_on_read: set[str] = set()
         if host_key is None:
             if SftpServer._host_key_cache is None:
                 SftpServer._host_key_cache = paramiko.ECDSAKey.generate()
@@ -387,9 +461,15 @@ class SftpServer(_Threaded):
             except (socket.timeout, OSError):
                 continue
             conn.settimeout(None)
-            t = paramiko.Transport(conn)
+            if self.stall_after:
+                # a window far larger than the socket buffers: the client is held by TCP, not by SSH
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+                t = paramiko.Transport(_StallingSocket(conn, self.stall_after, self._stop),  # type: ignore[arg-type]
+                                       default_window_size=1 << 30)
+            else:
+                t = paramiko.Transport(conn)
             t.add_server_key(self.host_key)
-            t.set_subsystem_handler("sftp", paramiko.SFTPServer, _Sftp)
+            t.set_subsystem_handler("sftp", _BytesNamesServer, _Sftp)
             self._transports.append(t)
             try:
                 t.start_server(server=_SshServer(self))
@@ -557,6 +637,21 @@ def make_channel(folder: Path, ctype: str, log: logging.Logger | None = None, **
     (env / "config" / "routes.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
     cfg = load_config(env / "config")
     return build(cfg.channels["partner"], cfg, log or logging.getLogger("test.channels"))
+
+
+def fetch_refused_gone_ok(ch, folder: Path, refusal: str) -> None:  # type: ignore[no-untyped-def]
+    """Fetch a listing's 'gone.edi' (FileGone), 'locked.edi' (Refused, matching ``refusal``) and 'ok.edi'
+    over one open channel: the first two are those files' problems, and the connection stays usable."""
+    from engine.channels.base import FileGone, Refused
+
+    items = {i.name: i for i in ch.list_incoming()}
+    with pytest.raises(FileGone, match=r"'gone.edi' was listed but is gone$"):
+        ch.fetch(items["gone.edi"], folder / "g")
+    with pytest.raises(Refused, match=refusal):
+        ch.fetch(items["locked.edi"], folder / "l")
+    ch.fetch(items["ok.edi"], folder / "o")
+    assert not ch.broken
+    assert (folder / "o").read_bytes() == b"ok.edi"
 
 
 def assert_secret_free(exc: BaseException, *secrets: str) -> None:

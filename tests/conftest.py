@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -136,10 +137,16 @@ class Env:
     def path(self, rel: str) -> Path:
         return self.root / rel
 
-    def drop(self, rel: str, content: bytes | str = b"x") -> Path:
+    def drop(self, rel: str, content: bytes | str = b"x", *, fresh: bool = False) -> Path:
+        """A complete file, as a partner left it a while ago: its mtime is set a minute back, so an
+        engine run takes it at once (readiness waits ``settle`` only for files changed just now).
+        ``fresh=True`` keeps the mtime of the write, as for a file that has just arrived."""
         p = self.root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(content.encode() if isinstance(content, str) else content)
+        if not fresh:
+            then = time.time() - 60
+            os.utime(p, (then, then))
         return p
 
     def config(self):  # type: ignore[no-untyped-def]

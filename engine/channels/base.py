@@ -22,12 +22,23 @@ class CommunicationError(Exception):
     """Talking to a partner failed; str() is one line naming channel and host, never a password."""
 
 
+class Refused(CommunicationError):
+    """The partner answered "no" to one request (permission denied, rename refused, recipient
+    unknown ...); the connection is fine, so it is that file's problem, never the channel's."""
+
+
+class FileGone(Refused):
+    """A listed file was no longer there when it was fetched (taken or removed by someone else):
+    nothing to receive, and no error."""
+
+
 @dataclass(frozen=True)
 class IncomingItem:
     """One file waiting at an in-channel. ``ref`` is the channel's own handle for it."""
-    name: str          # the partner's name for the file (untrusted)
+    name: str          # the partner's name for the file (untrusted; undecodable bytes shown as U+FFFD)
     size: int | None
     ref: Any
+    mtime: Any = None  # the time the listing shows (compared between listings only), None if not listed
 
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
@@ -51,6 +62,7 @@ class Channel(ABC):
     """Base class: subclasses implement the in-side, the out-side, or both."""
 
     type: str = ""
+    local = False    # a folder on this machine: readiness asks /proc who writes its files (refs are paths)
 
     def __init__(self, spec: ChannelSpec, cfg: Config, log: logging.Logger) -> None:
         self.spec, self.cfg, self.log = spec, cfg, log

@@ -16,7 +16,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from engine.channels.base import Channel, CommunicationError, IncomingItem
+from engine.channels.base import Channel, CommunicationError, FileGone, IncomingItem, Refused
 
 _CHUNK = 1024 * 1024
 
@@ -27,6 +27,7 @@ def _reason(exc: OSError) -> str:
 
 class FileChannel(Channel):
     type = "file"
+    local = True
 
     _folder: Path | None = None
 
@@ -44,7 +45,7 @@ class FileChannel(Channel):
         """The waiting files, sorted by name: a compact sized listing, items made as they are used."""
         folder = self.folder
         mask = self.spec.get("filemask") or "*"
-        names: list[tuple[str, int]] = []
+        names: list[tuple[str, int, float]] = []
         try:
             with os.scandir(folder) as it:
                 for entry in it:
@@ -60,7 +61,7 @@ class FileChannel(Channel):
                     if not stat.S_ISREG(st.st_mode):
                         self.log.warning("%s: skipping %r: not a regular file", self.describe(), entry.name)
                         continue
-                    names.append((entry.name, st.st_size))
+                    names.append((entry.name, st.st_size, st.st_mtime))
         except FileNotFoundError:
             raise CommunicationError(f"{self.describe()}: folder does not exist") from None
         except OSError as exc:
@@ -90,8 +91,10 @@ class FileChannel(Channel):
                     os.close(out)
             finally:
                 os.close(fd)
-        except OSError as exc:
-            raise CommunicationError(f"{self.describe()}: cannot read {item.name!r}: {_reason(exc)}") from None
+        except FileNotFoundError:
+            raise FileGone(f"{self.describe()}: {item.name!r} was listed but is gone") from None
+        except OSError as exc:      # this file only (permissions, a FIFO swapped in): the others go on
+            raise Refused(f"{self.describe()}: cannot read {item.name!r}: {_reason(exc)}") from None
         return size, h.hexdigest()
 
     def delete(self, item: IncomingItem) -> None:
@@ -122,9 +125,9 @@ class FileChannel(Channel):
 
 
 class _Listing:
-    """A folder listing that keeps only (name, size) per file: 100,000 waiting files stay small."""
+    """A folder listing that keeps only (name, size, mtime) per file: 100,000 waiting files stay small."""
 
-    def __init__(self, folder: str, names: list[tuple[str, int]]) -> None:
+    def __init__(self, folder: str, names: list[tuple[str, int, float]]) -> None:
         self.folder, self.names = folder, names
 
     def __len__(self) -> int:
@@ -132,5 +135,9 @@ class _Listing:
 
     def __iter__(self) -> Iterator[IncomingItem]:
         folder = self.folder
-        for name, size in self.names:
-            yield IncomingItem(name=name, size=size, ref=os.path.join(folder, name))
+        for name, size, mtime in self.names:
+            yield IncomingItem(name=name, size=size, ref=os.path.join(folder, name), mtime=mtime)
+
+    def without(self, names: set[str]) -> "_Listing":
+        """The same listing less the files ``names`` (held back by readiness), still compact."""
+        return _Listing(self.folder, [n for n in self.names if n[0] not in names])

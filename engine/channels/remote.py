@@ -1,8 +1,9 @@
 """What the remote channel types (ftp, ftps, sftp, smtp) share.
 
 Connection settings from the channel spec, error messages that name channel and host
-and never carry a password, filemask matching, and the send pattern: write under a
-temporary name, then rename, so partners never pick up half a file.
+and never carry a password, filemask matching, file names in the channel's ``encoding``, and
+the send pattern: write under a temporary name, check the size the server got, then rename, so
+partners never pick up half a file and a delivery counts only when the partner took it whole.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from engine.channels.base import Channel, CommunicationError, IncomingItem, safe_name
+from engine.channels.base import Channel, CommunicationError, IncomingItem, Refused, safe_name
 from engine.log import redact
 
 # Our own temporary upload names: never offered as incoming files (see temp_name).
@@ -27,7 +28,8 @@ def is_temp_name(name: str) -> bool:
 
 
 def one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    """``text`` on one line; bytes a server sent that decode to nothing (lone surrogates) become "?"."""
+    return " ".join(str(text).encode("utf-8", "replace").decode("utf-8").split())
 
 
 class RemoteChannel(Channel):
@@ -46,9 +48,10 @@ class RemoteChannel(Channel):
         self.remote_path: str = spec.get("path") or ""
         self.filemask: str = spec.get("filemask") or "*"
         self.timeout: float = float(spec.get("timeout") or 10.0)
+        self.encoding: str = spec.get("encoding") or "utf-8"   # of file names (ftp, sftp: the protocol has none)
         self.broken = False        # a transfer failed: the connection is not trusted any more
         self.dead: CommunicationError | None = None   # reconnecting failed: the channel is done for this run
-        self.use_rename = True     # cleared when the server refuses to rename
+        self.leftovers: list[str] = []   # temporary uploads a broken connection left; removed on reconnect
 
     # ------------------------------------------------------------------ errors
     def describe(self) -> str:
@@ -79,12 +82,13 @@ class RemoteChannel(Channel):
             return exc.strerror
         return str(exc) or type(exc).__name__
 
-    def error(self, action: str, exc: BaseException | None = None) -> CommunicationError:
-        """One-line CommunicationError naming channel and host; no password in it."""
+    def error(self, action: str, exc: BaseException | None = None,
+              kind: type[CommunicationError] = CommunicationError) -> CommunicationError:
+        """One-line CommunicationError (or ``kind``) naming channel and host; no password in it."""
         text = f"{self.describe()}: {action}"
         if exc is not None:
             text += f": {self.reason(exc)}"
-        return CommunicationError(self.scrub(text))
+        return kind(self.scrub(text))
 
     def is_answer(self, exc: BaseException) -> bool:
         """True when ``exc`` is the server's refusal, after which the connection is still in step."""
@@ -95,12 +99,15 @@ class RemoteChannel(Channel):
         """Turn the protocol's errors inside the block into a CommunicationError (no chained secrets)."""
         try:
             yield
+        except Refused:
+            raise
         except CommunicationError:
             self.broken = True
             raise
         except self.errors as exc:
-            if not self.is_answer(exc):
-                self.broken = True
+            if self.is_answer(exc):       # the partner said no to this request; the session goes on
+                raise self.error(action, exc, Refused) from None
+            self.broken = True
             raise self.error(action, exc) from None
 
     # ------------------------------------------------------------------ connection
@@ -122,6 +129,17 @@ class RemoteChannel(Channel):
         except CommunicationError as exc:
             self.dead = exc
             raise
+        self.remove_leftovers()
+
+    def remove_leftovers(self) -> None:
+        """Remove the temporary uploads that broken transfers left, now that a connection works again
+        (best effort: what cannot be removed stays under its hidden ``.NAME.XXXXXXXX.part`` name)."""
+        left, self.leftovers = self.leftovers, []
+        for tmp in left:
+            try:
+                self.remove_quietly(tmp)
+            except Exception:  # noqa: BLE001 - best effort; the transfer's own error is the one reported
+                self.log.debug("%s", self.scrub(f"{self.describe()}: could not remove {tmp!r}"), exc_info=True)
 
     # ------------------------------------------------------------------ names
     def matches(self, name: str) -> bool:
@@ -156,36 +174,65 @@ class RemoteChannel(Channel):
         if item.size is not None and got != item.size:
             raise self.error(f"cannot download {item.name!r}: got {got} bytes, the listing said {item.size}")
 
+    # ------------------------------------------------------------------ names on the wire
+    def wire_name(self, raw: str | bytes) -> tuple[str, bool]:
+        """(the name to show and record, whether some of its bytes are not valid in ``encoding``).
+
+        ``raw`` is a name as listed: decoded with surrogateescape (ftp) or bytes (sftp); odd bytes show
+        as U+FFFD, and the file is still reached under ``raw``, its own bytes.
+        """
+        data = raw if isinstance(raw, bytes) else raw.encode(self.encoding, "surrogateescape")
+        try:
+            return data.decode(self.encoding), False
+        except UnicodeDecodeError:
+            return data.decode(self.encoding, "replace"), True
+
+    def warn_undecodable(self, names: list[str]) -> None:
+        if names:
+            self.log.warning("%s", self.scrub(
+                f"{self.describe()}: {len(names)} file name(s) are not valid {self.encoding} (set the channel's "
+                f"encoding, e.g. encoding = \"cp1252\"); received under names with U+FFFD for the odd bytes: "
+                + ", ".join(repr(n) for n in names[:10])))
+
     # ------------------------------------------------------------------ sending
     def send(self, src: Path, filename: str) -> None:
-        """Upload ``src`` as ``filename`` inside the remote folder, via a temporary name."""
+        """Upload ``src`` as ``filename`` inside the remote folder: to a temporary name, check that the
+        server holds every byte, rename. Anything short of that raises CommunicationError (the engine
+        keeps the file for retry): a refused rename is a failed delivery, never a fallback to writing
+        the final name directly, which a partner could pick up half-written."""
         name = safe_name(filename)  # a template-made name never leaves the remote folder
-        if self.use_rename:
-            tmp = self.temp_name(name)
-            try:
-                with self.step(f"cannot send {name!r}"):
-                    self.put(src, tmp)
-            except CommunicationError:
-                if not self.broken:   # refused (disk full, ...): do not leave a piece behind
-                    try:
-                        self.remove_quietly(tmp)
-                    except Exception:  # noqa: BLE001 - the upload's error is the one to report
-                        pass
-                raise
+        tmp = self.temp_name(name)
+        size = src.stat().st_size
+        with self.step(f"cannot send {name!r}"):
+            self.ensure_open()         # no connection: nothing was begun, nothing to clean up
+        try:
+            with self.step(f"cannot send {name!r}"):
+                self.put(src, tmp)
+            with self.step(f"cannot send {name!r}: cannot check its size on the server"):
+                got = self.remote_size(tmp)
+            if got is not None and got != size:
+                raise self.error(f"cannot send {name!r}: the server holds {got} of the {size} bytes sent", None,
+                                 Refused)
             with self.step(f"cannot rename {tmp!r} to {name!r}"):
                 refusal = self.rename(tmp, name)
-            if refusal is None:
-                return
-            self.log.warning("%s", self.scrub(
-                f"{self.describe()}: the server refuses to rename uploads ({refusal}); "
-                "sending under final names from now on"))
-            self.use_rename = False
-            with self.step(f"cannot remove {tmp!r}"):
-                self.remove_quietly(tmp)
-        with self.step(f"cannot send {name!r}"):
-            self.put(src, name)
+            if refusal is not None:
+                raise self.error(f"cannot send {name!r}: the server refuses to rename {tmp!r} to it ({refusal})",
+                                 None, Refused)
+        except CommunicationError:
+            if self.broken:            # cannot clean up now: at the next connection of this run
+                self.leftovers.append(tmp)
+            else:                      # refused: leave no piece behind
+                try:
+                    self.remove_quietly(tmp)
+                except Exception:  # noqa: BLE001 - the upload's error is the one to report
+                    self.leftovers.append(tmp)
+            raise
 
     def put(self, src: Path, remote_name: str) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def remote_size(self, remote_name: str) -> int | None:  # pragma: no cover - abstract
+        """The size the server has for a file just uploaded; None when the server cannot tell."""
         raise NotImplementedError
 
     def rename(self, old: str, new: str) -> str | None:  # pragma: no cover - abstract

@@ -1,15 +1,25 @@
-"""SFTP channel on paramiko: one SSH connection per run, host keys checked against known_hosts."""
+"""SFTP channel on paramiko: one SSH connection per run, host keys checked against known_hosts.
+
+File names: SFTP version 3 (what OpenSSH speaks) sends them as bytes with no encoding; the channel
+decodes them with its ``encoding`` (default UTF-8) and uses the bytes as listed to reach the file,
+so one odd name never stops a listing. A partner that stops answering mid-file ends the transfer
+within ``timeout`` (see :class:`_Watchdog`).
+"""
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
 import stat
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import paramiko
+from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR
 
-from engine.channels.base import IncomingItem
+from engine.channels.base import FileGone, IncomingItem, Refused
 from engine.channels.remote import RemoteChannel
 
 BLOCKSIZE = 32 * 1024   # paramiko's SFTP packet size
@@ -19,6 +29,45 @@ PARAMIKO_LOG = "botsq.sftp.paramiko"
 logging.getLogger(PARAMIKO_LOG).setLevel(logging.CRITICAL)
 
 
+class _Watchdog:
+    """Closes the SSH transport when a transfer makes no progress for ``timeout`` seconds.
+
+    paramiko retries a socket send that times out for ever (``Packetizer.write_all``), so a partner
+    that stops reading mid-file would hold the run for good; closing the transport makes that send
+    fail at once (EOFError), and the channel reports it as timed out.
+    """
+
+    def __init__(self, timeout: float, on_stall) -> None:  # type: ignore[no-untyped-def]
+        self.timeout, self.on_stall = timeout, on_stall
+        self.busy = 0
+        self.last = time.monotonic()
+        self.fired = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="sftp-watchdog", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(max(0.05, self.timeout / 4)):
+            if self.busy and time.monotonic() - self.last > self.timeout and not self.fired:
+                self.fired = True
+                self.on_stall()
+
+    def progress(self) -> None:
+        self.last = time.monotonic()
+
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        self.busy += 1
+        self.progress()
+        try:
+            yield
+        finally:
+            self.busy -= 1
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 class SftpChannel(RemoteChannel):
     type = "sftp"
     default_port = 22
@@ -26,6 +75,7 @@ class SftpChannel(RemoteChannel):
 
     transport: paramiko.Transport | None = None
     sftp: paramiko.SFTPClient | None = None
+    watchdog: _Watchdog | None = None
 
     # ------------------------------------------------------------------ connecting
     def _known_keys(self) -> tuple[str, dict[str, paramiko.PKey] | None, Path]:
@@ -84,6 +134,8 @@ class SftpChannel(RemoteChannel):
                 raise paramiko.AuthenticationException("authentication failed")
 
     def reason(self, exc: BaseException) -> str:
+        if self.watchdog is not None and self.watchdog.fired:
+            return f"timed out after {self.timeout:g} s without progress (the server stopped answering)"
         if isinstance(exc, paramiko.BadAuthenticationType):
             return f"the server does not accept this kind of login (allowed: {', '.join(exc.allowed_types)})"
         if isinstance(exc, paramiko.AuthenticationException):
@@ -123,10 +175,24 @@ class SftpChannel(RemoteChannel):
             transport.close()
             raise
         self.transport, self.sftp = transport, sftp
+        self.watchdog = _Watchdog(self.timeout, transport.close)
+
+    @contextmanager
+    def step(self, action: str) -> Iterator[None]:
+        """As RemoteChannel.step, with the watchdog on: no request of the channel waits for ever."""
+        dog = self.watchdog
+        if dog is None:
+            with super().step(action):
+                yield
+            return
+        with dog.watching(), super().step(action):
+            yield
 
     def close(self) -> None:
-        sftp, transport = self.sftp, self.transport
-        self.sftp = self.transport = None
+        sftp, transport, dog = self.sftp, self.transport, self.watchdog
+        self.sftp = self.transport = self.watchdog = None
+        if dog is not None:
+            dog.stop()
         for thing in (sftp, transport):
             try:
                 if thing is not None:
@@ -147,40 +213,99 @@ class SftpChannel(RemoteChannel):
         assert self.sftp is not None
         return self.sftp
 
+    # ------------------------------------------------------------------ names
+    def _b(self, name: str | bytes) -> bytes:
+        """A name as the server wants it: listed names as they came, ours in the channel's encoding."""
+        if isinstance(name, bytes):
+            return name
+        try:
+            return name.encode(self.encoding)
+        except UnicodeEncodeError:
+            raise self.error(f"the file name {name!r} cannot be written in the channel's encoding "
+                             f"({self.encoding})", None, Refused) from None
+
+    def _listdir(self, sftp: paramiko.SFTPClient) -> Iterator[tuple[bytes, paramiko.SFTPAttributes]]:
+        """paramiko's listdir_attr, keeping each name's bytes: its own decodes them as UTF-8 and
+        fails the whole listing on the first name that is not (SFTP v3 fixes no encoding)."""
+        t, msg = sftp._request(CMD_OPENDIR, sftp._adjust_cwd("."))
+        if t != CMD_HANDLE:
+            raise paramiko.SFTPError("Expected handle")
+        handle = msg.get_binary()
+        try:
+            while True:
+                try:
+                    t, msg = sftp._request(CMD_READDIR, handle)
+                except EOFError:
+                    break
+                if t != CMD_NAME:
+                    raise paramiko.SFTPError("Expected name response")
+                for _ in range(msg.get_int()):
+                    raw = msg.get_string()
+                    msg.get_string()                       # the "ls -l" line: not used
+                    attrs = paramiko.SFTPAttributes._from_msg(msg)
+                    if raw not in (b".", b".."):
+                        yield raw, attrs
+        finally:
+            sftp._request(CMD_CLOSE, handle)
+
     # ------------------------------------------------------------------ in-side
     def list_incoming(self) -> list[IncomingItem]:
         sftp = self._conn()
         with self.step("cannot list the remote folder"):
-            entries = sftp.listdir_attr(".")
-        return [IncomingItem(a.filename, a.st_size, a.filename) for a in entries
-                if a.st_mode is not None and stat.S_ISREG(a.st_mode) and self.matches(a.filename)]
+            entries = list(self._listdir(sftp))
+        items: list[IncomingItem] = []
+        odd: list[str] = []
+        for raw, a in entries:
+            name, undecodable = self.wire_name(raw)
+            if a.st_mode is None or not stat.S_ISREG(a.st_mode) or not self.matches(name):
+                continue
+            if undecodable:
+                odd.append(name)
+            items.append(IncomingItem(name, a.st_size, raw, a.st_mtime))
+        self.warn_undecodable(odd)
+        return items
 
     def fetch(self, item: IncomingItem, dest: Path) -> None:
         sftp = self._conn()
-        with self.step(f"cannot download {item.name!r}"), open(dest, "wb") as out:
-            got = 0
-            with sftp.open(item.ref, "rb") as remote:
-                if item.size and item.size > BLOCKSIZE:   # pipelined reads, not one round trip per block
-                    remote.prefetch(item.size)           # (a thread of its own: not for one-block files)
-                while data := remote.read(BLOCKSIZE):
-                    out.write(data)
-                    got += len(data)
+        try:
+            with self.step(f"cannot download {item.name!r}"), open(dest, "wb") as out:
+                got = 0
+                with sftp.open(self._b(item.ref), "rb") as remote:
+                    if item.size and item.size > BLOCKSIZE:   # pipelined reads, not one round trip per block
+                        remote.prefetch(item.size)           # (a thread of its own: not for one-block files)
+                    while data := remote.read(BLOCKSIZE):
+                        out.write(data)
+                        got += len(data)
+                        if self.watchdog is not None:
+                            self.watchdog.progress()
+        except Refused as exc:
+            if isinstance(exc.__context__, FileNotFoundError):
+                raise FileGone(f"{self.describe()}: {item.name!r} was listed but is gone") from None
+            raise
         self.check_size(item, got)
 
     def delete(self, item: IncomingItem) -> None:
         sftp = self._conn()
         with self.step(f"cannot delete {item.name!r}"):
-            sftp.remove(item.ref)
+            sftp.remove(self._b(item.ref))
 
     # ------------------------------------------------------------------ out-side
     def put(self, src: Path, remote_name: str) -> None:
         sftp = self._conn()
-        with open(src, "rb") as f, sftp.open(remote_name, "wb") as remote:
+        dog = self.watchdog
+        with open(src, "rb") as f, sftp.open(self._b(remote_name), "wb") as remote:
             remote.set_pipelined(True)
-            shutil.copyfileobj(f, remote, BLOCKSIZE)
+            while buf := f.read(BLOCKSIZE):
+                remote.write(buf)
+                if dog is not None:
+                    dog.progress()
+
+    def remote_size(self, remote_name: str) -> int | None:
+        return self._conn().stat(self._b(remote_name)).st_size
 
     def rename(self, old: str, new: str) -> str | None:
         sftp = self._conn()
+        old, new = self._b(old), self._b(new)   # type: ignore[assignment]
         try:
             sftp.posix_rename(old, new)   # atomic, replaces an existing file (OpenSSH extension)
             return None
@@ -191,7 +316,13 @@ class SftpChannel(RemoteChannel):
             return None
         except OSError as exc:
             self._raise_if_gone(exc)
+            refusal = str(exc) or "refused"
         try:
+            sftp.stat(new)
+        except OSError as exc:
+            self._raise_if_gone(exc)
+            return refusal            # no file in the way: the server refused the rename itself
+        try:                          # an older file of that name is in the way: replace it
             sftp.remove(new)
             sftp.rename(old, new)
         except OSError as exc:
@@ -206,6 +337,6 @@ class SftpChannel(RemoteChannel):
 
     def remove_quietly(self, remote_name: str) -> None:
         try:
-            self._conn().remove(remote_name)
+            self._conn().remove(self._b(remote_name))
         except OSError as exc:
             self._raise_if_gone(exc)

@@ -1,7 +1,9 @@
 """SMTP out-channel: every outgoing file becomes one mail with the file attached.
 
 One SMTP session per run. A mail is accepted by the server as a whole or not at all,
-so there is no temporary name to rename.
+so there is no temporary name to rename. A delivery counts only when every ``to`` address
+was accepted: a server refusing one of them (while taking the mail for the others) is a
+failed delivery naming the refused address, and a retry sends the mail to every address again.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-from engine.channels.base import safe_name
+from engine.channels.base import CommunicationError, Refused, safe_name
 from engine.channels.remote import RemoteChannel
 
 
@@ -103,16 +105,26 @@ class SmtpChannel(RemoteChannel):
         self.ensure_open()
         assert self.smtp is not None
         try:
-            self.smtp.send_message(msg, from_addr=self.sender, to_addrs=self.to)
-            return
+            refused = self.smtp.send_message(msg, from_addr=self.sender, to_addrs=self.to)
         except smtplib.SMTPServerDisconnected:
             # A session the server dropped (idle timeout) never accepted the mail: reconnect once, now.
             self.broken = True
         except self.errors as exc:
             if not self.is_answer(exc):
                 self.broken = True
-            raise self.error(action, exc) from None
+            raise self.error(action, exc, Refused if self.is_answer(exc) else CommunicationError) from None
+        else:
+            self._all_accepted(refused, action)
+            return
         self.ensure_open()
         assert self.smtp is not None
         with self.step(action):
-            self.smtp.send_message(msg, from_addr=self.sender, to_addrs=self.to)
+            refused = self.smtp.send_message(msg, from_addr=self.sender, to_addrs=self.to)
+        self._all_accepted(refused, action)
+
+    def _all_accepted(self, refused: dict, action: str) -> None:
+        """smtplib reports recipients refused while others took the mail only in its return value."""
+        if refused:
+            took = ", ".join(a for a in self.to if a not in refused)
+            error = self.error(action, smtplib.SMTPRecipientsRefused(refused), Refused)
+            raise Refused(f"{error} (accepted for {took}; a retry sends to every address again)")

@@ -1,7 +1,7 @@
 """Reading routes.toml: channels and routes, strictly (an unknown key is an error naming it).
 
-Channel keys and their types come from the one channel-type table,
-:data:`engine.channels.types.CHANNEL_TYPES`.
+Channel keys, their types and value checks come from the one channel-type table,
+:data:`engine.channels.types.CHANNEL_TYPES` (and its ``VALUE_CHECKS``).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.channels.types import CHANNEL_TYPES, KeyType
+from engine.channels.types import CHANNEL_TYPES, VALUE_CHECKS, KeyType
 from engine.config.ini import expand_env
 from engine.errors import ConfigError
 
@@ -78,6 +78,9 @@ def _channel(path: Path, name: str, body: Any) -> ChannelSpec:
         if key not in ctype.keys:
             raise ConfigError(f"{where}.{key}: unknown key for a {ctype.name} channel")
         opts[key] = _check_type(value, ctype.keys[key], f"{where}.{key}")
+        test, expected = VALUE_CHECKS.get(key, (None, ""))
+        if test is not None and not test(opts[key]):
+            raise ConfigError(f"{where}.{key}: expected {expected}, got {value!r}")
     for key in ctype.required:
         if key not in opts:
             raise ConfigError(f"{where}.{key}: required for a {ctype.name} channel")

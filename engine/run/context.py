@@ -1,5 +1,5 @@
 """What the steps of one run share: the config, the log, the run's id and counts, its errors for
-the report, its open channels, progress reporting and the lock check.
+the report, its open channels and their readiness rule, progress reporting and the lock check.
 
 Every step (receive, deliver, recovery, the commands) takes the :class:`RunContext`; only the
 session (:mod:`engine.run.session`) creates one.
@@ -17,8 +17,10 @@ from typing import Any
 
 from engine.config import Config
 from engine.lock import EngineLockHandle
+from engine.readiness import Readiness
 from engine.run.channel_pool import ChannelPool
 from engine.run.tracking import Tracker
+from engine.sightings import EmptySightings
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 PROGRESS_EVERY = 0.5        # seconds between progress callbacks
@@ -68,6 +70,7 @@ class RunContext:
         self.tracker = Tracker(cfg.database_url)
         self.botssys = cfg.directories.botssys
         self.channels = ChannelPool(cfg, log)
+        self.readiness = Readiness(EmptySightings(cfg.database_url), log)   # in-channels: complete files only
         self.progress_cb = progress
         self.run_id = 0
         self.lock: EngineLockHandle | None = None

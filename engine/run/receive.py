@@ -1,5 +1,5 @@
-"""Receiving one route part: list the in-channel, then batch by batch fetch -> archive -> record ->
-remove at the source -> deliver.
+"""Receiving one route part: list the in-channel (its complete files only: :mod:`engine.readiness`),
+then batch by batch fetch -> archive -> record -> remove at the source -> deliver.
 
 No file is lost: each file is fetched to a temporary name in the archive, checksummed and
 renamed; the batch is flushed to disk once (:func:`engine.run.archive.syncfs`) and recorded in
@@ -7,7 +7,8 @@ one commit together with its pending-removal marks; only then are the sources re
 (``remove = true``). A file whose earlier removal failed is recognised by its mark and only
 removed (:mod:`engine.run.removal`). A file that cannot be fetched is recorded as a
 communication error and stays at the partner; after MAX_FETCH_FAILURES failures in a row the
-rest of the channel waits for the next run. ``maxsecondsperchannel`` bounds the time spent.
+rest of the channel waits for the next run (a refusal of one file, ``Refused``, is that file's and
+does not count towards them; a file gone since the listing, ``FileGone``, is nobody's error). ``maxsecondsperchannel`` bounds the time spent.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.channels.base import Channel, IncomingItem, safe_name
+from engine.channels.base import Channel, FileGone, IncomingItem, Refused, safe_name
 from engine.config import Route, RoutePart
 from engine.errors import ConfigError
 from engine.models import InStatus
@@ -69,7 +70,7 @@ class _PartReceiver:
     def _list(self) -> tuple[Channel, Collection[IncomingItem]] | None:
         try:
             ch = self.ctx.channels.get(self.inname)
-            listing = ch.list_incoming()
+            listing = self.ctx.readiness.listing(ch)      # the files that are complete (settled listing)
             # a sized listing is consumed as it goes (a 100,000-file folder never sits in memory
             # as objects); anything else is read whole here, where its errors belong to the listing
             if not hasattr(listing, "__len__"):
@@ -91,7 +92,8 @@ class _PartReceiver:
         # files an earlier run received but could not remove at the source (usually none: one query);
         # looked at even when nothing is listed, so marks of files gone meanwhile are settled
         if self.remove:
-            self.pending = pending_removals(ctx, self.inname, listing)
+            # every file listed, held back or not: a file still at the source keeps its mark
+            self.pending = pending_removals(ctx, self.inname, getattr(listing, "listed", listing))
         self.total = len(listing)
         if not self.total:
             return
@@ -178,10 +180,13 @@ class _PartReceiver:
         ctx = self.ctx
         err = communication_error(exc, self.inname, f"fetching {name!r} failed", ctx.log)
         unlink_quietly(tmp)
+        if isinstance(err, FileGone):        # taken by someone else since the listing: not ours
+            ctx.log.info("route %s: %s", self.route, err)
+            return False
         ctx.comm_error(self.route, name, str(err))
         batch.recs.append(InRec(run_id=ctx.run_id, route=self.route, part=self.partno, channel=self.inname,
                                 filename=name, size=item.size, status=InStatus.COMMERROR, error=str(err)))
-        self.failures += 1
+        self.failures = 0 if isinstance(err, Refused) else self.failures + 1   # a refusal is that file's
         if self.failures < MAX_FETCH_FAILURES:
             return False
         ctx.log.error("route %s: %d fetches in a row failed on channel %s; the rest waits for the next run",

@@ -243,7 +243,7 @@ def test_ftp_server_refusing_dele_nothing_sent_twice(make_env, tmp_path: Path, r
     (root / "out").mkdir()
     for n in range(3):
         (root / "in" / f"d{n}.edi").write_text(f"order {n}")
-    srv = FtpServer(root, password=FTP_PW, perm="elrw").start()          # no 'd': DELE refused (550)
+    srv = FtpServer(root, password=FTP_PW, perm="elrwf").start()         # no "d": DELE refused (550)
     try:
         env = make_env(ini=ini(reports), routes=routes(ftp(srv, "in", remove=True), ftp(srv, "out", filename="{infile}")))
         first = run(env, "--new")

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from channel_servers import HOST, BlackHole, FtpServer, assert_secret_free, make_certs, make_channel
-from engine.channels.base import CommunicationError, safe_name
+from channel_servers import (HOST, BlackHole, FtpServer, assert_secret_free, fetch_refused_gone_ok, make_certs,
+                             make_channel)
+from engine.channels.base import CommunicationError, FileGone, Refused, safe_name
 
 PASSWORD = "Ftp-pa55word!"
 
@@ -179,7 +180,7 @@ def test_a_dropped_connection_is_reopened_once(tmp_path: Path, certs) -> None:
                 ch.fetch(item, tmp_path / "a")
             ch.fetch(item, tmp_path / "a")   # reconnected
             assert (tmp_path / "a").read_bytes() == b"A"
-            with pytest.raises(CommunicationError, match=r"cannot download 'gone.edi': 550 "):
+            with pytest.raises(FileGone, match=r"'gone.edi' was listed but is gone$"):
                 ch.fetch(type(item)("gone.edi", 1, "gone.edi"), tmp_path / "b")   # a refusal keeps the connection
             ch.delete(item)
         assert srv.connections == 2
@@ -239,34 +240,92 @@ def test_send_cannot_be_tricked_out_of_the_remote_folder(tmp_path: Path, server:
     assert {p for p in server.root.rglob("*")} - before == {remote / stored}
 
 
-def test_refused_rename_falls_back_to_sending_under_the_final_name(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_refused_rename_is_a_failed_delivery_leaving_nothing_behind(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "in").mkdir(parents=True)
     with FtpServer(root, password=PASSWORD, perm="elradmw") as srv:   # no "f": RNFR/RNTO refused
         ch = make_channel(tmp_path, "ftp", host=HOST, port=srv.port, user="alice", password=PASSWORD, path="in")
         src = tmp_path / "src"
         src.write_bytes(b"abc")
-        with caplog.at_level(logging.WARNING, logger="test.channels"), ch:
-            ch.send(src, "one.edi")
-            ch.send(src, "two.edi")
-    assert sorted(os.listdir(root / "in")) == ["one.edi", "two.edi"]
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "refuses to rename" in warnings[0] and PASSWORD not in warnings[0]
+        with ch:
+            for name in ("one.edi", "two.edi"):        # never a fall back to writing the final name
+                with pytest.raises(Refused, match=rf"cannot send '{name}': the server refuses to rename "
+                                                  rf"'\.{name}\.[0-9a-f]{{8}}\.part' to it \(550 "):
+                    ch.send(src, name)
+            assert not ch.broken
+    assert os.listdir(root / "in") == []               # no piece left under any name
 
 
-def test_active_mode_and_a_server_without_mlsd(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["ftp", "ftps"])
+def test_server_keeping_less_than_was_sent_is_a_failed_delivery(tmp_path: Path, certs, kind: str) -> None:
     root = tmp_path / "root"
     (root / "in").mkdir(parents=True)
+    with FtpServer(root, password=PASSWORD, certs=certs if kind == "ftps" else None, truncate_uploads=True) as srv:
+        srv.kind = kind  # type: ignore[attr-defined]
+        src = tmp_path / "src"
+        src.write_bytes(b"0123456789")
+        with chan(tmp_path, srv, certs) as ch:
+            with pytest.raises(Refused, match=r"cannot send 'x.edi': the server holds 9 of the 10 bytes sent$"):
+                ch.send(src, "x.edi")
+            srv.truncate_uploads = False
+            ch.send(src, "x.edi")
+    assert os.listdir(root / "in") == ["x.edi"] and (root / "in" / "x.edi").read_bytes() == b"0123456789"
+
+
+def test_a_server_without_mlsd_lists_with_list_and_skips_folders(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "in" / "sub.edi").mkdir(parents=True)      # a folder matching the mask: 550 on RETR if taken
+    (root / "in" / "sub.edi" / "deep.edi").write_bytes(b"not here")
     (root / "in" / "a.edi").write_bytes(b"A")
+    (root / "in" / "with space.edi").write_bytes(b"BB")
     with FtpServer(root, password=PASSWORD, mlsd=False) as srv:
         ch = make_channel(tmp_path, "ftp", host=HOST, port=srv.port, user="alice", password=PASSWORD, path="in",
-                          passive=False)
+                          passive=False, filemask="*.edi")
         with ch:
-            items = ch.list_incoming()
-            assert [(i.name, i.size) for i in items] == [("a.edi", None)]
-            ch.fetch(items[0], tmp_path / "a")
-            ch.send(tmp_path / "a", "b.edi")
-    assert (tmp_path / "a").read_bytes() == b"A" and (root / "in" / "b.edi").read_bytes() == b"A"
+            items = sorted(ch.list_incoming(), key=lambda i: i.name)
+            assert [(i.name, i.size) for i in items] == [("a.edi", 1), ("with space.edi", 2)]
+            for item in items:
+                ch.fetch(item, tmp_path / item.name)
+            ch.send(tmp_path / "a.edi", "b.edi")
+    assert (tmp_path / "with space.edi").read_bytes() == b"BB" and (root / "in" / "b.edi").read_bytes() == b"A"
+
+
+@pytest.mark.parametrize("mlsd", [True, False])
+def test_names_in_another_encoding_never_stop_the_listing(tmp_path: Path, mlsd: bool, caplog) -> None:  # type: ignore[no-untyped-def]
+    root = tmp_path / "root"
+    (root / "in").mkdir(parents=True)
+    (root / "in" / "café.edi").write_bytes(b"accent")   # sent as cp1252 bytes: not valid UTF-8
+    (root / "in" / "plain.edi").write_bytes(b"plain")
+    with FtpServer(root, password=PASSWORD, mlsd=mlsd, encoding="cp1252") as srv:
+        base = dict(host=HOST, port=srv.port, user="alice", password=PASSWORD, path="in")
+        with caplog.at_level(logging.WARNING, logger="test.channels"), make_channel(tmp_path, "ftp", **base) as ch:
+            items = sorted(ch.list_incoming(), key=lambda i: i.name)
+            assert [i.name for i in items] == ["caf\ufffd.edi", "plain.edi"]
+            ch.fetch(items[0], tmp_path / "odd")          # reached under its own bytes
+            ch.delete(items[0])
+        assert (tmp_path / "odd").read_bytes() == b"accent" and os.listdir(root / "in") == ["plain.edi"]
+        assert any("not valid utf-8" in r.getMessage() and "encoding" in r.getMessage() for r in caplog.records)
+        (root / "in" / "café.edi").write_bytes(b"accent")
+        with make_channel(tmp_path, "ftp", encoding="cp1252", **base) as ch:
+            items = sorted(ch.list_incoming(), key=lambda i: i.name)
+            assert [i.name for i in items] == ["café.edi", "plain.edi"]
+            ch.fetch(items[0], tmp_path / "named")
+            src = tmp_path / "src"
+            src.write_bytes(b"out")
+            ch.send(src, "rückmeldung.edi")
+    assert (tmp_path / "named").read_bytes() == b"accent" and (root / "in" / "rückmeldung.edi").read_bytes() == b"out"
+
+
+def test_a_refused_or_vanished_download_is_that_files_problem(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "in").mkdir(parents=True)
+    for name in ("gone.edi", "locked.edi", "ok.edi"):
+        (root / "in" / name).write_bytes(name.encode())
+    with FtpServer(root, password=PASSWORD, refuse_read={"locked.edi"}, gone_on_read={"gone.edi"}) as srv:
+        with make_channel(tmp_path, "ftp", host=HOST, port=srv.port, user="alice", password=PASSWORD,
+                          path="in") as ch:
+            fetch_refused_gone_ok(ch, tmp_path, r"cannot download 'locked.edi': 550 Permission denied")
+        assert srv.connections == 1
 
 
 def test_ftps_checks_the_server_certificate(tmp_path: Path, certs) -> None:

@@ -4,14 +4,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
 import paramiko
 import pytest
 
-from channel_servers import HOST, BlackHole, SftpServer, assert_secret_free, make_channel
-from engine.channels.base import CommunicationError, safe_name
+from channel_servers import HOST, BlackHole, SftpServer, assert_secret_free, fetch_refused_gone_ok, make_channel
+from engine.channels.base import CommunicationError, Refused, safe_name
 
 PASSWORD = "Sftp-pa55word!"
 
@@ -108,16 +109,108 @@ def test_send_replaces_an_existing_file(tmp_path: Path, server: SftpServer, remo
     assert sorted(os.listdir(remote)) == ["x.edi", "y.edi"] and (remote / "x.edi").read_bytes() == b"new"
 
 
-def test_refused_rename_falls_back_to_final_names(tmp_path: Path, server: SftpServer, remote: Path,
-                                                  known_hosts: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("posix_rename", [True, False])
+def test_refused_rename_is_a_failed_delivery_leaving_nothing_behind(tmp_path: Path, server: SftpServer, remote: Path,
+                                                                   known_hosts: Path, posix_rename: bool) -> None:
     server.allow_rename = False
+    server.posix_rename = posix_rename
     src = tmp_path / "src"
     src.write_bytes(b"abc")
+    with chan(tmp_path, server, known_hosts) as ch:
+        for name in ("one.edi", "two.edi"):            # never a fall back to writing the final name
+            with pytest.raises(Refused, match=rf"cannot send '{name}': the server refuses to rename "
+                                              rf"'\.{name}\.[0-9a-f]{{8}}\.part' to it \(.*Permission denied\)$"):
+                ch.send(src, name)
+        assert not ch.broken
+    assert os.listdir(remote) == []
+
+
+def test_server_keeping_less_than_was_sent_is_a_failed_delivery(tmp_path: Path, server: SftpServer, remote: Path,
+                                                                 known_hosts: Path) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(b"0123456789")
+    server.truncate_uploads = True
+    try:
+        with chan(tmp_path, server, known_hosts) as ch:
+            with pytest.raises(Refused, match=r"cannot send 'x.edi': the server holds 9 of the 10 bytes sent$"):
+                ch.send(src, "x.edi")
+            assert os.listdir(remote) == []
+            server.truncate_uploads = False
+            ch.send(src, "x.edi")
+    finally:
+        server.truncate_uploads = False
+    assert os.listdir(remote) == ["x.edi"] and (remote / "x.edi").read_bytes() == b"0123456789"
+
+
+def test_names_in_another_encoding_never_stop_the_listing(tmp_path: Path, server: SftpServer, remote: Path,
+                                                           known_hosts: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    folder = os.fsencode(remote)
+    with open(os.path.join(folder, "café.edi".encode("cp1252")), "wb") as f:   # a Windows server's name
+        f.write(b"accent")
+    (remote / "plain.edi").write_bytes(b"plain")
     with caplog.at_level(logging.WARNING, logger="test.channels"), chan(tmp_path, server, known_hosts) as ch:
-        ch.send(src, "one.edi")
-        ch.send(src, "two.edi")
-    assert sorted(os.listdir(remote)) == ["one.edi", "two.edi"]
-    assert [r.getMessage() for r in caplog.records if "refuses to rename" in r.getMessage()]
+        items = sorted(ch.list_incoming(), key=lambda i: i.name)
+        assert [i.name for i in items] == ["caf\ufffd.edi", "plain.edi"]
+        ch.fetch(items[0], tmp_path / "odd")               # reached under its own bytes
+    assert (tmp_path / "odd").read_bytes() == b"accent"
+    assert any("not valid utf-8" in r.getMessage() for r in caplog.records)
+    with chan(tmp_path, server, known_hosts, encoding="cp1252") as ch:
+        items = sorted(ch.list_incoming(), key=lambda i: i.name)
+        assert [i.name for i in items] == ["café.edi", "plain.edi"]
+        ch.fetch(items[0], tmp_path / "named")
+        ch.delete(items[0])
+        ch.send(tmp_path / "named", "rückmeldung.edi")
+    assert sorted(os.listdir(folder)) == ["plain.edi".encode(), "rückmeldung.edi".encode("cp1252")]
+
+
+def test_a_refused_or_vanished_download_is_that_files_problem(tmp_path: Path, server: SftpServer, remote: Path,
+                                                              known_hosts: Path) -> None:
+    for name in ("gone.edi", "locked.edi", "ok.edi"):
+        (remote / name).write_bytes(name.encode())
+    server.refuse_read, server.gone_on_read = {"locked.edi"}, {"gone.edi"}
+    try:
+        with chan(tmp_path, server, known_hosts) as ch:
+            fetch_refused_gone_ok(ch, tmp_path, r"cannot download 'locked.edi': .*Permission denied")
+    finally:
+        server.refuse_read, server.gone_on_read = set(), set()
+
+
+def test_a_partner_that_stops_reading_mid_file_ends_within_the_timeout(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "up").mkdir(parents=True)
+    src = tmp_path / "big"
+    src.write_bytes(os.urandom(32 * 1024 * 1024))       # far more than the socket buffers hold
+    with SftpServer(root, password=PASSWORD, stall_after=200_000) as srv:
+        ch = make_channel(tmp_path, "sftp", host=HOST, port=srv.port, user="alice", password=PASSWORD, path="up",
+                          timeout=1, insecure_no_host_key_check=True)
+        with ch:
+            outcome: list[BaseException] = []
+            done = threading.Event()
+
+            def send() -> None:
+                try:
+                    ch.send(src, "big.edi")
+                except BaseException as exc:  # noqa: BLE001 - looked at below
+                    outcome.append(exc)
+                finally:
+                    done.set()
+
+            threading.Thread(target=send, daemon=True).start()
+            ended = done.wait(60)           # far past the 1 s timeout; paramiko alone would wait for ever
+            if not ended:
+                assert ch.transport is not None
+                ch.transport.sock.close()   # unstick the send so the test can end, then fail
+            assert ended, "the upload to a partner that stopped reading never ended"
+            [error] = outcome
+            assert isinstance(error, CommunicationError)
+            assert str(error).endswith("cannot send 'big.edi': timed out after 1 s without progress (the server "
+                                       "stopped answering)")
+            assert ch.broken and ch.leftovers
+            srv.stall_after = 0                        # the partner answers again: the next file goes
+            small = tmp_path / "small"
+            small.write_bytes(b"small")
+            ch.send(small, "small.edi")                # reconnected; the broken upload's piece is removed
+        assert os.listdir(root / "up") == ["small.edi"]
 
 
 def test_key_file_login_plain_and_encrypted(tmp_path: Path, server: SftpServer, remote: Path, known_hosts: Path,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from channel_servers import HOST, BlackHole, SmtpServer, assert_secret_free, make_certs, make_channel
-from engine.channels.base import CommunicationError
+from engine.channels.base import CommunicationError, Refused
 
 PASSWORD = "Smtp-pa55word!"
 
@@ -145,3 +145,23 @@ def test_server_down_restart_and_timeout(tmp_path: Path) -> None:
         with pytest.raises(CommunicationError, match=r"timed out after 0.5 s$"):
             ch.open()
         assert time.monotonic() - t0 < 3
+
+
+def test_one_recipient_refused_is_a_failed_delivery_naming_it(tmp_path: Path, plain: SmtpServer) -> None:
+    plain.mails.clear()
+    plain.handler.refuse = {"gone@partner.example"}
+    src = tmp_path / "src"
+    src.write_bytes(b"invoice")
+    ch = make_channel(tmp_path, "smtp", host=HOST, port=plain.port, to=["edi@partner.example", "gone@partner.example"])
+    try:
+        with ch:
+            with pytest.raises(Refused) as info:
+                ch.send(src, "INV1.edi")
+            assert not ch.broken
+    finally:
+        plain.handler.refuse = set()
+    assert str(info.value) == (
+        f"channel 'partner' (smtp {HOST}:{plain.port}): cannot send 'INV1.edi' to edi@partner.example, "
+        "gone@partner.example: recipients refused: gone@partner.example (550 5.1.1 no such user) (accepted for "
+        "edi@partner.example; a retry sends to every address again)")
+    assert [m.rcpt_tos for m in plain.mails] == [["edi@partner.example"]]

@@ -125,3 +125,24 @@ def test_mask_url():
     assert mask_url("postgresql+psycopg://bots:pw@db:5432/x") == "postgresql+psycopg://bots:***@db:5432/x"
     assert mask_url("amqp://guest:guest@127.0.0.1:5672//") == "amqp://guest:***@127.0.0.1:5672//"
     assert mask_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+@pytest.mark.parametrize("channel,expect", [
+    ('type = "file"\npath = "in"\nsettle = 0.5', None),
+    ('type = "sftp"\nhost = "h"\nsettle = 0\nencoding = "cp1252"', None),
+    ('type = "file"\npath = "in"\nsettle = -1', r"channels.a.settle: expected seconds, 0 or more \(0 turns the check "
+                                                r"off\), got -1$"),
+    ('type = "ftp"\nhost = "h"\nencoding = "klingon"', r"channels.a.encoding: expected an encoding Python knows, such "
+                                                      r"as \"utf-8\" or \"cp1252\", got 'klingon'$"),
+    ('type = "ftp"\nhost = "h"\nencoding = "rot13"', r"channels.a.encoding: expected an encoding Python knows"),
+    ('type = "sftp"\nhost = "h"\ntimeout = 0', r"channels.a.timeout: expected seconds, more than 0, got 0$"),
+    ('type = "file"\npath = "in"\nencoding = "utf-8"', r"channels.a.encoding: unknown key for a file channel$"),
+    ('type = "smtp"\nhost = "h"\nto = "x@y"\nsettle = 1', r"channels.a.settle: unknown key for a smtp channel$"),
+])
+def test_settle_and_encoding_keys(make_env, channel: str, expect: str | None) -> None:  # type: ignore[no-untyped-def]
+    env = make_env(routes=f"[channels.a]\n{channel}\n")
+    if expect is None:
+        assert env.config().channels["a"].type in ("file", "sftp")
+    else:
+        with pytest.raises(ConfigError, match=expect):
+            env.config()
