@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import _posixsubprocess
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +29,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 RUN_ID = uuid.uuid4().hex[:8]
+
+# A suite started in the background of a non-interactive shell (`make test &`, some CI runners)
+# inherits SIGINT ignored, and an ignored signal stays ignored across exec: every child would then
+# ignore the Ctrl-C the stop tests send (botsq stack, botsq demo, the supervisor) and hang. A handler
+# of our own is reset to the default on exec, so children start with Python's KeyboardInterrupt.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
