@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from engine.config import Config, Settings
 from engine.config.lanes import DEFAULT_LANE
-from engine.errors import ConfigError, DatabaseError, ExitCode, database_error, one_line
+from engine.errors import ConfigError, DatabaseError, ExitCode, UsageError, database_error, one_line
 from engine.lease import Holder, hostname
 from engine.lock import Acquired, acquire, overtime_minutes
 from engine.log import component_logger, mask_url
