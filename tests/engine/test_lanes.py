@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, text
 
-from conftest import DEFAULT_INI
+from conftest import DEFAULT_INI, lane_route
 from engine.config.lanes import DEFAULT_LANE
 from engine.db import dispose_all, get_engine, session_scope
 from engine.errors import ConfigError, UsageError
@@ -22,24 +22,6 @@ from engine.run.tracking import Tracker
 INI = DEFAULT_INI + "\n[jobqueue.commands]\nsweep = /bin/true\nrec = /bin/echo\n"
 
 
-def route(name: str, channel: str, lane: str | None = None, notindefaultrun: bool = False,
-          active: bool = True) -> str:
-    lane_line = f'lane = "{lane}"\n' if lane is not None else ""
-    return f"""
-[channels.{channel}]
-type = "file"
-path = "data/{channel}"
-remove = true
-
-[routes.{name}]
-{lane_line}notindefaultrun = {str(notindefaultrun).lower()}
-active = {str(active).lower()}
-[[routes.{name}.parts]]
-fromchannel = "{channel}"
-tochannel = "out"
-"""
-
-
 OUT = """
 [channels.out]
 type = "file"
@@ -48,8 +30,8 @@ filename = "{infile}"
 """
 
 # lane default: d; lane fast: f; lane slow: s1, s2 (s2 only when named); lane idle: an inactive route
-LANES = OUT + route("d", "din") + route("f", "fin", "fast") + route("s1", "sin1", "slow") \
-    + route("s2", "sin2", "slow", notindefaultrun=True) + route("i", "iin", "idle", active=False)
+LANES = OUT + lane_route("d", "din") + lane_route("f", "fin", "fast") + lane_route("s1", "sin1", "slow") \
+    + lane_route("s2", "sin2", "slow", notindefaultrun=True) + lane_route("i", "iin", "idle", active=False)
 
 
 @pytest.fixture
@@ -79,7 +61,7 @@ def test_a_routes_lane_and_the_lanes_of_a_config(env):
 
 @pytest.mark.parametrize("bad", ["slow lane", "a.b", "", "x" * 65, "ünï", "engine/x"])
 def test_a_lane_name_that_cannot_name_a_queue_is_a_config_error_naming_route_and_key(make_env, bad):
-    env = make_env(routes=OUT + route("r", "rin", bad))
+    env = make_env(routes=OUT + lane_route("r", "rin", bad))
     with pytest.raises(ConfigError) as err:
         env.config()
     msg = str(err.value)
@@ -88,13 +70,13 @@ def test_a_lane_name_that_cannot_name_a_queue_is_a_config_error_naming_route_and
 
 
 def test_a_lane_that_is_not_a_string_is_a_config_error(make_env):
-    env = make_env(routes=OUT + route("r", "rin").replace("notindefaultrun", "lane = 3\nnotindefaultrun"))
+    env = make_env(routes=OUT + lane_route("r", "rin").replace("notindefaultrun", "lane = 3\nnotindefaultrun"))
     with pytest.raises(ConfigError, match=r"routes\.r\.lane: expected a string, got 3"):
         env.config()
 
 
 def test_lane_names_may_use_letters_digits_underscore_and_dash(make_env):
-    env = make_env(routes=OUT + route("r", "rin", "Slow_Partners-2"))
+    env = make_env(routes=OUT + lane_route("r", "rin", "Slow_Partners-2"))
     assert env.config().lanes == ("default", "Slow_Partners-2")
 
 
@@ -113,7 +95,7 @@ def test_commands_are_mapped_to_lanes_and_an_unknown_command_there_is_an_error(m
 
 
 def test_an_in_channel_read_by_routes_of_two_lanes_is_refused(make_env):
-    shared = OUT + route("a", "rin", "one") + route("b", "other", "one").replace('fromchannel = "other"',
+    shared = OUT + lane_route("a", "rin", "one") + lane_route("b", "other", "one").replace('fromchannel = "other"',
                                                                                 'fromchannel = "rin"')
     assert make_env(routes=shared).config().lanes == ("default", "one")          # one lane: fine, as today
     env = make_env(routes=shared.replace('lane = "one"\nnotindefaultrun = false\nactive = true\n[[routes.b',

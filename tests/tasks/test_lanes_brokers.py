@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from conftest import Env, bin_path
+from conftest import Env, bin_path, lane_route
 from e2e_procs import Proc, beat, dirmonitor, wait_for
-from queue_helpers import PY, REC, celery_call, ended, in_process, job2queue, jobqueue_log, proc_vars, purge, started
+from queue_helpers import (PY, REC, celery_call, ended, in_process, job2queue, jobqueue_log, proc_vars, purge,
+                           queue_ini, started)
 
 pytestmark = [pytest.mark.procs]
 
@@ -41,45 +42,12 @@ def run(content, meta):
     return content
 '''
 
-INI = """
-[settings]
-whencleanup = never
-lock_heartbeat = 0.5
-lock_grace = 4
-
-[jobqueue]
-enabled = True
-broker = {broker}
-connect_timeout = 3
-max_retries = 2
-stale_after = 1
-{extra}
-
-[jobqueue.commands]
-rec = {py} {root}/rec.py {root}/order.log
-frec = {py} {root}/rec.py {root}/order.log
-srec = {py} {root}/rec.py {root}/order.log
+COMMANDS = f"""frec = {PY} {{root}}/rec.py {{root}}/order.log
+srec = {PY} {{root}}/rec.py {{root}}/order.log
 
 [jobqueue.commands.lanes]
 frec = fast
 srec = slow
-{more}
-"""
-
-
-def _route(name: str, channel: str, lane: str | None) -> str:
-    lane_line = f'lane = "{lane}"\n' if lane else ""
-    return f"""
-[channels.{channel}]
-type = "file"
-path = "data/{channel}"
-remove = true
-
-[routes.{name}]
-{lane_line}[[routes.{name}.parts]]
-fromchannel = "{channel}"
-translate = "hold.run"
-tochannel = "out"
 """
 
 
@@ -89,13 +57,14 @@ ROUTES = """
 type = "file"
 path = "data/out"
 filename = "{infile}"
-""" + _route("d", "din", None) + _route("fast", "fin", "fast") + _route("slow", "sin", "slow") \
-    + _route("slow2", "sin2", "slow")
+""" + "".join(lane_route(name, channel, lane, "hold.run") for name, channel, lane in (
+    ("d", "din", None), ("fast", "fin", "fast"), ("slow", "sin", "slow"), ("slow2", "sin2", "slow")))
 
 
 def make_env(root: Path, broker: str, extra: str = "", more: str = "") -> Env:
     root.mkdir(parents=True, exist_ok=True)
-    env = Env(root).write(INI.format(broker=broker, extra=extra, more=more, py=PY, root=root), ROUTES)
+    ini = queue_ini(broker, extra, COMMANDS.format(root=root) + more, root=str(root))
+    env = Env(root).write(ini, ROUTES)
     (root / "rec.py").write_text(REC, encoding="utf-8")
     env.drop("usersys/mappings/hold.py", HOLD)
     for d in ("din", "fin", "sin", "sin2", "out"):
