@@ -168,9 +168,12 @@ class Env:
         raise TimeoutError(f"timed out waiting for {what}")
 
     def stop(self) -> None:
+        from kombu import pools
+
         from tasks.celeryapp import close_connections
 
         close_connections()
+        pools.reset()           # kombu keys its pools by URL: the next environment on this broker gets fresh ones
         for s in self.servers:
             s.terminate()
         for s in self.servers:

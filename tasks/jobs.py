@@ -34,7 +34,8 @@ ENGINE_TASK = "bots.engine"
 COMMAND_TASK = "bots.command"
 TASKS = (ENGINE_TASK, COMMAND_TASK)
 ENGINE_SCRIPTS = ("bots-engine", "bots-engine.py")
-_KWARGS = {ENGINE_TASK: ("commands", "routes", "configdir", "lane"), COMMAND_TASK: ("name", "args", "configdir", "lane")}
+_KWARGS = {ENGINE_TASK: ("commands", "routes", "configdir", "lane"),
+           COMMAND_TASK: ("name", "args", "configdir", "lane")}
 
 
 class JobError(UsageError):

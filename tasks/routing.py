@@ -26,6 +26,9 @@ class LaneRouter:
     def __init__(self, configdir: str) -> None:
         self.configdir = configdir
 
+    def __repr__(self) -> str:                  # celery report / inspect conf show the setting
+        return f"LaneRouter({self.configdir!r})"
+
     def __call__(self, name: str, args: Any, kwargs: Any, options: Any, task: Any = None,
                  **_: Any) -> dict[str, Queue] | None:
         if name not in TASKS:

@@ -129,6 +129,6 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
                         help=f"config dir (default: ${ENV_CONFIG} or ./config)")
 
 
-__all__ = ["Config", "ConfigError", "DEFAULT_LANE", "load_config", "resolve_configdir", "add_config_argument", "ENV_CONFIG",
-           "ENV_BROKER", "DEFAULT_CONFIGDIR", "Settings", "Directories", "Email", "JobQueue", "DirMonitor",
+__all__ = ["Config", "ConfigError", "DEFAULT_LANE", "load_config", "resolve_configdir", "add_config_argument",
+           "ENV_CONFIG", "ENV_BROKER", "DEFAULT_CONFIGDIR", "Settings", "Directories", "Email", "JobQueue", "DirMonitor",
            "ChannelSpec", "Route", "RoutePart", "IniSection"]

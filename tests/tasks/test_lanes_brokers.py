@@ -4,11 +4,13 @@ priorities and dedup hold within a lane while the other is busy, every trigger e
 lane, and bad input is refused clearly."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import pytest
 
 from conftest import Env, bin_path, lane_route
 from e2e_procs import Proc, beat, dirmonitor, wait_for
-from queue_helpers import (PY, REC, celery_call, ended, in_process, job2queue, jobqueue_log, proc_vars, purge,
+from queue_helpers import (PY, REC, botsq, celery_call, ended, in_process, job2queue, jobqueue_log, proc_vars, purge,
                            queue_ini, started)
 
 pytestmark = [pytest.mark.procs]
@@ -166,8 +168,10 @@ def new_env(tmp_path: Path, broker: str, **kw: str) -> tuple[Env, Any]:
 
 # --------------------------------------------------------------------------- two lanes at once
 
-def _fast_runs_while_slow_blocks(env: Env, broker: str, cfg: Any, procs: list[Proc]) -> None:
-    """A blocking slow run; two fast jobs run and finish meanwhile; the overlap, proven from the run records."""
+def _fast_runs_while_slow_blocks(env: Env, broker: str, cfg: Any, procs: list[Proc],
+                                 meanwhile: Callable[[], None] = lambda: None) -> None:
+    """A blocking slow run; two fast jobs run and finish meanwhile; the overlap, proven from the run records.
+    ``meanwhile`` runs while the slow run still blocks."""
     env.drop("data/sin/big.edi", f"wait {env.root / 'release'}")
     queue(env, broker, "bots-engine", "--new", "slow")
     wait_for(lambda: any(w == "start" and r == "slow" for w, r, _p, _t in trace(env)), 30, "the slow run to block",
@@ -178,6 +182,7 @@ def _fast_runs_while_slow_blocks(env: Env, broker: str, cfg: Any, procs: list[Pr
         wait_for(lambda: len(lane_runs(cfg, "fast", "ok")) == i, 30, f"fast run {i}", procs)
     [slow] = lane_runs(cfg, "slow")
     assert slow["status"] == "running" and slow["ended"] is None
+    meanwhile()
     (env.root / "release").write_text("go")
     wait_for(lambda: lane_runs(cfg, "slow", "ok"), 30, "the slow run to end", procs)
     [slow] = lane_runs(cfg, "slow")
@@ -198,7 +203,23 @@ def test_one_server_serving_both_lanes_runs_fast_jobs_while_a_slow_one_blocks(br
     for lane, queue_ in (("fast", "engine.fast"), ("slow", "engine.slow"), ("default", "engine")):
         node = "botsq" if lane == "default" else f"botsq-{lane}"
         assert f"worker ready: {node}@" in out and f"consuming queue {queue_}\n" in out
-    _fast_runs_while_slow_blocks(env, broker, cfg, procs)
+
+    def per_lane_views() -> None:
+        r = botsq(env, broker, "status", "--json")
+        assert r.returncode == 0, r.stdout + r.stderr                       # healthy: every lane has its worker
+        lanes = {lane["lane"]: lane for lane in json.loads(r.stdout)["lanes"]}
+        assert list(lanes) == ["default", "fast", "slow"]
+        slow = lanes["slow"]
+        assert slow["lock"]["held"] and slow["lock"]["alive"]
+        assert slow["lock"]["run_id"] == lane_runs(cfg, "slow")[0]["id"]
+        assert [w.split("@")[0] for w in slow["workers"]] == ["botsq-slow"] and slow["queue"] == "engine.slow"
+        assert [j["job"] for j in slow["running"]] == ["bots-engine --new slow"]
+        assert not lanes["fast"]["lock"]["held"] and lanes["fast"]["by_priority"] == {}
+        r = botsq(env, broker, "queue")
+        assert r.returncode == 0 and "lane slow (queue engine.slow): 0 waiting, 0 at the broker, lock held by run" \
+            in r.stdout, r.stdout
+
+    _fast_runs_while_slow_blocks(env, broker, cfg, procs, per_lane_views)
     assert server.stop() == 0                            # SIGTERM: a warm shutdown of every lane's worker
     assert server.output().count("Warm shutdown") == 3
 
@@ -212,9 +233,30 @@ def test_two_workers_with_node_names_of_their_own_serve_a_lane_each(broker, tmp_
     slow.wait_ready()
     fast.wait_ready()
     _fast_runs_while_slow_blocks(env, broker, cfg, procs)
+    r = botsq(env, broker, "status")                                      # no worker serves lane default
+    assert r.returncode == 1 and "no worker consumes queue 'engine' (lane default)" in r.stdout, r.stdout
     assert "slowone@" in slow.output() and "consuming queue engine.slow" in slow.output()
     assert "fastone@" in fast.output() and "consuming queue engine.fast" in fast.output()
     assert slow.output().count("bots.engine[") >= 1 and fast.output().count("bots.engine[") >= 2
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.timeout(120)
+def test_when_one_lanes_worker_dies_the_server_stops_the_others_and_exits_1(rabbit_url, tmp_path, procs):
+    env, _cfg = new_env(tmp_path, rabbit_url)
+    server = Server(env, rabbit_url, name="all")
+    procs.append(server)
+    server.wait_ready(workers=3)
+    pid = server.proc.pid
+    children = [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    [fast] = [c for c in children if b"--lane\0fast\0" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    everything = server.tree()
+    os.kill(fast, signal.SIGKILL)
+    assert server.proc.wait(60) == 1                   # rather than run on with a lane unserved
+    out = server.output()
+    assert "the worker of lane-fast exited with code -9: stopping the others" in out
+    assert out.count("Warm shutdown") == 2
+    wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in everything), 30, "every worker to be gone")
 
 
 # --------------------------------------------------------------------------- one lane, two workers
