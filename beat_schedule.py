@@ -16,8 +16,8 @@ from engine.config import Config
 from engine.config.schedule import ScheduleEntry, load_schedule
 from engine.errors import ConfigError, UsageError, one_line
 from ops.cron import ZonedCron
-from tasks.broker import QUEUE
-from tasks.jobs import Job, job_from_argv
+from tasks.broker import QUEUE, queue_name
+from tasks.jobs import Job, job_from_argv, message_lane
 
 
 @dataclass
@@ -31,6 +31,7 @@ class ScheduledJob:
     kwargs: dict[str, Any] = field(default_factory=dict)
     job: Job | None = None               # set when validated
     entry: ScheduleEntry | None = None
+    queue: str = QUEUE                   # its lane's queue; a job over several lanes is split when published
 
     def describe(self) -> str:
         s = self.schedule
@@ -69,6 +70,7 @@ def load_jobs(cfg: Config, validate: bool = True) -> list[ScheduledJob]:
             except UsageError as exc:           # JobError: the route or command is refused
                 raise ConfigError(f"{entry.where('job')}: {one_line(exc)}") from None
             sj.task, sj.kwargs = sj.job.task, sj.job.kwargs
+            sj.queue = queue_name(message_lane(cfg, sj.job))
         jobs.append(sj)
     return jobs
 
@@ -80,7 +82,7 @@ def entry_for(job: ScheduledJob) -> dict[str, Any]:
         "args": (),
         "kwargs": job.kwargs,
         # the Bots priority (1 = highest); the queue's publish handler maps it to the broker's
-        "options": {"priority": job.priority, "queue": QUEUE},
+        "options": {"priority": job.priority, "queue": job.queue},
     }
 
 

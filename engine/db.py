@@ -1,7 +1,8 @@
 """Database access: the one place that creates SQLAlchemy engines and sessions.
 
 SQLite (the embedded default) and PostgreSQL are both supported; the schema (every table on
-:class:`engine.models.Base`) is created on first use. A failure becomes a one-line
+:class:`engine.models.Base`) is created on first use, and a table made by an older botsq gains the
+columns (and their indexes) added since (:func:`add_missing_columns`). A failure becomes a one-line
 :class:`~engine.errors.DatabaseError` with the password masked.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import MetaData, create_engine, event, inspect, text
+from sqlalchemy import Connection, MetaData, Table, create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -71,27 +72,65 @@ def get_engine(url: str) -> Engine:
 _SCHEMA_LOCK = 0x626F7473  # PostgreSQL advisory lock key ("bots") serialising schema creation
 
 
+def add_missing_columns(conn: Connection, tables: list[Table]) -> list[str]:
+    """Add to each existing table of ``tables`` the columns its model has and the database lacks
+    (``ALTER TABLE ... ADD COLUMN``); ``table.column`` of each one added (their indexes come with
+    :func:`add_missing_indexes`).
+
+    A column added after release must have a server default or be nullable, so the rows already
+    there get a value; create_all alone only makes missing *tables*."""
+    insp = inspect(conn)
+    added: list[str] = []
+    for table in tables:
+        if not insp.has_table(table.name):
+            continue                         # create_all makes it whole
+        have = {c["name"] for c in insp.get_columns(table.name)}
+        missing = [c for c in table.columns if c.name not in have]
+        if not missing:
+            continue
+        ddl = conn.dialect.ddl_compiler(conn.dialect, None)
+        for column in missing:
+            if not column.nullable and column.server_default is None:
+                raise RuntimeError(f"column {table.name}.{column.name} was added to the model without a server "
+                                   f"default: existing rows would have no value")
+            spec = ddl.get_column_specification(column)
+            conn.execute(text(f"ALTER TABLE {ddl.preparer.format_table(table)} ADD COLUMN {spec}"))
+            added.append(f"{table.name}.{column.name}")
+    return added
+
+
+def add_missing_indexes(conn: Connection, tables: list[Table]) -> list[str]:
+    """Create the indexes of each existing table of ``tables`` that the database lacks (a database
+    made by an older botsq gains the indexes added since; create_all skips an existing table's
+    indexes); the name of each one created."""
+    created: list[str] = []
+    for table in tables:
+        if not table.indexes or not inspect(conn).has_table(table.name):
+            continue
+        have = {ix["name"] for ix in inspect(conn).get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in have:
+                index.create(conn)
+                created.append(str(index.name))
+    return created
+
+
 def create_tables(eng: Engine, tables: list | None = None, metadata: MetaData | None = None) -> None:
-    """Create missing tables, and missing indexes of existing tables (a database made by an older
-    botsq gains the indexes added since; create_all alone skips an existing table's indexes).
+    """Create missing tables, and the missing columns and indexes of existing ones
+    (:func:`add_missing_columns`, :func:`add_missing_indexes`).
     Processes starting together on a new database must not race (PostgreSQL: duplicate key on
-    pg_type; SQLite: table already exists), so PostgreSQL serialises with an advisory lock and a
-    lost race elsewhere is simply tried again."""
+    pg_type; SQLite: table or column already exists), so PostgreSQL serialises with an advisory
+    lock and a lost race elsewhere is simply tried again."""
     meta = metadata or Base.metadata
     for attempt in range(3):
         try:
             with eng.begin() as conn:
                 if eng.dialect.name == "postgresql":
                     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
-                existing = set(inspect(conn).get_table_names())
                 meta.create_all(conn, tables=tables)
-                for table in tables if tables is not None else meta.sorted_tables:
-                    if table.name not in existing or not table.indexes:
-                        continue
-                    have = {ix["name"] for ix in inspect(conn).get_indexes(table.name)}
-                    for index in table.indexes:
-                        if index.name not in have:
-                            index.create(conn)
+                chosen = list(tables) if tables is not None else list(meta.sorted_tables)
+                add_missing_columns(conn, chosen)
+                add_missing_indexes(conn, chosen)
             return
         except SQLAlchemyError:
             if attempt == 2:

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 
 from engine import lease
 from engine.config import Config
+from engine.config.lanes import DEFAULT_LANE
 from engine.errors import DatabaseError, one_line
 from engine.lease import Holder
 from engine.models import utcnow
-
-DEFAULT_LANE = "default"
 
 
 def lease_name(lane: str = DEFAULT_LANE) -> str:

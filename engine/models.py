@@ -15,6 +15,8 @@ from enum import StrEnum
 from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from engine.config.lanes import DEFAULT_LANE, MAX_LANE_LENGTH
+
 
 class Base(DeclarativeBase):
     pass
@@ -60,6 +62,9 @@ class Run(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     commands: Mapped[str] = mapped_column(String(200), default="new")
     routes: Mapped[str] = mapped_column(Text, default="")          # comma separated; "" = default run
+    # the lane whose engine lock the run held; a column added later: older databases gain it on first use
+    lane: Mapped[str] = mapped_column(String(MAX_LANE_LENGTH), default=DEFAULT_LANE, server_default=DEFAULT_LANE,
+                                      index=True)
     host: Mapped[str] = mapped_column(String(255), default="")
     pid: Mapped[int] = mapped_column(Integer, default=0)
     started: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
@@ -75,7 +80,8 @@ class Run(Base):
 
     def as_dict(self) -> dict:
         return {
-            "id": self.id, "commands": self.commands, "routes": self.routes, "host": self.host, "pid": self.pid,
+            "id": self.id, "commands": self.commands, "routes": self.routes, "lane": self.lane, "host": self.host,
+            "pid": self.pid,
             "started": iso_utc(self.started), "ended": iso_utc(self.ended), "status": self.status,
             "returncode": self.returncode, "received": self.received, "processed": self.processed,
             "sent": self.sent, "file_errors": self.file_errors, "comm_errors": self.comm_errors,

@@ -3,7 +3,9 @@
 Checks, each with a short timeout: the tracking database, the broker, the workers (Celery
 ``inspect`` active queues), the engine lock holder, waiting jobs by priority (the pending-key
 registry), the last runs, beat (its lock, when the schedule has jobs) and the directory
-monitor's heartbeat. No secret from the config reaches the output: URLs are shown with their
+monitor's heartbeat. Per lane (``lanes``, :func:`tasks.lane_status.lane_status`): its queue
+depth by priority, its lock holder and its workers; unhealthy when a lane of the config has no
+worker consuming its queue. No secret from the config reaches the output: URLs are shown with their
 password masked and every line is redacted.
 """
 from __future__ import annotations
@@ -17,16 +19,16 @@ from typing import Any
 from sqlalchemy import select
 
 from beat_schedule import load_jobs
-from engine.config import Config, add_config_argument, load_config
+from engine.config import DEFAULT_LANE, Config, add_config_argument, load_config
 from engine.db import get_engine, session_scope
 from engine.errors import ConfigError, DatabaseError
-from engine.lock import read_lock
 from engine.log import mask_url, redact, register_secrets
-from engine.models import Run, iso_utc
+from engine.models import Run
 from ops.beat_lock import BeatStore
 from ops.dirmonitor.heartbeat import heartbeat_age
-from tasks.broker import QUEUE, QueueError, connect
+from tasks.broker import QueueError, connect, queue_name
 from tasks.celeryapp import app_for
+from tasks.lane_status import lane_status, lock_status
 from tasks.registry import PendingRegistry
 
 LAST_RUNS = 5
@@ -56,7 +58,7 @@ def check_database(cfg: Config) -> dict[str, Any]:
 
 
 def check_workers(cfg: Config, timeout: float) -> dict[str, Any]:
-    """Workers answering a ping, with the queues each consumes."""
+    """Workers answering a ping, with the queues each consumes; ok when every lane's queue has one."""
     app = app_for(cfg)
     try:
         queues = app.control.inspect(timeout=timeout).active_queues() or {}
@@ -66,19 +68,17 @@ def check_workers(cfg: Config, timeout: float) -> dict[str, Any]:
         return {"ok": False, "workers": [], "error": redact(" ".join(str(exc).split()))}
     workers = [{"name": name, "queues": sorted(q.get("name", "?") for q in qs),
                 "running": len(active.get(name) or [])} for name, qs in sorted(queues.items())]
-    ok = any(QUEUE in w["queues"] for w in workers)
-    out: dict[str, Any] = {"ok": ok, "workers": workers}
-    if not ok:
-        out["error"] = f"no worker consumes queue {QUEUE!r}"
+    unserved = [lane for lane in cfg.lanes if not any(queue_name(lane) in w["queues"] for w in workers)]
+    out: dict[str, Any] = {"ok": not unserved, "workers": workers}
+    if unserved:
+        out["error"] = "; ".join(f"no worker consumes queue {queue_name(lane)!r}"
+                                 + (f" (lane {lane})" if len(cfg.lanes) > 1 else "") for lane in unserved)
     return out
 
 
 def check_lock(cfg: Config) -> dict[str, Any]:
-    info = read_lock(cfg)
-    if info is None:
-        return {"held": False}
-    return {"held": True, "host": info.host, "pid": info.pid, "run_id": info.run_id, "since": iso_utc(info.started),
-            "heartbeat_age_s": round(info.silence(), 1), "alive": info.alive}
+    """Lane default's engine lock (each lane's is under ``lanes``)."""
+    return lock_status(cfg, DEFAULT_LANE)
 
 
 def check_waiting(cfg: Config) -> dict[str, Any]:
@@ -94,7 +94,7 @@ def check_waiting(cfg: Config) -> dict[str, Any]:
 def check_runs(cfg: Config, limit: int = LAST_RUNS) -> list[dict[str, Any]]:
     with session_scope(cfg.database_url) as s:
         rows = s.scalars(select(Run).order_by(Run.id.desc()).limit(limit)).all()
-        return [{k: r.as_dict()[k] for k in ("id", "commands", "routes", "started", "ended", "status",
+        return [{k: r.as_dict()[k] for k in ("id", "commands", "routes", "lane", "started", "ended", "status",
                                               "returncode", "received", "sent", "file_errors", "comm_errors")}
                 for r in rows]
 
@@ -154,6 +154,9 @@ def collect(cfg: Config, timeout: float = 2.0) -> dict[str, Any]:
         if report["lock"]["held"] and not report["lock"]["alive"]:
             report["lock"]["note"] = "holder is gone: the next run recovers it"
         report["waiting"] = check_waiting(cfg) if cfg.jobqueue.enabled else {"known": False}
+        if cfg.jobqueue.enabled:
+            workers = report["workers"]["workers"] if report["broker"]["ok"] else None
+            report["lanes"] = lane_status(cfg, app_for(cfg) if report["broker"]["ok"] else None, workers)
         report["last_runs"] = check_runs(cfg)
     if cfg.jobqueue.enabled and db["ok"]:
         report["beat"] = check_beat(cfg)
@@ -174,6 +177,19 @@ def collect(cfg: Config, timeout: float = 2.0) -> dict[str, Any]:
 
 def _ok(flag: bool) -> str:
     return "ok" if flag else "FAIL"
+
+
+def _lane_line(lane: dict[str, Any]) -> str:
+    """``  lane slow  ok    queue engine.slow: 2 waiting (p1: 1, p5: 1), lock held by run 7 ..., workers w1@h``."""
+    workers = lane.get("workers")
+    state = "-   " if workers is None else _ok(bool(workers))
+    per = ", ".join(f"p{p}: {n}" for p, n in lane["by_priority"].items())
+    lock = lane["lock"]
+    held = (f"lock held by run {lock['run_id']} on {lock['host']} pid {lock['pid']}"
+            + ("" if lock["alive"] else " (GONE)")) if lock["held"] else "lock free"
+    who = ("workers " + ", ".join(workers) if workers else "NO WORKER") if workers is not None else "workers ?"
+    return (f"  lane {lane['lane']:<10} {state:4}  queue {lane['queue']}: {lane['waiting']} waiting"
+            + (f" ({per})" if per else "") + f", {held}, {who}")
 
 
 def render(report: dict[str, Any]) -> str:
@@ -204,6 +220,8 @@ def render(report: dict[str, Any]) -> str:
     if wt.get("known"):
         per = ", ".join(f"p{p}: {n}" for p, n in wt["by_priority"].items())
         lines.append(f"  waiting   {wt['total']} job(s)" + (f" ({per})" if per else ""))
+    if len(report.get("lanes") or ()) > 1:
+        lines += [_lane_line(lane) for lane in report["lanes"]]
     bt = report.get("beat")
     if bt and bt.get("running"):
         lines.append(f"  beat      ok    on {bt['host']} pid {bt['pid']}, heartbeat {bt['heartbeat_age_s']:.0f} s ago, "
@@ -222,7 +240,8 @@ def render(report: dict[str, Any]) -> str:
     if runs is not None:
         lines.append("  last runs" + ("  none yet" if not runs else ""))
         for r in runs:
-            what = " ".join(filter(None, [r["commands"], r["routes"] or "(default run)"]))
+            what = " ".join(filter(None, [r["commands"], r["routes"] or "(default run)",
+                                          f"[lane {r['lane']}]" if r["lane"] != DEFAULT_LANE else ""]))
             lines.append(f"    #{r['id']:<5} {r['started'] or '':25} {r['status']:8} exit {r['returncode'] if r['returncode'] is not None else '-':<2} "
                          f"{what}: {r['received']} in, {r['sent']} sent, {r['file_errors']} file / {r['comm_errors']} comm errors")
     lines.append("healthy" if report["healthy"] else "UNHEALTHY: " + "; ".join(report["problems"]))

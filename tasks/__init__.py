@@ -8,10 +8,12 @@ Modules:
 
 * ``celeryapp`` - the app and its settings; the only module wiring signals and tasks together;
 * ``context`` - the config of a config dir, the app's config dir and broker kind, the jobqueue log;
-* ``broker`` - queue ``engine``, connecting, its depth; ``priority`` - Bots 1..9 -> the broker's scale;
-* ``jobs`` - a job and its identity (the dedup key); ``registry`` - the pending-key registry and
-  the start records; ``registration`` - registering a job (one function, with its log line);
-* ``submit`` - the one publish path; ``signals`` - publish and worker hooks;
+* ``broker`` - the lanes' queues, connecting, their depth; ``priority`` - Bots 1..9 -> the broker's scale;
+* ``jobs`` - a job, its identity (the dedup key) and its lanes; ``registry`` - the pending-key registry
+  and the start records; ``registration`` - registering a job (one function, with its log line);
+* ``publish`` - the one publish path (a job split by lane); ``submit`` - its checks for commands,
+  beat and the monitor; ``routing`` - each task to its lane's queue; ``signals`` - publish and worker
+  hooks; ``lane_status`` - each lane at a glance;
 * ``runner`` - the two tasks and the steps of a job; ``outcomes`` - how a job ends early;
   ``executors`` - an engine run or a command, watched; ``consumer`` - the worker's consumer;
 * ``cli/`` - ``bots-job2queue``, ``bots-jobqueueserver`` and ``botsq queue``.

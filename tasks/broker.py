@@ -1,19 +1,25 @@
-"""Talking to the broker: queue ``engine``, connecting within a time limit, its depth, purging it.
+"""Talking to the broker: the lanes' queues, connecting within a time limit, their depth, purging them.
+
+Lane ``default`` uses queue ``engine``, lane ``X`` queue ``engine.X`` (:func:`queue_name`, the
+contract's "Lanes"); every one is declared alike (:func:`engine_queue`: a direct exchange of the
+same name, ``x-max-priority`` on RabbitMQ).
 
 A broker that does not answer, or answers and refuses (wrong user, password or vhost), is a
 :class:`QueueError` with one line saying which - never a traceback, never a wait without end.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from kombu import Exchange, Queue
 
+from engine.config.lanes import DEFAULT_LANE
 from engine.errors import UsageError
 from engine.log import mask_url
 from tasks.priority import RABBITMQ_MAX_PRIORITY
 
-QUEUE = "engine"
+QUEUE = "engine"                    # lane default's queue; the prefix of every other lane's
 # wrong user or password, unknown vhost (py-amqp), failed AUTH (redis-py): waiting longer will not help
 _REFUSALS = ("AccessRefused", "NotAllowed", "AuthenticationError", "AuthenticationWrongNumberOfArgsError")
 
@@ -26,9 +32,16 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def engine_queue() -> Queue:
-    """Queue ``engine``, declared with RabbitMQ priorities (``x-max-priority``)."""
-    return Queue(QUEUE, Exchange(QUEUE, type="direct"), routing_key=QUEUE,
+def queue_name(lane: str = DEFAULT_LANE) -> str:
+    """The queue of a lane: ``engine`` for lane default, ``engine.<lane>`` for the others."""
+    return QUEUE if lane == DEFAULT_LANE else f"{QUEUE}.{lane}"
+
+
+def engine_queue(lane: str = DEFAULT_LANE) -> Queue:
+    """A lane's queue, declared with RabbitMQ priorities (``x-max-priority``). Every process declares it
+    with the same arguments (RabbitMQ refuses a second declaration with others: PRECONDITION_FAILED)."""
+    name = queue_name(lane)
+    return Queue(name, Exchange(name, type="direct"), routing_key=name,
                  queue_arguments={"x-max-priority": RABBITMQ_MAX_PRIORITY})
 
 
@@ -71,11 +84,11 @@ def _on_channel(app: Any, connection: Any, action: Any) -> Any:
         return run(conn)
 
 
-def queue_depth(app: Any, connection: Any = None) -> int:
-    """Messages waiting (not yet delivered) in queue ``engine``; 0 when it does not exist yet."""
+def queue_depth(app: Any, connection: Any = None, queue: str = QUEUE) -> int:
+    """Messages waiting (not yet delivered) in ``queue``; 0 when it does not exist yet."""
     def depth(chan: Any, conn: Any) -> int:
         try:
-            _name, count, _consumers = chan.queue_declare(QUEUE, passive=True)
+            _name, count, _consumers = chan.queue_declare(queue, passive=True)
             return int(count)
         except conn.channel_errors:
             return 0
@@ -83,17 +96,19 @@ def queue_depth(app: Any, connection: Any = None) -> int:
     return int(_on_channel(app, connection, depth))
 
 
-def purge(app: Any, timeout: float) -> int:
-    """Remove every waiting message of queue ``engine``; their number. QueueError when the broker
-    cannot be reached."""
-    def purge_queue(chan: Any, conn: Any) -> int:
-        try:
-            return int(chan.queue_purge(QUEUE) or 0)
-        except conn.channel_errors:
-            return 0            # no queue yet: nothing to purge
+def purge(app: Any, timeout: float, queues: Iterable[str] = (QUEUE,)) -> int:
+    """Remove every waiting message of ``queues``; their number. QueueError when the broker cannot be
+    reached."""
+    def purge_queue(queue: str) -> Any:
+        def purge_it(chan: Any, conn: Any) -> int:
+            try:
+                return int(chan.queue_purge(queue) or 0)
+            except conn.channel_errors:
+                return 0            # no queue yet: nothing to purge
+        return purge_it
 
     conn = connect(app, timeout)
     try:
-        return int(_on_channel(app, conn, purge_queue))
+        return sum(int(_on_channel(app, conn, purge_queue(q))) for q in queues)
     finally:
         conn.release()

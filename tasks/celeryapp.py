@@ -7,9 +7,12 @@ signal handlers (:mod:`tasks.signals`) and tasks (:mod:`tasks.runner`) into an a
 
 Why each setting (see README, "The job queue"):
 
-* queue ``engine``, declared with ``x-max-priority = 10`` (RabbitMQ); Redis gets 10 priority
+* one queue per lane (``engine`` for lane default, ``engine.<lane>``), each declared with
+  ``x-max-priority = 10`` (RabbitMQ; ``task_queue_max_priority`` too, so a worker started with
+  ``-Q engine.X`` for a lane this app does not know declares it alike); Redis gets 10 priority
   steps, so Bots' nine priorities stay distinct on both. ``bots.engine`` and ``bots.command``
-  are routed to it even when sent by name (``celery call``, Flower, beat).
+  are routed to their lane's queue even when sent by name (``celery call``, Flower, beat):
+  :class:`tasks.routing.LaneRouter`.
 * ``task_acks_late`` + ``worker_prefetch_multiplier = 1``: the worker holds only the message it
   runs, so a high-priority job that arrives meanwhile is the next one taken.
 * ``task_reject_on_worker_lost``: a job whose pool process died (OOM, SIGKILL) goes back to the
@@ -33,6 +36,7 @@ from engine.config import Config, load_config
 from tasks import priority as prio
 from tasks import signals
 from tasks.broker import QUEUE, engine_queue
+from tasks.routing import LaneRouter
 from tasks.runner import register_tasks
 
 _apps: dict[tuple[str, str], Celery] = {}
@@ -65,11 +69,12 @@ def settings(cfg: Config) -> dict[str, Any]:
         "task_serializer": "json",
         "result_serializer": "json",
         "event_serializer": "json",
-        "task_queues": [engine_queue()],
+        "task_queues": [engine_queue(lane) for lane in cfg.lanes],
+        "task_queue_max_priority": prio.RABBITMQ_MAX_PRIORITY,
         "task_default_queue": QUEUE,
         "task_default_exchange": QUEUE,
         "task_default_routing_key": QUEUE,
-        "task_routes": {"bots.engine": {"queue": QUEUE}, "bots.command": {"queue": QUEUE}},
+        "task_routes": (LaneRouter(str(cfg.configdir)),),
         "task_create_missing_queues": True,
         "task_acks_late": True,
         "worker_prefetch_multiplier": 1,

@@ -95,15 +95,16 @@ class TaskProgress:
 
 def run_engine_job(task: Task, cfg: Config, job: Job, log: logging.Logger,
                    watch: JobWatch | None = None) -> dict[str, Any]:
-    """One engine run for the job. A live run holding the engine lock elsewhere is waited for (the
-    job is never dropped); maxruntime counts from the attempt that gets the lock."""
+    """One engine run for the job, in its lane (one lane's part: :func:`tasks.jobs.split_job`). A live
+    run holding the lane's engine lock elsewhere is waited for (the job is never dropped); maxruntime
+    counts from the attempt that gets the lock."""
     progress: Callable[[dict[str, Any]], None] = TaskProgress(task)
     poll = min(5.0, max(0.2, cfg.settings.lock_heartbeat / 2))
     waiting_since = None
     while True:
         if watch is not None:
             watch.restart()
-        res = run_engine(cfg, job.commands, job.routes, progress=progress)
+        res = run_engine(cfg, job.commands, job.routes, lane=job.lane, progress=progress)
         if res.exit_code != ExitCode.LOCKED:
             break
         if waiting_since is None:

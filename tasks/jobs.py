@@ -1,7 +1,13 @@
-"""A job and its identity: the one place that decides what counts as "the same job".
+"""A job and its identity: the one place that decides what counts as "the same job", and how a
+job is split by lane.
 
 Identity (the dedup key): the task, then sorted commands and sorted routes (``bots.engine``) or
-the command name and its arguments (``bots.command``), then the config dir.
+the command name and its arguments (``bots.command``), then the config dir, then the job's lane.
+
+Lanes (contract, "Lanes"): a job queued by botsq is one lane's work, its lane in kwarg ``lane``
+(:func:`split_job`: one job per lane, by :func:`engine.run.selection.lane_plan`). A message that
+names no lane (``celery call``, Flower) is placed in the lane its routes are in (:func:`place`);
+one over several lanes keeps no lane and goes to lane default, whose worker splits it.
 
 :func:`job_from_argv` turns a Bots-style COMMAND line (what ``bots-job2queue`` takes, and what
 beat schedules and the directory monitor are written in) into a :class:`Job`;
@@ -14,20 +20,22 @@ import hashlib
 import json
 import os
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from engine.cli.engine import parse_engine_args
 from engine.config import Config, load_config, resolve_configdir
+from engine.config.lanes import DEFAULT_LANE, LANE_CHARACTERS, is_lane_name
 from engine.errors import ConfigError, UsageError
-from engine.run import normalise_commands, select_routes
+from engine.run import lane_plan, normalise_commands, select_routes
 
 ENGINE_TASK = "bots.engine"
 COMMAND_TASK = "bots.command"
 TASKS = (ENGINE_TASK, COMMAND_TASK)
 ENGINE_SCRIPTS = ("bots-engine", "bots-engine.py")
-_KWARGS = {ENGINE_TASK: ("commands", "routes", "configdir"), COMMAND_TASK: ("name", "args", "configdir")}
+_KWARGS = {ENGINE_TASK: ("commands", "routes", "configdir", "lane"),
+           COMMAND_TASK: ("name", "args", "configdir", "lane")}
 
 
 class JobError(UsageError):
@@ -42,23 +50,26 @@ class Job:
     routes: tuple[str, ...] = ()        # bots.engine: sorted, unique; () = the default run
     name: str = ""                      # bots.command: the [jobqueue.commands] name
     args: tuple[str, ...] = ()          # bots.command: extra arguments, in order
+    lane: str | None = None             # the lane it is for (kwarg ``lane``); None: not said (see place)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def engine(cls, configdir: str | Path, commands: Any = (), routes: Any = ()) -> Job:
+    def engine(cls, configdir: str | Path, commands: Any = (), routes: Any = (), lane: Any = None) -> Job:
         cmds = _str_list(commands, "commands")
         rts = _str_list(routes, "routes")
         try:
             norm = normalise_commands(cmds)
         except UsageError as exc:
             raise JobError(str(exc)) from None
-        return cls(ENGINE_TASK, str(resolve_configdir(configdir)), tuple(sorted(norm)), tuple(sorted(set(rts))))
+        return cls(ENGINE_TASK, str(resolve_configdir(configdir)), tuple(sorted(norm)), tuple(sorted(set(rts))),
+                   lane=_lane(lane, ENGINE_TASK))
 
     @classmethod
-    def command(cls, configdir: str | Path, name: Any, args: Any = ()) -> Job:
+    def command(cls, configdir: str | Path, name: Any, args: Any = (), lane: Any = None) -> Job:
         if not isinstance(name, str) or not name:
             raise JobError(f"bots.command needs a command name (a string), got {name!r}")
-        return cls(COMMAND_TASK, str(resolve_configdir(configdir)), name=name, args=tuple(_str_list(args, "args")))
+        return cls(COMMAND_TASK, str(resolve_configdir(configdir)), name=name, args=tuple(_str_list(args, "args")),
+                   lane=_lane(lane, COMMAND_TASK))
 
     @classmethod
     def from_message(cls, task: str, args: Any, kwargs: Any, default_configdir: str | Path) -> Job:
@@ -77,15 +88,19 @@ class Job:
         if not isinstance(configdir, (str, Path)):
             raise JobError(f"{task}: configdir must be a string, got {configdir!r}")
         if task == ENGINE_TASK:
-            return cls.engine(configdir, kwargs.get("commands") or (), kwargs.get("routes") or ())
-        return cls.command(configdir, kwargs.get("name"), kwargs.get("args") or ())
+            return cls.engine(configdir, kwargs.get("commands") or (), kwargs.get("routes") or (), kwargs.get("lane"))
+        return cls.command(configdir, kwargs.get("name"), kwargs.get("args") or (), kwargs.get("lane"))
 
     # ------------------------------------------------------------------ identity and message
     @property
     def identity(self) -> list[Any]:
+        """What makes two jobs the same (contract: task, sorted commands and routes or name and args,
+        config dir; and the lane). A job without a lane - one over several lanes, before it is split -
+        is not the same as any one lane's part of it."""
+        lane = [self.lane] if self.lane is not None else []
         if self.task == ENGINE_TASK:
-            return [self.task, sorted(self.commands), sorted(self.routes), self.configdir]
-        return [self.task, self.name, list(self.args), self.configdir]
+            return [self.task, sorted(self.commands), sorted(self.routes), self.configdir, *lane]
+        return [self.task, self.name, list(self.args), self.configdir, *lane]
 
     @property
     def key(self) -> str:
@@ -95,10 +110,15 @@ class Job:
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        """The message kwargs (readable in Flower)."""
+        """The message kwargs (readable in Flower); ``lane`` when the job has one."""
         if self.task == ENGINE_TASK:
-            return {"commands": list(self.commands), "routes": list(self.routes), "configdir": self.configdir}
-        return {"name": self.name, "args": list(self.args), "configdir": self.configdir}
+            out: dict[str, Any] = {"commands": list(self.commands), "routes": list(self.routes),
+                                   "configdir": self.configdir}
+        else:
+            out = {"name": self.name, "args": list(self.args), "configdir": self.configdir}
+        if self.lane is not None:
+            out["lane"] = self.lane
+        return out
 
     def describe(self) -> str:
         """One readable line: ``bots-engine --new orders`` / ``archive_sweep --days 7``."""
@@ -109,7 +129,16 @@ class Job:
         return shlex.join(words)
 
     def __str__(self) -> str:
-        return f"{self.describe()} [config {self.configdir}]"
+        lane = f" lane {self.lane}" if self.lane not in (None, DEFAULT_LANE) else ""
+        return f"{self.describe()} [config {self.configdir}{lane}]"
+
+
+def _lane(value: Any, task: str) -> str | None:
+    if value is None:
+        return None
+    if not is_lane_name(value):
+        raise JobError(f"{task}: lane must be a lane name ({LANE_CHARACTERS}), got {value!r}")
+    return str(value)
 
 
 def _str_list(value: Any, what: str) -> list[str]:
@@ -118,6 +147,51 @@ def _str_list(value: Any, what: str) -> list[str]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise JobError(f"{what} must be a list of strings, got {value!r}")
     return list(value)
+
+
+# --------------------------------------------------------------------------- lanes
+
+def split_job(cfg: Config, job: Job) -> list[Job]:
+    """The job as one job per lane, each naming its lane (``cfg``: the job's config):
+
+    * ``bots.engine``: :func:`engine.run.selection.lane_plan` - routes grouped by lane, a default run
+      one per lane with routes in it (a job naming its lane and no routes: that lane's default run),
+      route-less commands in lane default;
+    * ``bots.command``: its lane from ``[jobqueue.commands.lanes]`` (default ``default``).
+
+    The lanes are the config's *now*: a job that waited while its route moved to another lane is
+    split to the new lane. JobError for an unknown route or command."""
+    if job.task == COMMAND_TASK:
+        return [replace(job, lane=cfg.command_lane(job.name))]
+    try:
+        parts = lane_plan(cfg, job.commands, job.routes, job.lane)
+    except UsageError as exc:
+        raise JobError(str(exc)) from None
+    return [Job.engine(job.configdir, part.commands, part.routes, part.lane) for part in parts]
+
+
+def place(cfg: Config, job: Job) -> Job:
+    """A message's job in its lane: as it is when it names one; else, when it is one lane's work,
+    that lane's job; else (its work is in several lanes) as it is, without a lane - it goes to lane
+    default, whose worker splits it. Used where a message was sent without a lane (``celery call``,
+    Flower), by the router, the publish handler and the worker alike."""
+    if job.lane is not None:
+        return job
+    try:
+        parts = split_job(cfg, job)
+    except JobError:
+        return job                      # the worker rejects it and says why
+    if len(parts) == 1 and replace(parts[0], lane=None) == job:
+        return parts[0]
+    return job
+
+
+def message_lane(cfg: Config, job: Job) -> str:
+    """The lane whose queue a message goes to (and whose part of it the worker runs itself): the lane
+    it is placed in (:func:`place`) when that is a lane of the config, else lane default - a job over
+    several lanes, or one naming a lane the config no longer has, is split by lane default's worker."""
+    lane = place(cfg, job).lane
+    return lane if lane is not None and lane in cfg.lanes else DEFAULT_LANE
 
 
 # --------------------------------------------------------------------------- config of a job

@@ -38,6 +38,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from engine.config import Config
+from engine.config.lanes import DEFAULT_LANE, MAX_LANE_LENGTH
 from engine.db import create_tables, get_engine, session_scope
 from engine.errors import DatabaseError, database_error
 from engine.lease import holder_alive, hostname
@@ -101,6 +102,8 @@ class StartedJob(Base):
     key: Mapped[str] = mapped_column(String(64), index=True)
     task: Mapped[str] = mapped_column(String(40))
     job: Mapped[str] = mapped_column(Text)
+    # added with lanes: older databases gain it on first use (engine.db.add_missing_columns)
+    lane: Mapped[str] = mapped_column(String(MAX_LANE_LENGTH), default=DEFAULT_LANE, server_default=DEFAULT_LANE)
     state: Mapped[str] = mapped_column(String(10), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     host: Mapped[str] = mapped_column(String(255))
@@ -179,8 +182,13 @@ class Waiting:
     created: datetime
     age: float                          # seconds since first queued
 
+    @property
+    def lane(self) -> str:
+        """The lane the job waits in (its kwarg ``lane``; a job over several lanes waits in lane default)."""
+        return str(self.kwargs.get("lane") or DEFAULT_LANE)
+
     def as_dict(self) -> dict[str, Any]:
-        return {"task_id": self.task_id, "task": self.task, "job": self.job, "kwargs": self.kwargs,
+        return {"task_id": self.task_id, "task": self.task, "job": self.job, "lane": self.lane, "kwargs": self.kwargs,
                 "priority": self.priority, "queued": self.created.isoformat(timespec="seconds") + "Z",
                 "age_s": round(self.age, 1)}
 
@@ -354,8 +362,9 @@ class StartedJobs(_Store):
                 other = s.get(PendingJob, job.key)
                 if other is not None:
                     return Begin(BeginAction.SKIP, f"an identical job is waiting ({other.task_id})")
-            s.add(StartedJob(task_id=task_id, key=job.key, task=job.task, job=job.describe(), state=JobState.RUNNING,
-                             attempts=1, host=me_host, pid=me_pid, started=now, heartbeat=now))
+            s.add(StartedJob(task_id=task_id, key=job.key, task=job.task, job=job.describe(),
+                             lane=job.lane or DEFAULT_LANE, state=JobState.RUNNING, attempts=1, host=me_host,
+                             pid=me_pid, started=now, heartbeat=now))
             s.flush()
             return Begin(BeginAction.RUN, "", 1, registered=n == 1)
 
@@ -396,7 +405,8 @@ class StartedJobs(_Store):
         with session_scope(self.url) as s:
             rows = s.scalars(select(StartedJob).where(StartedJob.state == JobState.RUNNING)
                              .order_by(StartedJob.started)).all()
-            return [{"task_id": r.task_id, "task": r.task, "job": r.job, "attempt": r.attempts, "host": r.host,
+            return [{"task_id": r.task_id, "task": r.task, "job": r.job, "lane": r.lane, "attempt": r.attempts,
+                     "host": r.host,
                      "pid": r.pid, "started": r.started.isoformat(timespec="seconds") + "Z",
                      "running_s": round((now - r.started).total_seconds(), 1), "alive": self._alive(r, now)}
                     for r in rows]

@@ -6,8 +6,12 @@ allow-listed command from ``[jobqueue.commands]``) - and the steps every job goe
 2. :meth:`tasks.registry.StartedJobs.begin` records the start and claims its registry entry, in
    one commit, before anything else - a superseded or already-run message is skipped here, and a
    message whose worker died is run again at most ``1 + [jobqueue] max_retries`` times;
-3. the job runs (:mod:`tasks.executors`) while a heartbeat keeps its start record alive;
-4. the outcome goes to ``jobqueue.log``, the start record and (as a task event) Flower.
+3. the job is split by lane as the config says now (:func:`tasks.jobs.split_job`): the part of the
+   message's own lane runs here, the parts of other lanes (a job over several lanes sent by
+   ``celery call`` or Flower, a route moved to another lane while the job waited) are forwarded to
+   their lanes through the publish path, deduplicated there like any job;
+4. the job runs (:mod:`tasks.executors`) while a heartbeat keeps its start record alive;
+5. the outcome goes to ``jobqueue.log``, the start record and (as a task event) Flower.
 
 A step that ends the job early raises an outcome (:mod:`tasks.outcomes`); :func:`run_job` is the
 one place that turns them into Celery's terms.
@@ -25,10 +29,12 @@ from engine.config import Config, JobQueue
 from engine.errors import ConfigError, DatabaseError, UsageError, one_line
 from engine.report import send_report
 from tasks import priority as prio
+from tasks.broker import QueueError
 from tasks.context import config_for, configdir_of, queue_logger, worker_config
 from tasks.executors import JobWatch, run_command_job, run_engine_job
-from tasks.jobs import COMMAND_TASK, ENGINE_TASK, Job, JobError, validate
+from tasks.jobs import COMMAND_TASK, ENGINE_TASK, Job, JobError, message_lane, place, split_job, validate
 from tasks.outcomes import GiveUp, RejectMessage, RetryLater, SkipMessage
+from tasks.publish import publish
 from tasks.registry import Begin, BeginAction, JobState, StartedJobs
 
 DB_RETRY_SECONDS = 30       # a job that cannot reach the database (or read its config) is tried again after this
@@ -75,12 +81,41 @@ def _run(task: Task, name: str, args: Any, kwargs: Any) -> dict[str, Any]:
     began = _begin(cfg, job, task_id, log)
     try:
         validate(job, cfg)
+        own = _own_part(task, cfg, job, log)
     except JobError as exc:
         StartedJobs(cfg).finish(task_id, JobState.FAILED, f"rejected: {exc}")
         log.error("rejected %s[%s] %s: %s", name, task_id, job.describe(), one_line(exc))
         raise RejectMessage(one_line(exc)) from None
-    log.info("started %s: %s (%s, attempt %d)", task_id, job, _priority_text(task), began.attempts)
-    return _execute(task, cfg, job, log, t0)
+    if own is None:
+        _finish(cfg, task_id, JobState.DONE, "forwarded to its lanes", log)
+        log.info("finished %s: nothing of %s is in lane %s; forwarded to its lanes", task_id, job.describe(),
+                 message_lane(cfg, job))
+        return {"forwarded": True}
+    log.info("started %s: %s (%s, attempt %d)", task_id, own, _priority_text(task), began.attempts)
+    return _execute(task, cfg, own, log, t0)
+
+
+def _own_part(task: Task, cfg: Config, job: Job, log: logging.Logger) -> Job | None:
+    """The part of the job this message's lane runs (None: none); the other lanes' parts are forwarded
+    through the publish path at the message's priority. A forward that fails is tried again with the
+    whole message (RetryLater): a part already forwarded then meets its waiting copy (a duplicate)."""
+    lane = message_lane(cfg, job)
+    parts = split_job(cfg, job)
+    own = next((p for p in parts if p.lane == lane), None)
+    task_id = str(task.request.id)
+    for part in parts:
+        if part is own:
+            continue
+        try:
+            res = publish(task.app, cfg, part, _bots_priority(task) or prio.DEFAULT, log)
+        except (QueueError, DatabaseError) as exc:
+            _finish(cfg, task_id, JobState.RETRY, f"forward failed: {one_line(exc)}", log)
+            log.error("job %s (%s): cannot forward its lane %s part: %s; trying again in %d s", task_id,
+                      job.describe(), part.lane, one_line(exc), DB_RETRY_SECONDS)
+            raise RetryLater(one_line(exc), exc, DB_RETRY_SECONDS, cfg.jobqueue.max_retries) from None
+        log.info("job %s (%s, lane %s): forwarded %s to lane %s: %s", task_id, job.describe(), lane,
+                 part.describe(), part.lane, res.status)
+    return own
 
 
 def _worker_config(task: Task) -> Config:
@@ -98,24 +133,30 @@ def _identify(task: Task, base: Config, name: str, args: Any, kwargs: Any,
     """The job a message stands for, and the config it runs with."""
     try:
         job = Job.from_message(name, args, kwargs, configdir_of(task.app))
-        return job, (base if job.configdir == str(base.configdir) else config_for(job.configdir))
+        cfg = base if job.configdir == str(base.configdir) else config_for(job.configdir)
+        return place(cfg, job), cfg
     except (JobError, ConfigError) as exc:
         log.error("rejected %s[%s] %s: %s", name, task.request.id, _short(kwargs), one_line(exc))
         raise RejectMessage(one_line(exc)) from None
 
 
-def _priority_text(task: Task) -> str:
+def _bots_priority(task: Task) -> int | None:
     """The job's Bots priority, as its message header carries it (mapped back only for a message
-    sent without the header)."""
+    sent without the header); None when it cannot be told."""
     req = task.request
     carried = getattr(req, prio.PRIORITY_HEADER, None)
-    if carried is None:
-        try:
-            carried = prio.from_broker((req.delivery_info or {}).get("priority"), prio.broker_kind(
-                task.app.conf.broker_url or ""))
-        except ValueError:
-            return "priority unknown"
-    return f"priority {carried}"
+    if carried is not None:
+        return prio.clamp(carried)
+    try:
+        return prio.from_broker((req.delivery_info or {}).get("priority"), prio.broker_kind(
+            task.app.conf.broker_url or ""))
+    except ValueError:
+        return None
+
+
+def _priority_text(task: Task) -> str:
+    p = _bots_priority(task)
+    return "priority unknown" if p is None else f"priority {p}"
 
 
 def _short(kwargs: Any) -> str:

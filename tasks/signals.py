@@ -7,10 +7,11 @@ Publishing side (every process that sends a job with the ``tasks`` app: ``bots-j
 * :func:`before_publish` maps the Bots priority (1..9; none given: Bots' default 5) to the broker's
   scale, exactly once per message, and carries the Bots priority in header
   :data:`tasks.priority.PRIORITY_HEADER`. A message that already carries it was sent by
-  :func:`tasks.submit.submit`, which registered it; any other job (``celery call``, Flower) is
-  registered here (:func:`tasks.registration.register`). A publish cannot be vetoed from a
-  signal, so a duplicate of a waiting job is marked instead: its ``expires`` is set in the past and
-  the worker drops it unrun, visibly (``jobqueue.log``, and "revoked (expired)" in Flower).
+  :func:`tasks.publish.publish`, which registered it; any other job (``celery call``, Flower) is
+  placed in its lane (:func:`tasks.jobs.place`; the lane is written into its kwargs, so the worker
+  and Flower see it) and registered here (:func:`tasks.registration.register`). A publish cannot be
+  vetoed from a signal, so a duplicate of a waiting job is marked instead: its ``expires`` is set in
+  the past and the worker drops it unrun, visibly (``jobqueue.log``, and "revoked (expired)" in Flower).
 
 Worker side: pooled database connections are not shared with forked pool processes; stale
 registry entries are swept when the worker starts; dropped, revoked, failed and malformed
@@ -28,9 +29,10 @@ from engine.db import dispose_all
 from engine.errors import ConfigError, DatabaseError, one_line
 from engine.models import utcnow
 from tasks import priority as prio
-from tasks.broker import QUEUE, queue_depth
+from engine.config import Config
+from tasks.broker import queue_depth, queue_name
 from tasks.context import config_for, configdir_of, queue_logger, worker_config, worker_log
-from tasks.jobs import TASKS, Job, JobError
+from tasks.jobs import TASKS, Job, JobError, message_lane, place
 from tasks.registration import register
 from tasks.registry import JobState, PendingRegistry, RegistrationStatus, StartedJobs, forget_tables
 
@@ -74,6 +76,11 @@ def before_publish(sender: str | None = None, body: Any = None, headers: dict | 
                             sender, headers.get("id"))
 
 
+def all_lanes_depth(app: Any, cfg: Config) -> int:
+    """Messages waiting in every lane's queue of ``cfg``."""
+    return sum(queue_depth(app, queue=queue_name(lane)) for lane in cfg.lanes)
+
+
 def _register_sent(app: Any, sender: str, body: Any, headers: dict, bots: int) -> None:
     args, kwargs = _body_parts(body)
     try:
@@ -81,10 +88,14 @@ def _register_sent(app: Any, sender: str, body: Any, headers: dict, bots: int) -
         cfg = config_for(job.configdir)
     except (JobError, ConfigError):
         return          # not a job we can name: the worker rejects it and logs why
+    job = place(cfg, job)
+    if job.lane is not None and isinstance(kwargs, dict) and "lane" not in kwargs:
+        kwargs["lane"] = job.lane       # the published body: the worker and Flower see the lane it was placed in
     log = queue_logger(cfg)
     task_id = str(headers.get("id"))
+    queue = queue_name(message_lane(cfg, job))
     try:
-        reg = register(cfg, job, task_id, bots, lambda: queue_depth(app), log, sent_as=sender)
+        reg = register(cfg, job, task_id, bots, lambda: queue_depth(app, queue=queue), log, sent_as=sender)
     except DatabaseError as exc:
         log.warning("registry unusable (%s): %s[%s] is sent without dedup", exc, sender, task_id)
         return
@@ -107,14 +118,18 @@ def on_worker_ready(sender: Any = None, **_: Any) -> None:
     try:
         cfg = worker_config(app)
         now = utcnow()
-        stale = PendingRegistry(cfg).cleanup(now, queue_depth=lambda: queue_depth(app))
+        stale = PendingRegistry(cfg).cleanup(now, queue_depth=lambda: all_lanes_depth(app, cfg))
         StartedJobs(cfg).cleanup(now)
         if stale:
             log.warning("cleared %d stale registry entr%s (queue empty, message gone)", stale,
                         "y" if stale == 1 else "ies")
     except Exception as exc:  # noqa: BLE001
         log.warning("registry sweep at start failed: %s", one_line(exc))
-    log.info("worker ready: %s consuming queue %s", getattr(sender, "hostname", "?"), QUEUE)
+    try:
+        queues = ", ".join(sorted(app.amqp.queues.consume_from)) or "?"
+    except Exception:  # noqa: BLE001 - only for the log line
+        queues = "?"
+    log.info("worker ready: %s consuming queue %s", getattr(sender, "hostname", "?"), queues)
 
 
 def _task_name(request: Any, sender: Any = None) -> str:

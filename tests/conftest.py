@@ -127,6 +127,27 @@ tochannel = "out"
 DEFAULT_ROUTES = file_routes()
 
 
+def lane_route(name: str, channel: str, lane: str | None = None, translate: str = "passthrough",
+               notindefaultrun: bool = False, active: bool = True) -> str:
+    """routes.toml text for route ``name`` in ``lane`` (None: no lane key), reading file channel ``channel``
+    (folder ``data/<channel>``) into channel ``out``, which the caller defines."""
+    lane_line = f'lane = "{lane}"\n' if lane is not None else ""
+    return f"""
+[channels.{channel}]
+type = "file"
+path = "data/{channel}"
+remove = true
+
+[routes.{name}]
+{lane_line}notindefaultrun = {str(notindefaultrun).lower()}
+active = {str(active).lower()}
+[[routes.{name}.parts]]
+fromchannel = "{channel}"
+translate = "{translate}"
+tochannel = "out"
+"""
+
+
 class Env:
     """An environment folder on disk: config/, botssys/, usersys/, data/."""
 

@@ -1,7 +1,9 @@
 """``bots-engine``: one engine run from the command line (Bots' options and exit codes).
 
 Exit codes: 0 ok · 1 system error (bad arguments or config, unknown route, database
-unreachable) · 2 ran, with file or communication errors · 3 locked by a live run.
+unreachable) · 2 ran, with file or communication errors · 3 locked by a live run. Over routes of
+several lanes (or a default run of a config with lanes) it runs lane after lane, each under its own
+lock, one line per lane, and exits with the most serious code: 1, then 3, then 2, then 0.
 
 :func:`parse_engine_args` is the one place a bots-engine command line becomes commands, routes
 and a config dir - for ``bots-engine`` itself and for the job lines of ``bots-job2queue``,
@@ -81,7 +83,11 @@ def _main() -> int:
         print(f"bots-engine: error: {one_line(exc, with_type=True)}", file=sys.stderr)
         return ExitCode.SYSTEM
     bar.finish()
-    print(result.message)
+    for lane in result.lanes or [result]:
+        if lane.exit_code == ExitCode.SYSTEM:       # a lane's system error while other lanes ran
+            print(f"bots-engine: error: {lane.message}", file=sys.stderr)
+        else:
+            print(lane.message)
     return result.exit_code
 
 

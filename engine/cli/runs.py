@@ -5,7 +5,7 @@ import argparse
 import json
 from datetime import datetime
 
-from engine.config import add_config_argument, load_config
+from engine.config import DEFAULT_LANE, add_config_argument, load_config
 from engine.errors import UsageError
 from engine.records import RUN_STATUSES, FilterError, RunFilter, list_runs, parse_when
 
@@ -48,5 +48,6 @@ def run(args: argparse.Namespace) -> int:
         rc = "" if r["returncode"] is None else r["returncode"]
         print(f"{r['id']:>6} {r['started'][:19].replace('T', ' '):19} {secs:>6} {r['status']:8} {rc:>2} "
               f"{r['received']:>6} {r['processed']:>6} {r['sent']:>6} {r['file_errors']:>5} {r['comm_errors']:>5} "
-              f"{r['commands']}{' / ' + r['routes'] if r['routes'] else ''}")
+              f"{r['commands']}{' / ' + r['routes'] if r['routes'] else ''}"
+              f"{'' if r['lane'] == DEFAULT_LANE else ' [lane ' + r['lane'] + ']'}")
     return 0

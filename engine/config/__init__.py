@@ -8,6 +8,8 @@ a :class:`ConfigError` whose message is one line naming the file and the key.
 * :mod:`engine.config.sections` - the sections read at load time (settings, directories,
   database, email, jobqueue, dirmonitorN) as frozen dataclasses;
 * :mod:`engine.config.routes` - routes.toml (channels and routes);
+* :mod:`engine.config.lanes` - lane names, and the lanes of a config (:meth:`Config.lane_of`,
+  :attr:`Config.lanes`);
 * :mod:`engine.config.schedule`, :mod:`engine.config.flower` and :mod:`engine.config.webserver` -
   ``[schedule.*]``, ``[flower]`` and ``[webserver]``, read on demand by the commands that use
   them, so a mistake there never stops the engine.
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.config.ini import IniSection, read_ini
+from engine.config.lanes import DEFAULT_LANE, config_lanes
 from engine.config.routes import ChannelSpec, Route, RoutePart, load_routes
 from engine.config.sections import (ENV_BROKER, DirMonitor, Directories, Email, JobQueue, Settings, read_database_url,
                                     read_directories, read_dirmonitors, read_email, read_jobqueue, read_settings)
@@ -58,6 +61,20 @@ class Config:
         path = Path(p).expanduser()
         return path if path.is_absolute() else (self.envdir / path)
 
+    def lane_of(self, route: str) -> str:
+        """The lane of route ``route`` (routes.toml ``lane``; ``default`` when it has none or is unknown)."""
+        known = self.routes.get(route)
+        return known.lane if known is not None else DEFAULT_LANE
+
+    def command_lane(self, name: str) -> str:
+        """The lane of a ``[jobqueue.commands]`` job (``[jobqueue.commands.lanes]``; else ``default``)."""
+        return self.jobqueue.command_lanes.get(name, DEFAULT_LANE)
+
+    @property
+    def lanes(self) -> tuple[str, ...]:
+        """Every lane of this config: ``default`` first, then those routes and commands name."""
+        return config_lanes((r.lane for r in self.routes.values()), self.jobqueue.command_lanes)
+
     def secrets(self) -> list[str]:
         """Secret values in this config, for log redaction."""
         out = [self.email.password]
@@ -93,7 +110,8 @@ def load_config(configdir: str | Path | None = None) -> Config:
     directories = read_directories(sec("directories"), resolve)
     url = read_database_url(sec("database"), directories, resolve)
     email = read_email(sec("email"))
-    jobqueue = read_jobqueue(sec("jobqueue"), sec("jobqueue.commands"), sec("jobqueue.transport_options"), settings)
+    jobqueue = read_jobqueue(sec("jobqueue"), sec("jobqueue.commands"), sec("jobqueue.transport_options"), settings,
+                             sec("jobqueue.commands.lanes"))
     monitors = read_dirmonitors(ini, resolve)
     channels, routes = load_routes(cdir / "routes.toml")
     for mon in monitors:
@@ -111,6 +129,6 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
                         help=f"config dir (default: ${ENV_CONFIG} or ./config)")
 
 
-__all__ = ["Config", "ConfigError", "load_config", "resolve_configdir", "add_config_argument", "ENV_CONFIG",
-           "ENV_BROKER", "DEFAULT_CONFIGDIR", "Settings", "Directories", "Email", "JobQueue", "DirMonitor",
+__all__ = ["Config", "ConfigError", "DEFAULT_LANE", "load_config", "resolve_configdir", "add_config_argument",
+           "ENV_CONFIG", "ENV_BROKER", "DEFAULT_CONFIGDIR", "Settings", "Directories", "Email", "JobQueue", "DirMonitor",
            "ChannelSpec", "Route", "RoutePart", "IniSection"]

@@ -13,9 +13,11 @@ from typing import Any
 
 from engine.channels.types import CHANNEL_TYPES, VALUE_CHECKS, KeyType
 from engine.config.ini import expand_env
+from engine.config.lanes import DEFAULT_LANE, check_lane_name
 from engine.errors import ConfigError
 
-ROUTE_KEYS: dict[str, KeyType] = {"active": bool, "notindefaultrun": bool, "parts": list, "description": str}
+ROUTE_KEYS: dict[str, KeyType] = {"active": bool, "notindefaultrun": bool, "parts": list, "description": str,
+                                  "lane": str}
 PART_KEYS: dict[str, KeyType] = {"fromchannel": str, "tochannel": str, "translate": str}
 _TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false", list: "a list"}
 _MAPPING = re.compile(r"[A-Za-z_][\w.]*\.[A-Za-z_]\w*")
@@ -45,6 +47,7 @@ class Route:
     active: bool
     notindefaultrun: bool
     parts: tuple[RoutePart, ...]         # in Bots' seq order
+    lane: str = DEFAULT_LANE             # its lane (engine.config.lanes): its engine lock and queue
 
 
 def _check_type(value: Any, typ: KeyType, where: str) -> Any:
@@ -123,7 +126,10 @@ def _route(path: Path, name: str, raw: Any, channels: dict[str, ChannelSpec]) ->
     if not raw_parts:
         raise ConfigError(f"{where}.parts: a route needs at least one part")
     parts = tuple(_part(f"{where}.parts[{i}]", part, channels) for i, part in enumerate(raw_parts, 1))
-    return Route(name, bool(body.get("active", True)), bool(body.get("notindefaultrun", False)), parts)
+    lane = DEFAULT_LANE
+    if "lane" in body:
+        lane = check_lane_name(_check_type(body["lane"], str, f"{where}.lane"), f"{where}.lane")
+    return Route(name, bool(body.get("active", True)), bool(body.get("notindefaultrun", False)), parts, lane)
 
 
 def load_routes(path: Path) -> tuple[dict[str, ChannelSpec], dict[str, Route]]:
@@ -142,4 +148,18 @@ def load_routes(path: Path) -> tuple[dict[str, ChannelSpec], dict[str, Route]]:
             raise ConfigError(f"{path}: unknown key {key!r} (expected [channels.NAME] or [routes.NAME])")
     channels = {name: _channel(path, name, body) for name, body in (data.get("channels") or {}).items()}
     routes = {name: _route(path, name, body, channels) for name, body in (data.get("routes") or {}).items()}
+    _one_lane_per_in_channel(path, routes)
     return channels, routes
+
+
+def _one_lane_per_in_channel(path: Path, routes: dict[str, Route]) -> None:
+    """An in-channel is read by routes of one lane only: two lanes run at the same time, and two runs
+    taking files from one folder or partner at once would process a file twice."""
+    reader: dict[str, Route] = {}
+    for route in routes.values():
+        for part in route.parts:
+            first = reader.setdefault(part.fromchannel, route)
+            if first.lane != route.lane:
+                raise ConfigError(f"{path}: routes.{route.name}.lane: channel {part.fromchannel!r} is read by route "
+                                  f"{first.name} (lane {first.lane!r}) and route {route.name} (lane {route.lane!r}); "
+                                  f"an in-channel belongs to one lane")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config.ini import IniSection, guess_type
+from engine.config.lanes import check_lane_name
 from engine.errors import ConfigError
 
 ENV_BROKER = "BOTSQ_BROKER_URL"
@@ -115,10 +116,11 @@ DEFAULT_STALE_AFTER = 30.0
 
 @dataclass(frozen=True)
 class JobQueue:
-    """``[jobqueue]``, ``[jobqueue.commands]`` and ``[jobqueue.transport_options]``."""
+    """``[jobqueue]``, ``[jobqueue.commands]``, ``[jobqueue.commands.lanes]`` and ``[jobqueue.transport_options]``."""
     enabled: bool = False
     broker: str = "amqp://guest:guest@127.0.0.1:5672//"   # BOTSQ_BROKER_URL overrides it
     commands: Mapping[str, tuple[str, ...]] = field(default_factory=dict)   # name -> argv (no shell)
+    command_lanes: Mapping[str, str] = field(default_factory=dict)   # name -> lane; absent: lane default
     hardtimelimit: int = 0                # minutes; 0 = never kill a running engine job
     max_retries: int = 3                  # redeliveries of a job whose worker died
     connect_timeout: float = 4.0          # seconds to reach the broker before giving up
@@ -127,8 +129,10 @@ class JobQueue:
     transport_options: Mapping[str, Any] = field(default_factory=dict)     # extra kombu options, verbatim
 
 
-def read_jobqueue(js: IniSection, cs: IniSection, ts: IniSection, settings: Settings) -> JobQueue:
-    """``js``: [jobqueue], ``cs``: [jobqueue.commands], ``ts``: [jobqueue.transport_options]."""
+def read_jobqueue(js: IniSection, cs: IniSection, ts: IniSection, settings: Settings,
+                  ls: IniSection | None = None) -> JobQueue:
+    """``js``: [jobqueue], ``cs``: [jobqueue.commands], ``ts``: [jobqueue.transport_options],
+    ``ls``: [jobqueue.commands.lanes] (a name there that is not in [jobqueue.commands] is an error)."""
     j = JobQueue()
     commands: dict[str, tuple[str, ...]] = {}
     for name in cs.keys():
@@ -136,6 +140,13 @@ def read_jobqueue(js: IniSection, cs: IniSection, ts: IniSection, settings: Sett
         if not argv:
             raise ConfigError(f"{cs.where(name)}: empty command line")
         commands[name] = tuple(argv)
+    command_lanes: dict[str, str] = {}
+    for name in (ls.keys() if ls is not None else ()):
+        assert ls is not None
+        if name not in commands:
+            listed = ", ".join(commands) or "none"
+            raise ConfigError(f"{ls.where(name)}: no command named {name!r} in [jobqueue.commands] (listed: {listed})")
+        command_lanes[name] = check_lane_name(ls.get(name, str, ""), ls.where(name))
     hardtimelimit = js.get("hardtimelimit", int, j.hardtimelimit)
     # above any run's length: a message must not be handed out again while its run goes on
     longest = max(settings.maxruntime, hardtimelimit) * 60
@@ -143,6 +154,7 @@ def read_jobqueue(js: IniSection, cs: IniSection, ts: IniSection, settings: Sett
         enabled=js.get("enabled", bool, j.enabled),
         broker=os.environ.get(ENV_BROKER) or js.get("broker", str, j.broker),
         commands=commands,
+        command_lanes=command_lanes,
         hardtimelimit=hardtimelimit,
         max_retries=js.get("max_retries", int, j.max_retries),
         connect_timeout=js.get("connect_timeout", float, j.connect_timeout),

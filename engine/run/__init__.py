@@ -1,8 +1,8 @@
-"""One engine run, as steps (``run_engine(cfg, commands, routes, progress=None) -> RunResult``):
+"""One engine run, as steps (``run_engine(cfg, commands, routes, lane=None, progress=None) -> RunResult``):
 
 * :mod:`~engine.run.session` - the run start to end: lock, run record, recovery, commands in
   Bots' order, finish, summary, report;
-* :mod:`~engine.run.selection` - which commands and routes (Bots' rules);
+* :mod:`~engine.run.selection` - which commands and routes (Bots' rules), and how a job splits by lane;
 * :mod:`~engine.run.commands` - new, rereceive, resend, automaticretrycommunication, cleanup;
 * :mod:`~engine.run.receive` - list -> fetch -> archive -> record -> remove at the source, per batch;
   :mod:`~engine.run.removal` - the pending source removals; :mod:`~engine.run.archive` - the disk;
@@ -14,7 +14,8 @@
 Every file is tracked and none is lost: a run that dies half-way leaves records saying how far
 each file got, and the next run finishes them before it does anything else.
 """
-from engine.run.selection import ENGINE_COMMANDS, normalise_commands, select_routes
+from engine.run.selection import ENGINE_COMMANDS, LanePart, lane_plan, normalise_commands, select_routes
 from engine.run.session import RunResult, run_engine
 
-__all__ = ["run_engine", "RunResult", "ENGINE_COMMANDS", "normalise_commands", "select_routes"]
+__all__ = ["run_engine", "RunResult", "ENGINE_COMMANDS", "normalise_commands", "select_routes", "lane_plan",
+           "LanePart"]

@@ -33,7 +33,7 @@ class Commands:
                 "automaticretrycommunication": self.automaticretrycommunication, "cleanup": self.cleanup}[command]
 
     def routes_for(self, command: str) -> list[Route]:
-        return select_routes(self.ctx.cfg, [command], self.route_names)
+        return select_routes(self.ctx.cfg, [command], self.route_names, self.ctx.lane)
 
     def new(self) -> None:
         for route in self.routes_for("new"):
@@ -92,7 +92,8 @@ class Commands:
         ctx.counts.cleaned += cleanup(ctx.cfg, ctx.log)
         ctx.tracker.set_state(STATE_LAST_CLEANUP, datetime.now().date().isoformat())
 
-    def cleanup_due(self) -> bool:
-        """``whencleanup = daily``: the first run of the day cleans up."""
+    def claim_daily_cleanup(self) -> bool:
+        """``whencleanup = daily``: the first run of the day cleans up, in whichever lane it runs. The day is
+        claimed in one conditional write, so of two lanes starting together only one cleans up."""
         return self.ctx.cfg.settings.whencleanup == "daily" and \
-            self.ctx.tracker.state(STATE_LAST_CLEANUP) != datetime.now().date().isoformat()
+            self.ctx.tracker.claim_state(STATE_LAST_CLEANUP, datetime.now().date().isoformat())

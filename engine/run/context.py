@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import Config
+from engine.config.lanes import DEFAULT_LANE
 from engine.lock import EngineLockHandle
 from engine.readiness import Readiness
 from engine.run.channel_pool import ChannelPool
@@ -64,9 +65,11 @@ class Counts:
 
 
 class RunContext:
-    def __init__(self, cfg: Config, log: logging.Logger, progress: ProgressCallback | None = None) -> None:
+    def __init__(self, cfg: Config, log: logging.Logger, progress: ProgressCallback | None = None,
+                 lane: str = DEFAULT_LANE) -> None:
         self.cfg = cfg
         self.log = log
+        self.lane = lane                    # the run's lane: its lock, its routes, its recovery
         self.tracker = Tracker(cfg.database_url)
         self.botssys = cfg.directories.botssys
         self.channels = ChannelPool(cfg, log)

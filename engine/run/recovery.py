@@ -1,9 +1,11 @@
 """Crash recovery: before anything else, a run finishes what earlier runs left half-way.
 
-Runs still recorded as running are recorded as crashed. Incoming files that were ``received``
-(archived and recorded, not processed) are processed again from the archive; outgoing files
-still ``pending`` are sent; outputs of an unprocessed file are made again. At-least-once: a file
-may be delivered twice, never lost. When a crashed run was found, the managers get a report.
+Recovery is per lane: a run holds its lane's lock, so runs of its lane still recorded as running are
+recorded as crashed - never a run of another lane, which may well be running. Incoming files of the
+lane's routes that were ``received`` (archived and recorded, not processed) are processed again
+from the archive; outgoing files still ``pending`` are sent; outputs of an unprocessed file are made
+again. At-least-once: a file may be delivered twice, never lost. When a crashed run was found, the
+managers get a report.
 """
 from __future__ import annotations
 
@@ -19,7 +21,10 @@ def recover(ctx: RunContext, deliverer: Deliverer, crashed: Holder | None) -> No
     """Finish what earlier runs left; ``crashed`` is the dead holder of the engine lock, if one was taken over."""
     why = (f"holder {crashed.describe()} gone (process ended or heartbeat silent since "
            f"{iso_utc(crashed.heartbeat)})") if crashed else "did not finish"
-    left = ctx.tracker.leftovers(ctx.run_id, f"crashed: {why}; recovered by run {ctx.run_id}")
+    routes = ctx.cfg.routes.values()
+    left = ctx.tracker.leftovers(ctx.run_id, f"crashed: {why}; recovered by run {ctx.run_id}", ctx.lane,
+                                 lane_routes=[r.name for r in routes if r.lane == ctx.lane],
+                                 other_lanes_routes=[r.name for r in routes if r.lane != ctx.lane])
     for o in left.partial:
         if o.store_path.startswith("outfiles/"):
             unlink_quietly(ctx.botssys / o.store_path)

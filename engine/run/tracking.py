@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import ColumnElement
 
+from engine.config.lanes import DEFAULT_LANE
 from engine.db import get_engine, session_scope
 from engine.models import CommStatus, EngineState, Incoming, InStatus, Outgoing, OutStatus, Run, RunStatus, \
     SourceRemoval, utcnow
@@ -118,10 +120,10 @@ class Tracker:
 
     # ------------------------------------------------------------------ the run record
     def start_run(self, commands: Sequence[str], routes: Sequence[str], host: str, pid: int,
-                  started: datetime) -> int:
+                  started: datetime, lane: str = DEFAULT_LANE) -> int:
         with session_scope(self.url) as s:
-            run = Run(commands=",".join(commands), routes=",".join(routes), host=host, pid=pid, started=started,
-                      status=RunStatus.RUNNING)
+            run = Run(commands=",".join(commands), routes=",".join(routes), lane=lane, host=host, pid=pid,
+                      started=started, status=RunStatus.RUNNING)
             s.add(run)
             s.flush()
             return run.id
@@ -138,6 +140,22 @@ class Tracker:
         with session_scope(self.url) as s:
             row = s.get(EngineState, key)
             return row.value if row is not None else None
+
+    def claim_state(self, key: str, value: str) -> bool:
+        """Set ``key`` to ``value`` unless it has that value already; True when this call changed it. Of two
+        callers at the same time only one gets True (a conditional update; a key conflict on insert)."""
+        try:
+            with session_scope(self.url) as s:
+                if s.execute(update(EngineState).where(EngineState.key == key, EngineState.value != value)
+                             .values(value=value)).rowcount:
+                    return True
+                if s.get(EngineState, key) is not None:
+                    return False
+                s.add(EngineState(key=key, value=value))
+                s.flush()
+                return True
+        except IntegrityError:
+            return False                     # another caller inserted it first
 
     def set_state(self, key: str, value: str) -> None:
         with session_scope(self.url) as s:
@@ -221,20 +239,35 @@ class Tracker:
         with session_scope(self.url) as s:
             return s.scalar(select(func.max(Outgoing.id))) or 0
 
-    def leftovers(self, run_id: int, crashed_message: str) -> Leftovers:
-        """Record runs still "running" (other than ``run_id``) as crashed with ``crashed_message``, and find the
-        files they left half-way; outputs of a received-but-unprocessed file are deleted (made again)."""
+    def leftovers(self, run_id: int, crashed_message: str, lane: str = DEFAULT_LANE,
+                  lane_routes: Sequence[str] = (), other_lanes_routes: Sequence[str] = ()) -> Leftovers:
+        """What runs of ``lane`` left half-way: its runs still "running" (other than ``run_id``, which holds
+        the lane's lock) are recorded as crashed with ``crashed_message``; the files of the lane's routes
+        they left are found (outputs of a received-but-unprocessed file are deleted: made again).
+
+        A lane owns its routes (``lane_routes``); lane default also owns every route not in another lane
+        (``other_lanes_routes``: the routes of every other lane), so files of a route removed from the config
+        are still finished. A file of a run still running in another lane is never touched (a route moved
+        to another lane while its old lane's run goes on)."""
         now = utcnow()
         found = Leftovers()
+        busy = select(Run.id).where(Run.status == RunStatus.RUNNING, Run.lane != lane)
+
+        def owned(route: Any, run: Any) -> ColumnElement[bool]:
+            mine = route.notin_(list(other_lanes_routes)) if lane == DEFAULT_LANE else route.in_(list(lane_routes))
+            return mine & or_(run.is_(None), run.notin_(busy))
+
         with session_scope(self.url) as s:
-            found.crashed_runs = list(s.scalars(select(Run).where(Run.status == RunStatus.RUNNING, Run.id != run_id)))
+            found.crashed_runs = list(s.scalars(select(Run).where(Run.status == RunStatus.RUNNING, Run.id != run_id,
+                                                                  Run.lane == lane)))
             for r in found.crashed_runs:
                 r.status, r.ended, r.message = RunStatus.CRASHED, now, crashed_message
             found.incoming = [InRec.of(i) for i in s.scalars(select(Incoming).where(
-                Incoming.status == InStatus.RECEIVED).order_by(Incoming.id))]
+                Incoming.status == InStatus.RECEIVED, owned(Incoming.route, Incoming.run_id)).order_by(Incoming.id))]
             in_ids = {i.id for i in found.incoming}
             pending = [OutRec.of(o) for o in s.scalars(select(Outgoing).where(
-                Outgoing.commstatus == CommStatus.PENDING).order_by(Outgoing.id))]
+                Outgoing.commstatus == CommStatus.PENDING, owned(Outgoing.route, Outgoing.run_id))
+                .order_by(Outgoing.id))]
             found.partial = [o for o in pending if o.incoming_id in in_ids]
             found.outgoing = [o for o in pending if o.incoming_id not in in_ids]
             for chunk in chunks([o.id for o in found.partial]):

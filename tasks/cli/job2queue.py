@@ -7,6 +7,9 @@ name (or the exact command line) from ``[jobqueue.commands]``.
 Output and exit codes, as Bots: ``OK, job is added to queue`` (0, also when an identical waiting
 job's priority was raised - the note goes to stderr); ``Duplicate job, not added.`` (4); one line on
 stderr and 1 when the queue is disabled, the broker cannot be reached or the command is refused.
+
+A job over several lanes is queued as one job per lane (contract, "Lanes"): exit 0 when any was
+added, 4 when all were duplicates; a line per lane after Bots' line says which was which.
 """
 from __future__ import annotations
 
@@ -51,16 +54,17 @@ def _main() -> int:
     check_enabled(cfg)
     job = job_from_argv(cfg, args.command)
     res = submit(cfg, job, priority)
-    if res.status == RegistrationStatus.DUPLICATE:
-        print("Duplicate job, not added.")
-        return ExitCode.DUPLICATE
+    duplicate = res.status == RegistrationStatus.DUPLICATE
     # Bots' job queue answers a priority change of a waiting job with 0 and "OK": the job
     # will run at the priority asked for, which is what a caller checking the code wants to know.
-    print("OK, job is added to queue")
-    if res.status == RegistrationStatus.RAISED:
+    print("Duplicate job, not added." if duplicate else "OK, job is added to queue")
+    if len(res.parts) > 1:
+        for part in res.parts:
+            print(part.describe())
+    elif res.status == RegistrationStatus.RAISED:
         print(f"bots-job2queue: an identical job was waiting; its priority is raised to {res.priority}",
               file=sys.stderr)
-    return ExitCode.OK
+    return ExitCode.DUPLICATE if duplicate else ExitCode.OK
 
 
 def main() -> None:

@@ -1,8 +1,10 @@
-"""``botsq queue [-c DIR] [--json]``: the waiting jobs (priority, age) and the running one;
-``botsq queue clear``: purge queue ``engine`` and the pending-key registry together.
+"""``botsq queue [-c DIR] [--json]``: the waiting jobs (priority, age) and the running ones, per lane;
+``botsq queue clear``: purge every lane's queue and the pending-key registry together.
 
 Waiting jobs come from the registry (RabbitMQ cannot list a queue without consuming it); the
-broker's own count of waiting messages is shown beside it, so a difference is visible.
+broker's own count of waiting messages is shown beside it, so a difference is visible. With lanes
+the table groups the jobs by lane, each lane with its queue, its engine lock and its counts
+(:func:`tasks.lane_status.lane_status`, also under ``lanes`` in ``--json``).
 """
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ from celery import Celery
 
 from engine.config import Config, add_config_argument, load_config
 from engine.log import mask_url, redact
-from tasks.broker import QUEUE, QueueError, connect, purge, queue_depth
+from tasks.broker import QueueError, connect, purge, queue_name
 from tasks.celeryapp import app_for
 from tasks.context import queue_logger
+from tasks.lane_status import lane_status
 from tasks.registry import PendingRegistry, StartedJobs
 
 
@@ -49,25 +52,28 @@ def _broker(cfg: Config) -> tuple[Celery | None, str | None]:
 
 
 def collect(cfg: Config) -> dict[str, Any]:
-    """What ``botsq queue --json`` prints: config, broker, broker_messages, waiting, running."""
+    """What ``botsq queue --json`` prints: config, broker, broker_messages (every lane's queue), waiting
+    and running (each job with its ``lane``), and ``lanes`` (:func:`tasks.lane_status.lane_status`)."""
     app, problem = _broker(cfg)
     out: dict[str, Any] = {"config": str(cfg.configdir), "broker": mask_url(cfg.jobqueue.broker),
                            "broker_messages": None}
-    if app is not None:
-        try:
-            out["broker_messages"] = queue_depth(app)
-        except Exception as exc:  # noqa: BLE001
-            problem = " ".join(str(exc).split()) or type(exc).__name__
+    lanes = lane_status(cfg, app)
+    counts = [lane["broker_messages"] for lane in lanes]
+    if app is not None and None not in counts:
+        out["broker_messages"] = sum(counts)
+    elif app is not None:
+        problem = "the broker did not say how many messages wait"
     if problem:
         out["broker_error"] = redact(problem)
     out["waiting"] = [w.as_dict() for w in PendingRegistry(cfg).waiting()]
     out["running"] = StartedJobs(cfg).running()
+    out["lanes"] = lanes
     return out
 
 
 def clear(cfg: Config) -> dict[str, int]:
-    """Purge queue ``engine`` and forget every waiting job; QueueError when the broker does not answer."""
-    purged = purge(app_for(cfg), cfg.jobqueue.connect_timeout)
+    """Purge every lane's queue and forget every waiting job; QueueError when the broker does not answer."""
+    purged = purge(app_for(cfg), cfg.jobqueue.connect_timeout, [queue_name(lane) for lane in cfg.lanes])
     return {"purged": purged, "cleared": PendingRegistry(cfg).clear()}
 
 
@@ -80,25 +86,45 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(res))
         else:
-            print(f"purged {res['purged']} waiting message(s) from queue {QUEUE}; "
-                  f"removed {res['cleared']} registry entr{'y' if res['cleared'] == 1 else 'ies'}")
+            queues = ", ".join(queue_name(lane) for lane in cfg.lanes)
+            print(f"purged {res['purged']} waiting message(s) from queue{'s' if len(cfg.lanes) > 1 else ''} "
+                  f"{queues}; removed {res['cleared']} registry entr{'y' if res['cleared'] == 1 else 'ies'}")
         return 0
     data = collect(cfg)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    msgs = data["broker_messages"]
-    print(f"queue {QUEUE} at {data['broker']}: {len(data['waiting'])} waiting job(s) in the registry, "
-          + (f"{msgs} message(s) waiting at the broker" if msgs is not None
-             else f"broker not reachable ({data.get('broker_error')})"))
-    for r in data["running"]:
+    if len(data["lanes"]) == 1:
+        lane = data["lanes"][0]
+        print(f"queue {lane['queue']} at {data['broker']}: {len(data['waiting'])} waiting job(s) in the registry, "
+              + _at_broker(data, lane["broker_messages"]))
+        _jobs(data["running"], data["waiting"])
+        return 0
+    print(f"lanes at {data['broker']}: {len(data['waiting'])} waiting job(s) in the registry, "
+          + _at_broker(data, data["broker_messages"]))
+    for lane in data["lanes"]:
+        lock = lane["lock"]
+        held = (f"lock held by run {lock['run_id']} on {lock['host']} pid {lock['pid']}"
+                + ("" if lock["alive"] else " (gone)")) if lock["held"] else "lock free"
+        msgs = "?" if lane["broker_messages"] is None else lane["broker_messages"]
+        print(f"lane {lane['lane']} (queue {lane['queue']}): {lane['waiting']} waiting, {msgs} at the broker, {held}")
+        _jobs(lane["running"], [w for w in data["waiting"] if w["lane"] == lane["lane"]])
+    return 0
+
+
+def _at_broker(data: dict[str, Any], msgs: int | None) -> str:
+    return (f"{msgs} message(s) waiting at the broker" if msgs is not None
+            else f"broker not reachable ({data.get('broker_error')})")
+
+
+def _jobs(running: list[dict[str, Any]], waiting: list[dict[str, Any]]) -> None:
+    for r in running:
         state = "running" if r["alive"] else "running? (no heartbeat)"
         print(f"  {state:<8} {_age(r['running_s']):>6}  {r['task_id'][:8]}  {r['job']}"
               + (f"  (attempt {r['attempt']})" if r["attempt"] > 1 else ""))
-    if data["waiting"]:
+    if waiting:
         print(f"  {'PRIO':<4} {'AGE':>6}  {'ID':<8}  JOB")
-        for w in data["waiting"]:
+        for w in waiting:
             print(f"  p{w['priority']:<3} {_age(w['age_s']):>6}  {w['task_id'][:8]}  {w['job']}")
-    elif not data["running"]:
+    elif not running:
         print("  (no jobs)")
-    return 0

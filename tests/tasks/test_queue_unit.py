@@ -299,7 +299,9 @@ def test_app_settings(env, monkeypatch):
     assert s["task_acks_late"] and s["worker_prefetch_multiplier"] == 1 and s["task_reject_on_worker_lost"]
     assert s["worker_concurrency"] == 1                     # also when `celery worker` is started without -c 1
     assert s["accept_content"] == ["json"] and s["task_serializer"] == "json"
-    assert s["task_routes"]["bots.engine"] == {"queue": "engine"} == s["task_routes"]["bots.command"]
+    (router,) = s["task_routes"]                            # lanes: a router function (tasks.routing)
+    for name, kwargs in (("bots.engine", {"routes": ["r1"]}), ("bots.command", {"name": "sweep"})):
+        assert router(name, (), kwargs, {})["queue"].name == "engine"
     assert s["task_queues"][0].queue_arguments == {"x-max-priority": 10}
     t = s["broker_transport_options"]
     assert t["priority_steps"] == list(range(10)) and t["sep"] == ":" and t["queue_order_strategy"] == "priority"
@@ -356,7 +358,7 @@ def test_maxruntime_counts_from_the_run_not_from_waiting_for_the_engine_lock(env
     watch = executors.JobWatch(cfg, "tid", Job.engine(cfg.configdir, ["new"], []), log)
     calls = []
 
-    def fake_run(cfg, commands, routes, progress=None):
+    def fake_run(cfg, commands, routes, lane=None, progress=None):
         calls.append(1)
         if len(calls) < 3:                                  # locked: 61 minutes pass waiting for the lock
             watch.t0 -= 61 * 60
@@ -390,7 +392,7 @@ def test_a_run_ended_by_a_database_error_runs_again_on_celerys_retry(env, monkey
     monkeypatch.setattr(runner, "send_report", lambda *a, **k: True)
     calls = []
 
-    def flaky_run(cfg, commands, routes, progress=None):
+    def flaky_run(cfg, commands, routes, lane=None, progress=None):
         calls.append(1)
         if len(calls) == 1:
             raise DatabaseError("database x cannot be used: server closed the connection")
@@ -403,7 +405,7 @@ def test_a_run_ended_by_a_database_error_runs_again_on_celerys_retry(env, monkey
     log = (env.root / "botssys/logging/jobqueue.log").read_text()
     assert "run again after a database error (attempt 2)" in log
 
-    def down(cfg, commands, routes, progress=None):
+    def down(cfg, commands, routes, lane=None, progress=None):
         raise DatabaseError("database x cannot be used: down")
 
     monkeypatch.setattr(executors, "run_engine", down)
