@@ -44,7 +44,7 @@ from engine.records import (
     stored_path,
 )
 from engine.run import ENGINE_COMMANDS
-from ops.status import check_lock
+from tasks.lane_status import lock_status
 from ops.status import collect as status_collect
 from tasks.cli.queue import collect as queue_collect
 from tasks.jobs import job_from_argv
@@ -210,7 +210,7 @@ def lanes(cfg: Config, waiting: list[dict[str, Any]] | None = None,
     ``waiting``/``running`` default to the registry's (no broker needed: this stays fast when the
     broker is down); pass ``queue_report``'s to reuse one read.
     """
-    by_name: dict[str, Lane] = {DEFAULT_LANE: Lane(DEFAULT_LANE)}
+    by_name: dict[str, Lane] = {lane: Lane(lane) for lane in cfg.lanes}
     for name, route in cfg.routes.items():
         by_name.setdefault(route_lane(route), Lane(route_lane(route))).routes.append(name)
     if waiting is None:
@@ -221,8 +221,8 @@ def lanes(cfg: Config, waiting: list[dict[str, Any]] | None = None,
         by_name.setdefault(w.get("lane") or DEFAULT_LANE, Lane(w.get("lane") or DEFAULT_LANE)).waiting.append(w)
     for r in running:
         by_name.setdefault(r.get("lane") or DEFAULT_LANE, Lane(r.get("lane") or DEFAULT_LANE)).running.append(r)
-    lock = check_lock(cfg)
-    by_name.setdefault(lock.get("lane") or DEFAULT_LANE, Lane(lock.get("lane") or DEFAULT_LANE)).lock = lock
+    for lane in by_name.values():
+        lane.lock = lock_status(cfg, lane.name)
     return sorted(by_name.values(), key=lambda lane: (lane.name != DEFAULT_LANE, lane.name))
 
 

@@ -392,6 +392,30 @@ def test_dashboard_shows_counts_chart_runs_lanes_and_health(env) -> None:  # typ
         assert "run 1 started" in run and "PO_1001.edi" in run         # the engine log's lines of this run
 
 
+def test_each_lane_shows_its_own_engine_lock(make_env) -> None:  # type: ignore[no-untyped-def]
+    """With lanes, the dashboard's and the queue's lane panels show each lane's lock, not lane default's."""
+    import logging
+
+    from conftest import lane_route
+    from engine.lock import acquire
+
+    env = make_web_env(make_env, routes_extra=lane_route("slowroute", "slowin", lane="slow")
+                       + '[channels.out]\ntype = "file"\npath = "data/out/slow"\n')
+    cfg = env.config()
+    held = acquire(cfg, logging.getLogger("test"), lane="slow")
+    assert held.lock is not None
+    try:
+        with serve(env) as base:
+            s = login(base)
+            for path in ("/partials/lanes", "/queue"):
+                body = s.get(f"{base}{path}", timeout=30).text
+                default, slow = body.split('lane-tag">slow<', 1)
+                assert 'lane-tag">default<' in default and "engine running" not in default, path
+                assert "engine running" in slow or "held by run" in slow, path
+    finally:
+        held.lock.release()
+
+
 def test_a_missing_run_or_file_is_404(env) -> None:  # type: ignore[no-untyped-def]
     with serve(env) as base:
         s = login(base)
