@@ -28,7 +28,10 @@ def normalise_commands(commands: Sequence[str]) -> list[str]:
 
 
 def check_routes_known(cfg: Config, routes: Sequence[str]) -> None:
-    """UsageError naming the first route that is not in routes.toml."""
+    """UsageError naming the first route that is not in routes.toml. With ``[engine] kind = bots`` the
+    routes are in Bots' database: Bots itself says when it does not know one (see engine.botsengine)."""
+    if cfg.engine.is_bots:
+        return
     unknown = [r for r in routes if r not in cfg.routes]
     if unknown:
         known = ", ".join(cfg.routes) or "none"
