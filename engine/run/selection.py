@@ -49,6 +49,8 @@ def select_routes(cfg: Config, commands: Sequence[str], routes: Sequence[str], l
     """
     cmds = normalise_commands(commands)
     check_routes_known(cfg, routes)
+    if cfg.engine.is_bots:          # Bots' routes: botsq has none of them to select (all in lane default)
+        return []
     if lane is not None:
         elsewhere = [r for r in routes if cfg.lane_of(r) != lane]
         if elsewhere:
