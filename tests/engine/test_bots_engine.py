@@ -207,3 +207,20 @@ def test_status_reports_engine_kind_and_command_health(make_env, bots_env):
     data = json.loads(r.stdout)
     assert data["engine"]["healthy"] is False and "not found" in data["engine"]["problem"]
     assert "engine    FAIL  bots" in botsq(bad, "status").stdout
+
+
+def test_web_console_lists_bots_runs_with_kind_command_line_exit_and_counts(make_env):
+    from web_helpers import login, make_web_env, serve
+    env = make_web_env(make_env, extra=engine_section())
+    assert env.run("orders").returncode == 0
+    assert env.run("sigkill").returncode == 1
+    with serve(env) as base:
+        s = login(base)
+        page = s.get(f"{base}/runs", timeout=30).text
+        assert page.count('<td class="kind">bots</td>') == 2
+        assert "signal 9" in page and f"-c{env.configdir} orders" in page
+        detail = s.get(f"{base}/runs/1", timeout=30).text
+        assert "bots engine" in detail and "3 files received/processed in run." in detail
+        api = s.get(f"{base}/api/runs", timeout=30).json()
+        rows = api["runs"] if isinstance(api, dict) else api
+        assert {r["kind"] for r in rows} == {"bots"}
