@@ -15,6 +15,7 @@ from enum import StrEnum
 from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from engine.config.engine import EngineKind
 from engine.config.lanes import DEFAULT_LANE, MAX_LANE_LENGTH
 
 
@@ -29,6 +30,8 @@ class RunStatus(StrEnum):
     ERRORS = "errors"          # ran, with file or communication errors (exit 2)
     CRASHED = "crashed"        # its process died; recorded by the run that recovered it
     FAILED = "failed"          # stopped by a system error or a signal
+    KILLED = "killed"          # a Bots engine child that died by a signal (the hard time limit, or a kill)
+    LOCKED = "locked"          # a Bots engine child that found Bots locked (exit 3): nothing ran, the job waits
 
 
 class InStatus(StrEnum):
@@ -77,10 +80,20 @@ class Run(Base):
     file_errors: Mapped[int] = mapped_column(Integer, default=0)
     comm_errors: Mapped[int] = mapped_column(Integer, default=0)
     message: Mapped[str] = mapped_column(Text, default="")
+    # which engine did the run ([engine] kind); columns added for Bots engine runs (older databases gain them on first use):
+    kind: Mapped[str] = mapped_column(String(20), default=EngineKind.BUILTIN,
+                                      server_default=EngineKind.BUILTIN, index=True)
+    command_line: Mapped[str] = mapped_column(Text, default="", server_default="")   # the child's argv, shell-quoted
+    exit_signal: Mapped[int | None] = mapped_column(Integer, nullable=True)          # the signal that ended the child
+    summary: Mapped[str] = mapped_column(Text, default="", server_default="")        # Bots' summary lines, as printed
+    output: Mapped[str] = mapped_column(Text, default="", server_default="")         # the child's last lines
 
     def as_dict(self) -> dict:
         return {
-            "id": self.id, "commands": self.commands, "routes": self.routes, "lane": self.lane, "host": self.host,
+            "id": self.id, "kind": self.kind, "commands": self.commands, "routes": self.routes, "lane": self.lane,
+            "command_line": self.command_line, "exit_signal": self.exit_signal, "summary": self.summary,
+            "output": self.output,
+            "host": self.host,
             "pid": self.pid,
             "started": iso_utc(self.started), "ended": iso_utc(self.ended), "status": self.status,
             "returncode": self.returncode, "received": self.received, "processed": self.processed,

@@ -12,12 +12,14 @@ from engine.errors import one_line
 from engine.log import component_logger, redact
 
 
-def send_report(cfg: Config, subject: str, body: str) -> bool:
-    """Mail ``body`` to ``[email] managers``, subject prefixed; False (logged) on any failure. Never raises."""
-    try:
-        log = component_logger("engine", cfg)
-    except Exception:  # noqa: BLE001 - a report must never break its caller
-        log = logging.getLogger("botsq.engine")
+def send_report(cfg: Config, subject: str, body: str, log: logging.Logger | None = None) -> bool:
+    """Mail ``body`` to ``[email] managers``, subject prefixed; False (logged to ``log``, default the engine
+    log) on any failure. Never raises."""
+    if log is None:
+        try:
+            log = component_logger("engine", cfg)
+        except Exception:  # noqa: BLE001 - a report must never break its caller
+            log = logging.getLogger("botsq.engine")
     em = cfg.email
     full_subject = f"{em.subject_prefix} {subject}".strip() if em.subject_prefix else subject
     if not em.managers:

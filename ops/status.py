@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from datetime import datetime, timezone
 from typing import Any
@@ -20,6 +21,7 @@ from sqlalchemy import select
 
 from beat_schedule import load_jobs
 from engine.config import DEFAULT_LANE, Config, add_config_argument, load_config
+from engine.config.engine import engine_problem
 from engine.db import get_engine, session_scope
 from engine.errors import ConfigError, DatabaseError
 from engine.log import mask_url, redact, register_secrets
@@ -74,6 +76,13 @@ def check_workers(cfg: Config, timeout: float) -> dict[str, Any]:
         out["error"] = "; ".join(f"no worker consumes queue {queue_name(lane)!r}"
                                  + (f" (lane {lane})" if len(cfg.lanes) > 1 else "") for lane in unserved)
     return out
+
+
+def check_engine(cfg: Config) -> dict[str, Any]:
+    """``[engine]``: the kind, and for a Bots engine the command line and whether it can be started."""
+    problem = engine_problem(cfg.engine, cfg.configdir)
+    return {"kind": str(cfg.engine.kind), "command": shlex.join(cfg.engine.command) if cfg.engine.is_bots else None,
+            "healthy": problem is None, "problem": problem}
 
 
 def check_lock(cfg: Config) -> dict[str, Any]:
@@ -136,6 +145,9 @@ def collect(cfg: Config, timeout: float = 2.0) -> dict[str, Any]:
     db = report["database"] = check_database(cfg)
     if not db["ok"]:
         problems.append(db["error"])
+    eng = report["engine"] = check_engine(cfg)
+    if not eng["healthy"]:
+        problems.append(eng["problem"])
     if cfg.jobqueue.enabled:
         problem = broker_problem(cfg, timeout)
         report["broker"] = {"url": mask_url(cfg.jobqueue.broker), "ok": problem is None}
@@ -196,6 +208,12 @@ def render(report: dict[str, Any]) -> str:
     lines = [f"botsq status: {report['config']}"]
     db = report["database"]
     lines.append(f"  database  {_ok(db['ok']):4}  {db['url']}" + (f"  ({db['error']})" if not db["ok"] else ""))
+    eng = report["engine"]
+    if eng["command"] is None:
+        lines.append(f"  engine    ok    {eng['kind']}")
+    else:
+        lines.append(f"  engine    {_ok(eng['healthy']):4}  {eng['kind']}: "
+                     + (eng["command"] if eng["healthy"] else eng["problem"]))
     br = report["broker"]
     if br.get("enabled") is False:
         lines.append("  broker    -     job queue disabled ([jobqueue] enabled = False)")

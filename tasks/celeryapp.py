@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import before_task_publish, task_failure, task_revoked, worker_process_init, worker_ready
+from celery.signals import before_task_publish, task_failure, task_revoked, worker_init, worker_process_init, worker_ready
 
 from engine.config import Config, load_config
 from tasks import priority as prio
@@ -57,6 +57,8 @@ def transport_options(cfg: Config) -> dict[str, Any]:
 
 def settings(cfg: Config) -> dict[str, Any]:
     hard = cfg.jobqueue.hardtimelimit * 60 or None
+    if hard and cfg.engine.is_bots:     # the Bots child is ended by botsq first, and recorded (engine.botsengine)
+        hard += cfg.engine.grace + 30
     return {
         "broker_url": cfg.jobqueue.broker,
         "broker_transport_options": transport_options(cfg),
@@ -100,6 +102,7 @@ def _connect_signals() -> None:
     """The queue's signal handlers (:mod:`tasks.signals`); dispatch_uid keeps each connected once."""
     before_task_publish.connect(signals.before_publish, dispatch_uid="botsq-before-task-publish")
     worker_process_init.connect(signals.fresh_connections, dispatch_uid="botsq-worker-process-init")
+    worker_init.connect(signals.check_engine, dispatch_uid="botsq-worker-init")
     worker_ready.connect(signals.on_worker_ready, dispatch_uid="botsq-worker-ready")
     task_revoked.connect(signals.on_revoked, dispatch_uid="botsq-task-revoked")
     task_failure.connect(signals.on_failure, dispatch_uid="botsq-task-failure")

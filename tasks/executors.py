@@ -4,10 +4,8 @@ overlong job, with the engine's progress sent to Flower as task events.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import shlex
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -16,6 +14,8 @@ from typing import Any
 from celery import Task
 from celery.backends.base import DisabledBackend
 
+from engine.botsengine import locked_wait_seconds, run_bots_engine
+from engine.child import parent_death_signal
 from engine.config import Config
 from engine.errors import ExitCode, one_line
 from engine.lease import Heartbeat
@@ -97,7 +97,9 @@ def run_engine_job(task: Task, cfg: Config, job: Job, log: logging.Logger,
                    watch: JobWatch | None = None) -> dict[str, Any]:
     """One engine run for the job, in its lane (one lane's part: :func:`tasks.jobs.split_job`). A live
     run holding the lane's engine lock elsewhere is waited for (the job is never dropped); maxruntime
-    counts from the attempt that gets the lock."""
+    counts from the attempt that gets the lock. ``[engine] kind = bots``: :func:`run_bots_job`."""
+    if cfg.engine.is_bots:
+        return run_bots_job(task, cfg, job, log, watch)
     progress: Callable[[dict[str, Any]], None] = TaskProgress(task)
     poll = min(5.0, max(0.2, cfg.settings.lock_heartbeat / 2))
     waiting_since = None
@@ -117,15 +119,45 @@ def run_engine_job(task: Task, cfg: Config, job: Job, log: logging.Logger,
     return {"exit_code": res.exit_code, "run_id": res.run_id, "message": res.message, "counts": res.counts}
 
 
-def _parent_death_signal() -> Callable[[], Any] | None:
-    """A pre-exec hook making a command die (SIGTERM) with the pool process that started it, so a
-    job whose worker was killed never runs on beside its own rerun. Resolved here, not in the
-    forked child: the child only makes the system call."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return lambda: prctl(1, signal.SIGTERM)         # PR_SET_PDEATHSIG
+def run_bots_job(task: Task, cfg: Config, job: Job, log: logging.Logger,
+                 watch: JobWatch | None = None) -> dict[str, Any]:
+    """The job as a run of the Bots installation's engine (:func:`engine.botsengine.run_bots_engine`).
+
+    Locked - botsq's engine lock held by a live run, or Bots' exit 3 (someone started Bots by hand,
+    or Bots is recovering) - the job waits and runs again, waits growing from 1 s to 60 s
+    (:func:`engine.botsengine.locked_wait_seconds`), never dropped while it waits; after waiting
+    ``maxruntime`` minutes it gives up with a report (``{"exit_code": 3, "gave_up": true}``)."""
+    task_id = str(task.request.id)
+    progress = TaskProgress(task)
+    label = f"job {task_id} | bots-engine"
+    first = min(1.0, max(0.1, cfg.settings.lock_heartbeat / 2))
+    waiting_since: float | None = None
+    attempt = 0
+    while True:
+        if watch is not None:
+            watch.restart()
+        res = run_bots_engine(cfg, job.commands, job.routes, log=log, label=label)
+        if res.exit_code != ExitCode.LOCKED:
+            break
+        attempt += 1
+        now = time.monotonic()
+        if waiting_since is None:
+            waiting_since = now
+            log.info("job %s waits for the engine: %s", task_id, res.message)
+            progress({"waiting": res.message})
+        elif now - waiting_since >= cfg.settings.maxruntime * 60:
+            msg = (f"job {task_id} ({job.describe()}) given up: the engine stayed locked for "
+                   f"{(now - waiting_since) / 60:.1f} minutes (maxruntime {cfg.settings.maxruntime}): {res.message}")
+            log.error(msg)
+            send_report(cfg, f"job {job.describe()} given up", msg + f"\nconfig {job.configdir}\n", log)
+            return {"exit_code": res.exit_code, "run_id": res.run_id, "message": msg, "counts": res.counts,
+                    "gave_up": True}
+        time.sleep(locked_wait_seconds(attempt, first))
+    if waiting_since is not None:
+        log.info("job %s: the engine is free after %.1f s (%d tries); ran", task_id,
+                 time.monotonic() - waiting_since, attempt + 1)
+    return {"exit_code": res.exit_code, "run_id": res.run_id, "message": res.message, "counts": res.counts,
+            "status": res.status, "command_line": res.command_line}
 
 
 def run_command_job(cfg: Config, job: Job, task_id: str, log: logging.Logger) -> dict[str, Any]:
@@ -136,7 +168,7 @@ def run_command_job(cfg: Config, job: Job, task_id: str, log: logging.Logger) ->
     try:
         proc = subprocess.Popen(argv, cwd=cfg.envdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace",
-                                preexec_fn=_parent_death_signal())  # noqa: PLW1509
+                                preexec_fn=parent_death_signal())  # noqa: PLW1509
     except OSError as exc:
         msg = f"{job.name}: cannot start {argv[0]}: {exc.strerror or exc}"
         log.error("job %s: %s", task_id, msg)

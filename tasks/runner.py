@@ -26,7 +26,7 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 
 from engine.config import Config, JobQueue
-from engine.errors import ConfigError, DatabaseError, UsageError, one_line
+from engine.errors import ConfigError, DatabaseError, ExitCode, UsageError, one_line
 from engine.report import send_report
 from tasks import priority as prio
 from tasks.broker import QueueError
@@ -240,7 +240,9 @@ def _execute(task: Task, cfg: Config, job: Job, log: logging.Logger, t0: float) 
                                                           f"{type(exc).__name__}: {exc}\n")
         raise
     elapsed = time.monotonic() - t0
-    _finish(cfg, task_id, JobState.DONE, result["message"], log)
+    # an engine run that ended in a system error (a Bots engine's exit 1, an unknown route) is a failed job
+    failed = job.task == ENGINE_TASK and result.get("exit_code") == ExitCode.SYSTEM
+    _finish(cfg, task_id, JobState.FAILED if failed else JobState.DONE, result["message"], log)
     level = log.info if result.get("exit_code") in (0, None) else log.warning
     level("finished %s after %.1f s: %s (exit %s)", task_id, elapsed, result["message"], result.get("exit_code"))
     result["elapsed"] = round(elapsed, 3)

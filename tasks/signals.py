@@ -20,13 +20,16 @@ messages are written to ``jobqueue.log`` with the reason.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from celery import current_app
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
+from engine.botsengine import check_bots_engine
 from engine.db import dispose_all
-from engine.errors import ConfigError, DatabaseError, one_line
+from engine.errors import ConfigError, DatabaseError, ExitCode, one_line
+from engine.log import redact
 from engine.models import utcnow
 from tasks import priority as prio
 from engine.config import Config
@@ -109,6 +112,19 @@ def fresh_connections(**_: Any) -> None:
     """``worker_process_init``: never share a parent's pooled database connections after fork."""
     dispose_all()
     forget_tables()
+
+
+def check_engine(sender: Any = None, **_: Any) -> None:
+    """``worker_init``: a worker whose Bots engine cannot be started (``[engine] kind = bots``: command
+    missing, not found or not executable, configdir missing) does not start: one line, exit 1 -
+    ``celery -A tasks worker`` as ``bots-jobqueueserver``. SystemExit passes Celery's signal dispatch."""
+    app = getattr(sender, "app", None) or current_app
+    try:
+        check_bots_engine(worker_config(app))
+    except ConfigError as exc:
+        print(f"celery worker: error: {redact(str(exc))}", file=sys.stderr, flush=True)
+        worker_log(app).error("worker not started: %s", one_line(exc))
+        raise SystemExit(ExitCode.SYSTEM) from None
 
 
 def on_worker_ready(sender: Any = None, **_: Any) -> None:

@@ -5,6 +5,10 @@ unreachable) · 2 ran, with file or communication errors · 3 locked by a live r
 several lanes (or a default run of a config with lanes) it runs lane after lane, each under its own
 lock, one line per lane, and exits with the most serious code: 1, then 3, then 2, then 0.
 
+With ``[engine] kind = bots`` it runs the Bots installation's engine instead, the way a queued job
+does (:func:`engine.botsengine.run_bots_engine`): the child's lines are printed as they come, and
+its exit code is passed through (0, 2, 3; 1 also for an unknown route and a child ended by a signal).
+
 :func:`parse_engine_args` is the one place a bots-engine command line becomes commands, routes
 and a config dir - for ``bots-engine`` itself and for the job lines of ``bots-job2queue``,
 ``[schedule.NAME] job`` and the demo.
@@ -19,9 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
 
+from engine.botsengine import run_bots_engine
 from engine.cli.common import ArgumentParser, run_cli
-from engine.config import add_config_argument, load_config
+from engine.config import Config, add_config_argument, load_config
 from engine.errors import ConfigError, DatabaseError, ExitCode, UsageError, one_line
+from engine.log import get_logger, register_secrets
 from engine.progress import ProgressBar
 from engine.run import ENGINE_COMMANDS, run_engine
 
@@ -65,9 +71,11 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def _main() -> int:
     args = parse_engine_args(sys.argv[1:])
     cfg = load_config(args.configdir)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if cfg.engine.is_bots:
+        return _run_bots(cfg, args)
     bar = ProgressBar()
     bar.clear_for_logs(logging.getLogger("botsq.engine"))
-    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         result = run_engine(cfg, args.commands or ["new"], args.routes, progress=bar)
     except Terminated:
@@ -88,6 +96,26 @@ def _main() -> int:
             print(f"bots-engine: error: {lane.message}", file=sys.stderr)
         else:
             print(lane.message)
+    return result.exit_code
+
+
+def _run_bots(cfg: Config, args: EngineArgs) -> int:
+    """``kind = bots``: the Bots engine as a child, its lines on stdout, its log in
+    ``botssys/logging/botsq-engine.log`` (Bots' own ``engine.log`` stays Bots')."""
+    register_secrets(cfg.secrets())
+    try:
+        log = get_logger("botsq-engine", cfg.directories.logging, console=False)
+    except OSError as exc:
+        raise ConfigError(f"{cfg.directories.logging}: cannot write the log: {exc.strerror or exc}") from None
+    try:
+        result = run_bots_engine(cfg, args.commands or ["new"], args.routes, log=log, echo=sys.stdout)
+    except Terminated:
+        print("bots-engine: error: terminated (SIGTERM); the Bots engine was stopped", file=sys.stderr)
+        return ExitCode.SYSTEM
+    if result.exit_code == ExitCode.SYSTEM:
+        print(f"bots-engine: error: {result.message}", file=sys.stderr)
+    else:
+        print(result.message)
     return result.exit_code
 
 

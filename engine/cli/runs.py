@@ -39,15 +39,19 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         print("no runs")
         return 0
-    print(f"{'id':>6} {'started (UTC)':19} {'secs':>6} {'status':8} {'rc':>2} {'recv':>6} {'proc':>6} {'sent':>6} "
+    print(f"{'id':>6} {'kind':7} {'started (UTC)':19} {'secs':>6} {'status':8} {'rc':>4} {'recv':>6} {'proc':>6} {'sent':>6} "
           f"{'ferr':>5} {'cerr':>5} commands / routes")
     for r in rows:
         secs = ""
         if r["started"] and r["ended"]:
             secs = f"{(datetime.fromisoformat(r['ended']) - datetime.fromisoformat(r['started'])).total_seconds():.0f}"
         rc = "" if r["returncode"] is None else r["returncode"]
-        print(f"{r['id']:>6} {r['started'][:19].replace('T', ' '):19} {secs:>6} {r['status']:8} {rc:>2} "
+        if r["exit_signal"] is not None:            # a Bots engine child ended by a signal
+            rc = f"sig{r['exit_signal']}"
+        print(f"{r['id']:>6} {r['kind']:7} {r['started'][:19].replace('T', ' '):19} {secs:>6} {r['status']:8} {rc:>4} "
               f"{r['received']:>6} {r['processed']:>6} {r['sent']:>6} {r['file_errors']:>5} {r['comm_errors']:>5} "
               f"{r['commands']}{' / ' + r['routes'] if r['routes'] else ''}"
               f"{'' if r['lane'] == DEFAULT_LANE else ' [lane ' + r['lane'] + ']'}")
+        if r["command_line"]:
+            print(f"{'':>6} $ {r['command_line']}")
     return 0

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.config.engine import EngineKind, EngineSettings, read_engine
 from engine.config.ini import IniSection, read_ini
 from engine.config.lanes import DEFAULT_LANE, config_lanes
 from engine.config.routes import ChannelSpec, Route, RoutePart, load_routes
@@ -43,9 +44,10 @@ class Config:
     database_url: str                     # a SQLAlchemy URL
     email: Email
     jobqueue: JobQueue
+    engine: EngineSettings                # [engine]: the built-in engine, or a Bots installation's
     dirmonitors: tuple[DirMonitor, ...]
     channels: Mapping[str, ChannelSpec]
-    routes: Mapping[str, Route]           # in routes.toml order
+    routes: Mapping[str, Route]           # in routes.toml order; none with [engine] kind = bots (Bots has them)
     ini: Mapping[str, IniSection]         # every bots.ini section, for the on-demand readers of this package
 
     @property
@@ -108,18 +110,24 @@ def load_config(configdir: str | Path | None = None) -> Config:
 
     settings = read_settings(sec("settings"))
     directories = read_directories(sec("directories"), resolve)
-    url = read_database_url(sec("database"), directories, resolve)
+    engine = read_engine(sec("engine"), resolve)
+    # a Bots site's botssys holds Bots' own SQLite database: botsq keeps its records in a file of its own
+    url = read_database_url(sec("database"), directories, resolve,
+                            "botsq.sqlite" if engine.is_bots else "botsdb.sqlite")
     email = read_email(sec("email"))
     jobqueue = read_jobqueue(sec("jobqueue"), sec("jobqueue.commands"), sec("jobqueue.transport_options"), settings,
                              sec("jobqueue.commands.lanes"))
     monitors = read_dirmonitors(ini, resolve)
-    channels, routes = load_routes(cdir / "routes.toml")
+    if engine.is_bots:              # routes, channels and their checks are Bots' own (its database)
+        channels, routes = {}, {}
+    else:
+        channels, routes = load_routes(cdir / "routes.toml")
     for mon in monitors:
-        if mon.route and mon.route not in routes:
+        if mon.route and mon.route not in routes and not engine.is_bots:
             raise ConfigError(f"{ini_path}: [{mon.name}] route: no route named {mon.route!r} in routes.toml")
     return Config(
         configdir=cdir, envdir=envdir, settings=settings, directories=directories, database_url=url,
-        email=email, jobqueue=jobqueue, dirmonitors=monitors, channels=channels, routes=routes, ini=ini,
+        email=email, jobqueue=jobqueue, engine=engine, dirmonitors=monitors, channels=channels, routes=routes, ini=ini,
     )
 
 
@@ -129,6 +137,6 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
                         help=f"config dir (default: ${ENV_CONFIG} or ./config)")
 
 
-__all__ = ["Config", "ConfigError", "DEFAULT_LANE", "load_config", "resolve_configdir", "add_config_argument",
+__all__ = ["Config", "EngineKind", "EngineSettings", "ConfigError", "DEFAULT_LANE", "load_config", "resolve_configdir", "add_config_argument",
            "ENV_CONFIG", "ENV_BROKER", "DEFAULT_CONFIGDIR", "Settings", "Directories", "Email", "JobQueue", "DirMonitor",
            "ChannelSpec", "Route", "RoutePart", "IniSection"]

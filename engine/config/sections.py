@@ -75,10 +75,11 @@ def read_directories(s: IniSection, resolve: Resolve) -> Directories:
                        usersys=resolve(s.get("usersys", str, "usersys")))
 
 
-def read_database_url(s: IniSection, directories: Directories, resolve: Resolve) -> str:
-    """``[database] url``: any SQLAlchemy URL; default SQLite under botssys; a relative SQLite path
-    resolves against the environment folder."""
-    default = f"sqlite:///{directories.botssys / 'sqlitedb' / 'botsdb.sqlite'}"
+def read_database_url(s: IniSection, directories: Directories, resolve: Resolve,
+                      default_file: str = "botsdb.sqlite") -> str:
+    """``[database] url``: any SQLAlchemy URL; default SQLite ``default_file`` under botssys/sqlitedb; a
+    relative SQLite path resolves against the environment folder."""
+    default = f"sqlite:///{directories.botssys / 'sqlitedb' / default_file}"
     url = s.get("url", str, "") or default
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
         url = "sqlite:///" + str(resolve(url[len("sqlite:///"):]))
@@ -121,7 +122,7 @@ class JobQueue:
     broker: str = "amqp://guest:guest@127.0.0.1:5672//"   # BOTSQ_BROKER_URL overrides it
     commands: Mapping[str, tuple[str, ...]] = field(default_factory=dict)   # name -> argv (no shell)
     command_lanes: Mapping[str, str] = field(default_factory=dict)   # name -> lane; absent: lane default
-    hardtimelimit: int = 0                # minutes; 0 = never kill a running engine job
+    hardtimelimit: float = 0              # minutes; 0 = never kill a running engine job
     max_retries: int = 3                  # redeliveries of a job whose worker died
     connect_timeout: float = 4.0          # seconds to reach the broker before giving up
     stale_after: float = DEFAULT_STALE_AFTER   # seconds before a registry entry may be judged stale
@@ -147,7 +148,9 @@ def read_jobqueue(js: IniSection, cs: IniSection, ts: IniSection, settings: Sett
             listed = ", ".join(commands) or "none"
             raise ConfigError(f"{ls.where(name)}: no command named {name!r} in [jobqueue.commands] (listed: {listed})")
         command_lanes[name] = check_lane_name(ls.get(name, str, ""), ls.where(name))
-    hardtimelimit = js.get("hardtimelimit", int, j.hardtimelimit)
+    hardtimelimit = js.get("hardtimelimit", float, j.hardtimelimit)
+    if hardtimelimit < 0:
+        raise ConfigError(f"{js.where('hardtimelimit')}: must be 0 (no limit) or more minutes")
     # above any run's length: a message must not be handed out again while its run goes on
     longest = max(settings.maxruntime, hardtimelimit) * 60
     return JobQueue(

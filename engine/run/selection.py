@@ -28,7 +28,10 @@ def normalise_commands(commands: Sequence[str]) -> list[str]:
 
 
 def check_routes_known(cfg: Config, routes: Sequence[str]) -> None:
-    """UsageError naming the first route that is not in routes.toml."""
+    """UsageError naming the first route that is not in routes.toml. With ``[engine] kind = bots`` the
+    routes are in Bots' database: Bots itself says when it does not know one (see engine.botsengine)."""
+    if cfg.engine.is_bots:
+        return
     unknown = [r for r in routes if r not in cfg.routes]
     if unknown:
         known = ", ".join(cfg.routes) or "none"
@@ -46,6 +49,8 @@ def select_routes(cfg: Config, commands: Sequence[str], routes: Sequence[str], l
     """
     cmds = normalise_commands(commands)
     check_routes_known(cfg, routes)
+    if cfg.engine.is_bots:          # Bots' routes: botsq has none of them to select (all in lane default)
+        return []
     if lane is not None:
         elsewhere = [r for r in routes if cfg.lane_of(r) != lane]
         if elsewhere:

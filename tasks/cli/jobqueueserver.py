@@ -23,6 +23,7 @@ import os
 from collections.abc import Sequence
 
 from engine.cli.common import ArgumentParser, run_cli
+from engine.botsengine import check_bots_engine
 from engine.config import ENV_CONFIG, Config, add_config_argument, load_config
 from engine.config.lanes import DEFAULT_LANE
 from engine.errors import ExitCode, UsageError
@@ -102,6 +103,7 @@ def _main() -> int:
     cfg = load_config(args.configdir)
     register_secrets(cfg.secrets())
     check_enabled(cfg)
+    check_bots_engine(cfg)          # [engine] kind = bots: its command and configdir, before any worker starts
     lanes = chosen_lanes(cfg, args.lanes)
     app = app_for(cfg)
     connect(app, cfg.jobqueue.connect_timeout).release()
