@@ -10,7 +10,7 @@ starts Bots' ``bots-engine`` as a child, watches it and reads what it said.
    logged and mailed; the run is recorded (kind ``bots``, the command line);
 3. the child is ``command``, the run options (``--new`` ...), ``-c<Bots' config dir>`` and the
    routes, started in its own process group and tied to this process by
-   :func:`engine.child.parent_death_signal`; its output (stdout and stderr, bytes decoded with
+   :func:`engine.child.start_tied`; its output (stdout and stderr, bytes decoded with
    ``errors="replace"``, secrets redacted) goes line by line to ``log`` prefixed with ``label``;
 4. ``[jobqueue] hardtimelimit`` ends it: SIGTERM to its group, SIGKILL after ``[engine] grace``;
 5. the end is recorded: status, the child's exit code or the signal that ended it, its last lines
@@ -49,7 +49,7 @@ from typing import IO
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.child import parent_death_signal, stop_group
+from engine.child import start_tied, stop_group
 from engine.config import Config
 from engine.config.engine import EngineKind, engine_problem
 from engine.config.lanes import DEFAULT_LANE
@@ -181,9 +181,8 @@ class BotsEngineRun:
     def _run_child(self) -> BotsResult:
         self.log.info("%s: run %s starts %s (in %s)", self.label, self.run_id, self.command_line, self.cfg.envdir)
         try:
-            proc = subprocess.Popen(self.argv, cwd=self.cfg.envdir, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=parent_death_signal())  # noqa: PLW1509 - prctl only
+            proc = start_tied(self.argv, cwd=self.cfg.envdir, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
             msg = f"cannot start the Bots engine {self.argv[0]}: {exc.strerror or exc}"
             return self._finish(RunStatus.FAILED, ExitCode.SYSTEM, msg, None, None)

@@ -15,7 +15,7 @@ from celery import Task
 from celery.backends.base import DisabledBackend
 
 from engine.botsengine import locked_wait_seconds, run_bots_engine
-from engine.child import parent_death_signal
+from engine.child import start_tied
 from engine.config import Config
 from engine.errors import ExitCode, one_line
 from engine.lease import Heartbeat
@@ -166,9 +166,8 @@ def run_command_job(cfg: Config, job: Job, task_id: str, log: logging.Logger) ->
     argv = [*cfg.jobqueue.commands[job.name], *job.args]
     log.info("job %s: running %s (in %s)", task_id, shlex.join(argv), cfg.envdir)
     try:
-        proc = subprocess.Popen(argv, cwd=cfg.envdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace",
-                                preexec_fn=parent_death_signal())  # noqa: PLW1509
+        proc = start_tied(argv, cwd=cfg.envdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, errors="replace")
     except OSError as exc:
         msg = f"{job.name}: cannot start {argv[0]}: {exc.strerror or exc}"
         log.error("job %s: %s", task_id, msg)
