@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import shutil
 import socket
@@ -38,7 +37,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import Env
-from queue_helpers import Worker, job2queue, jobqueue_log, wait_for
+from queue_helpers import Worker, botsq, job2queue, wait_for
 
 ENGINE_VAR, CONFIG_VAR, ROUTE_VAR = "BOTSQ_TEST_BOTS_ENGINE", "BOTSQ_TEST_BOTS_CONFIG", "BOTSQ_TEST_BOTS_ROUTE"
 BOTS_ENGINE = os.environ.get(ENGINE_VAR, "").strip()
@@ -122,6 +121,7 @@ def order(tag: str) -> bytes:
         "NAD+SU+8798765432106::9",
         "LIN+1++8712345000017:EN",
         "QTY+21:12",
+        "UNS+S",
     ]
     segments += [f"UNT+{len(segments)}+1", f"UNZ+1+{tag[-14:]}"]    # UNT counts UNH .. UNT
     return ("'".join(segments) + "'").encode("ascii")
@@ -134,9 +134,11 @@ def name_for(filemask: str, tag: str) -> str:
 
 
 class BotsSite:
-    """The route's in- and out-folders, and what the test put there (removed afterwards)."""
+    """Bots' config dir and port, the route's in- and out-folders, and what the test put there
+    (removed afterwards)."""
 
-    def __init__(self, info: dict) -> None:
+    def __init__(self, configdir: Path, info: dict) -> None:
+        self.configdir = configdir
         part = info["parts"][0]
         src, dst = part["fromchannel"], part["tochannel"]
         for ch in (src, dst):
@@ -146,6 +148,7 @@ class BotsSite:
         self.port: int = info["port"]
         self.indir, self.outdir = Path(src["path"]), Path(dst["path"])
         self.inmask = src["filename"] or "*"
+        self.removes: bool = src["remove"]
         self.dropped: list[Path] = []
         self.tags: list[str] = []
 
@@ -192,7 +195,7 @@ def site(module_vhost: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     if not info["parts"]:
         pytest.fail(f"Bots' database at {configdir} has no active route {route!r}: set {ROUTE_VAR}, or "
                     "activate the route (Bots' plugin loader writes routes inactive)")
-    bots = BotsSite(info)
+    bots = BotsSite(configdir, info)
     root = tmp_path_factory.mktemp("bots-real")
     # A botsq config dir of its own: only [engine], [jobqueue] and botsq's settings; no routes.toml.
     env = Env(root).write(textwrap.dedent(f"""
@@ -222,34 +225,59 @@ def queue(site: SimpleNamespace) -> None:
     assert (r.returncode, r.stdout.strip()) == (0, "OK, job is added to queue"), r.stderr
 
 
+def runs(site: SimpleNamespace) -> list[dict]:
+    """``botsq runs --json``: the runs botsq recorded, newest first."""
+    r = botsq(site.env, site.broker, "runs", "--json", "--limit", "100")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def ended_runs(site: SimpleNamespace, after: int) -> list[dict]:
+    """Bots engine runs newer than run id ``after`` that have ended, oldest first."""
+    return [r for r in reversed(runs(site)) if r["id"] > after and r["ended"] and r["kind"] == "bots"]
+
+
+def last_id(site: SimpleNamespace) -> int:
+    return max((r["id"] for r in runs(site)), default=0)
+
+
 def test_bots_job2queue_runs_a_bots_route_that_translates_a_file(site: SimpleNamespace) -> None:
+    before = last_id(site)
     tag = site.bots.drop_order()
     queue(site)
-    out = wait_for(lambda: site.bots.translated(tag), RUN_TIMEOUT,
-                   f"Bots to translate order {tag} into {site.bots.outdir}", site.worker)
-    assert out[0].stat().st_size > 0
-    # The run went through botsq: its job in botsq's log, Bots' own summary line with it.
-    log = jobqueue_log(site.env)
-    assert site.route in log and re.search(r"\d+ files received/processed in run", log), log[-3000:]
+    done = wait_for(lambda: ended_runs(site, before), RUN_TIMEOUT, "a Bots engine run to end", site.worker)
+    run = done[0]
+    # Recorded by botsq the way the contract lists them: kind, command line, exit code, Bots' counts.
+    assert (run["status"], run["returncode"]) == ("ok", 0), run
+    assert run["command_line"].endswith(f" -c{site.bots.configdir} {site.route}"), run["command_line"]
+    assert run["received"] >= 1 and run["sent"] >= 1, run
+    out = site.bots.translated(tag)
+    assert len(out) == 1 and out[0].stat().st_size > 0, f"order {tag} not translated into {site.bots.outdir}"
+    if site.bots.removes:
+        assert not site.bots.dropped[-1].exists()    # Bots took it (its in-channel removes what it read)
 
 
 def test_a_job_while_bots_is_locked_waits_and_runs_when_released(site: SimpleNamespace) -> None:
+    before = last_id(site)
     # Held by hand the way a running Bots engine holds it: Bots binds [settings] port on 127.0.0.1
     # for the length of a run and exits 3 when it cannot.
     holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     holder.bind(("127.0.0.1", site.bots.port))
     try:
         tag = site.bots.drop_order()
-        log_before = len(jobqueue_log(site.env))
         queue(site)
-        # botsq tried the job and Bots said "locked" (exit 3); the job was kept, not failed.
-        wait_for(lambda: re.search(r"\b(exit(ed)?|code|status)\b\D{0,20}\b3\b",
-                                   jobqueue_log(site.env)[log_before:]),
-                 RUN_TIMEOUT, "botsq to report Bots' exit 3 (locked)", site.worker)
-        time.sleep(3)     # a retry now would hit the lock again
+        # botsq started Bots, Bots said "locked" (exit 3); recorded, and the job is kept, not failed.
+        locked = wait_for(lambda: ended_runs(site, before), RUN_TIMEOUT, "a Bots run that found Bots locked",
+                          site.worker)
+        assert [(r["status"], r["returncode"]) for r in locked] == [("locked", 3)] * len(locked), locked
+        time.sleep(3)     # the job tries again meanwhile, and finds Bots locked again
+        assert all(r["returncode"] == 3 for r in ended_runs(site, before))
         assert not site.bots.translated(tag)
-        assert site.bots.dropped[-1].exists()    # Bots never started: the file waits where it was
+        assert site.bots.dropped[-1].exists()    # Bots never started a run: the file waits where it was
     finally:
         holder.close()
     wait_for(lambda: site.bots.translated(tag), RUN_TIMEOUT,
              f"the waiting job to run once Bots' port is free (order {tag})", site.worker)
+    final = wait_for(lambda: [r for r in ended_runs(site, before) if r["returncode"] != 3], RUN_TIMEOUT,
+                     "the run after the wait to be recorded", site.worker)
+    assert [(r["status"], r["returncode"]) for r in final] == [("ok", 0)], final
