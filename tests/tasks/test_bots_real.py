@@ -17,7 +17,9 @@ Bots' own interpreter, so the test works with any installation set up that way.
 What it proves: a botsq config dir with ``[engine] kind = bots``, ``command`` and ``configdir``
 (and no routes.toml) and a real worker on RabbitMQ; ``bots-job2queue bots-engine ROUTE`` makes Bots
 translate a file the test drops; then, with Bots' port held by the test (Bots exits 3: "another
-engine runs"), a second job is tried, waits, and runs once the port is free.
+engine runs"), a second job is tried, waits, and runs once the port is free; botsq records each try
+(``botsq runs --json``). botsq's own ``bots-engine -c DIR`` runs the route directly, and a route
+Bots does not know (Bots: CRITICAL, exit 0) is exit 1.
 """
 from __future__ import annotations
 
@@ -281,3 +283,19 @@ def test_a_job_while_bots_is_locked_waits_and_runs_when_released(site: SimpleNam
     final = wait_for(lambda: [r for r in ended_runs(site, before) if r["returncode"] != 3], RUN_TIMEOUT,
                      "the run after the wait to be recorded", site.worker)
     assert [(r["status"], r["returncode"]) for r in final] == [("ok", 0)], final
+
+
+def test_botsq_bots_engine_runs_bots_directly_and_a_route_bots_does_not_know_exits_1(site: SimpleNamespace) -> None:
+    # For sites whose scheduler calls the engine itself: botsq's bots-engine -c DIR runs Bots the same way.
+    tag = site.bots.drop_order()
+    r = site.env.run(site.route, timeout=RUN_TIMEOUT)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert len(site.bots.translated(tag)) == 1
+    # Bots itself only logs CRITICAL 'There is no (active) route' and exits 0; botsq makes it an error.
+    unknown = f"nosuch{tag.lower()}"
+    r = site.env.run(unknown, timeout=RUN_TIMEOUT)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and lines and lines[-1].startswith("bots-engine: error: ") and unknown in lines[-1], \
+        r.stderr[-2000:]
+    last = runs(site)[0]
+    assert (last["status"], last["returncode"], unknown in last["command_line"]) == ("failed", 0, True), last
