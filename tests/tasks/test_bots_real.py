@@ -299,3 +299,19 @@ def test_botsq_bots_engine_runs_bots_directly_and_a_route_bots_does_not_know_exi
         r.stderr[-2000:]
     last = runs(site)[0]
     assert (last["status"], last["returncode"], unknown in last["command_line"]) == ("failed", 0, True), last
+
+
+def test_bots_own_config_dir_with_the_engine_lines_added_is_a_botsq_config_dir(
+        site: SimpleNamespace, tmp_path: Path) -> None:
+    # README "Running your Bots installation under botsq": botsq reads Bots' own bots.ini, with all of
+    # Bots' sections and keys, plus [engine]. A copy, so the installation's own bots.ini is untouched;
+    # botsq's records go to a database of the test's own (Bots does not read [database]).
+    configdir = tmp_path / "config"
+    shutil.copytree(site.bots.configdir, configdir, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(configdir / "bots.ini", "a", encoding="utf-8") as ini:
+        ini.write(f"\n[engine]\nkind = bots\ncommand = {BOTS_ENGINE}\n\n"
+                  f"[database]\nurl = sqlite:///{tmp_path / 'botsq.sqlite'}\n")
+    tag = site.bots.drop_order()
+    r = Env(tmp_path).run(site.route, timeout=RUN_TIMEOUT)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert len(site.bots.translated(tag)) == 1
