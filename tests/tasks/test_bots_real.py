@@ -18,8 +18,9 @@ What it proves: a botsq config dir with ``[engine] kind = bots``, ``command`` an
 (and no routes.toml) and a real worker on RabbitMQ; ``bots-job2queue bots-engine ROUTE`` makes Bots
 translate a file the test drops; then, with Bots' port held by the test (Bots exits 3: "another
 engine runs"), a second job is tried, waits, and runs once the port is free; botsq records each try
-(``botsq runs --json``). botsq's own ``bots-engine -c DIR`` runs the route directly, and a route
-Bots does not know (Bots: CRITICAL, exit 0) is exit 1.
+(``botsq runs --json``). botsq's own ``bots-engine -c DIR`` runs the route directly - also with
+Bots' own config dir (a copy) as botsq's, ``[engine]`` added - and a route Bots does not know
+(Bots: CRITICAL, exit 0) is exit 1.
 """
 from __future__ import annotations
 
