@@ -169,7 +169,8 @@ def read_jobqueue(js: IniSection, cs: IniSection, ts: IniSection, settings: Sett
 
 @dataclass(frozen=True)
 class DirMonitor:
-    """One ``[dirmonitorN]`` section: a watched folder and the engine job it queues."""
+    """One ``[dirmonitorN]`` section (any suffix, as in Bots): a watched folder and the engine job it
+    queues."""
     name: str
     path: Path
     filemask: str = "*"
@@ -181,7 +182,10 @@ class DirMonitor:
     rescan: float = 60.0                  # seconds between safety rescans
 
 
-_MONITOR = re.compile(r"dirmonitor\d*")
+# A watched folder is "dirmonitor" plus a non-empty suffix, as Bots reads it (bots/dirmonitor.py:
+# ``section.startswith('dirmonitor') and section[len('dirmonitor'):]``); a bare [dirmonitor] holds
+# Bots' monitor settings (process_existing, log_level, ...) and is left to Bots.
+_MONITOR = re.compile(r"dirmonitor.+")
 
 
 def read_dirmonitors(ini: Mapping[str, IniSection], resolve: Resolve) -> tuple[DirMonitor, ...]:

@@ -146,3 +146,25 @@ def test_settle_and_encoding_keys(make_env, channel: str, expect: str | None) ->
     else:
         with pytest.raises(ConfigError, match=expect):
             env.config()
+
+
+def test_bots_own_dirmonitor_section_is_left_to_bots(make_env, tmp_path):
+    """Bots' bots.ini has ``[dirmonitor]`` (the monitor's own settings, no folder) beside the watched
+    folders ``[dirmonitor1]`` ...; Bots takes any section named ``dirmonitor`` plus a non-empty suffix
+    as a folder (bots/dirmonitor.py). A Bots site's bots.ini loads as Bots reads it."""
+    ini = """
+[dirmonitor]
+process_existing = True
+log_level = INFO
+lauchfrequency = 5
+
+[dirmonitor1]
+path = data/orders
+
+[dirmonitor_invoices]
+path = data/invoices
+route = r
+"""
+    cfg = make_env(ini=ini, routes=ROUTES_OK).config()
+    assert [(m.name, m.path.name, m.route) for m in cfg.dirmonitors] == [
+        ("dirmonitor1", "orders", ""), ("dirmonitor_invoices", "invoices", "r")]
