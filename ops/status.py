@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from datetime import datetime, timezone
 from typing import Any
 
@@ -259,8 +258,5 @@ def run(args: argparse.Namespace) -> int:
     register_secrets(cfg.secrets())
     report = collect(cfg, args.timeout)
     text = json.dumps(report, indent=2, default=str) if args.json else render(report)
-    try:
-        print(redact(text), flush=True)
-    except BrokenPipeError:  # | head
-        sys.stderr.close()
+    print(redact(text), flush=True)      # a reader gone (| head): engine/cli/common.py run_cli
     return 0 if report["healthy"] else 1
