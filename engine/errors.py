@@ -23,6 +23,7 @@ class ExitCode(IntEnum):
     LOCKED = 3           # bots-engine: a live run holds the engine lock
     DUPLICATE = 4        # bots-job2queue: an identical job is waiting
     INTERRUPTED = 130    # Ctrl-C
+    READER_GONE = 141    # 128 + SIGPIPE: what a shell shows for a command whose output reader went away
 
 
 class ConfigError(Exception):

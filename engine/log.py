@@ -10,7 +10,7 @@ import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:                       # annotation only: engine.config imports this module
     from engine.config import Config
@@ -26,9 +26,22 @@ def register_secrets(values: list[str]) -> None:
 
 
 def redact(text: str) -> str:
+    """``text`` with every registered secret replaced by ``***``."""
     for s in sorted(_secrets, key=len, reverse=True):
         text = text.replace(s, "***")
     return text
+
+
+def redact_data(data: Any) -> Any:
+    """A JSON-like value (dicts, lists, strings ...) with :func:`redact` applied to every string in
+    it, keys included - before it is serialised, where an escaped secret would no longer match."""
+    if isinstance(data, str):
+        return redact(data)
+    if isinstance(data, dict):
+        return {redact_data(k): redact_data(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [redact_data(v) for v in data]
+    return data
 
 
 _URL_PASSWORD = re.compile(r"^([a-z0-9+]+://[^:/@]*):([^@]*)@")

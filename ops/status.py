@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 from datetime import datetime, timezone
 from typing import Any
 
@@ -24,7 +23,7 @@ from engine.config import DEFAULT_LANE, Config, add_config_argument, load_config
 from engine.config.engine import engine_problem
 from engine.db import get_engine, session_scope
 from engine.errors import ConfigError, DatabaseError
-from engine.log import mask_url, redact, register_secrets
+from engine.log import mask_url, redact, redact_data, register_secrets
 from engine.models import Run
 from ops.beat_lock import BeatStore
 from ops.dirmonitor.heartbeat import heartbeat_age
@@ -276,9 +275,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.configdir)
     register_secrets(cfg.secrets())
     report = collect(cfg, args.timeout)
+    report = redact_data(report)        # before serialising: an escaped secret would no longer match
     text = json.dumps(report, indent=2, default=str) if args.json else render(report)
-    try:
-        print(redact(text), flush=True)
-    except BrokenPipeError:  # | head
-        sys.stderr.close()
+    print(redact(text), flush=True)      # a reader gone (| head): engine/cli/common.py run_cli
     return 0 if report["healthy"] else 1

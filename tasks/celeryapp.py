@@ -30,9 +30,11 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.app.amqp import AMQP
 from celery.signals import before_task_publish, task_failure, task_revoked, worker_init, worker_process_init, worker_ready
 
 from engine.config import Config, load_config
+from engine.log import redact
 from tasks import priority as prio
 from tasks import signals
 from tasks.broker import QUEUE, engine_queue
@@ -98,6 +100,24 @@ def settings(cfg: Config) -> dict[str, Any]:
     }
 
 
+class RedactingAMQP(AMQP):
+    """Celery's message builder, with the task's ``argsrepr``/``kwargsrepr`` (what events, and so
+    Flower and ``celery events``, show of a task's arguments) redacted: a ``${VAR}`` value in a job's
+    arguments never leaves the publisher in readable form but inside the body the worker needs.
+    Every publish passes here (bots-job2queue, beat, the monitor, ``celery call``, Flower)."""
+
+    def as_task_v2(self, *args: Any, **kwargs: Any) -> Any:
+        message = super().as_task_v2(*args, **kwargs)
+        for key in ("argsrepr", "kwargsrepr"):
+            if isinstance(message.headers.get(key), str):
+                message.headers[key] = redact(message.headers[key])
+        if message.sent_event:
+            for key in ("args", "kwargs"):
+                if isinstance(message.sent_event.get(key), str):
+                    message.sent_event[key] = redact(message.sent_event[key])
+        return message
+
+
 def _connect_signals() -> None:
     """The queue's signal handlers (:mod:`tasks.signals`); dispatch_uid keeps each connected once."""
     before_task_publish.connect(signals.before_publish, dispatch_uid="botsq-before-task-publish")
@@ -111,7 +131,7 @@ def _connect_signals() -> None:
 def make_app(cfg: Config) -> Celery:
     """A new app for ``cfg``, its signals connected and both tasks registered (use :func:`app_for`)."""
     _connect_signals()
-    app = Celery("botsq", set_as_current=False)
+    app = Celery("botsq", set_as_current=False, amqp=RedactingAMQP)
     app.conf.update(settings(cfg))
     register_tasks(app)
     return app

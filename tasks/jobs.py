@@ -28,6 +28,7 @@ from engine.cli.engine import parse_engine_args
 from engine.config import Config, load_config, resolve_configdir
 from engine.config.lanes import DEFAULT_LANE, LANE_CHARACTERS, is_lane_name
 from engine.errors import ConfigError, UsageError
+from engine.log import redact, redact_data
 from engine.run import lane_plan, normalise_commands, select_routes
 
 ENGINE_TASK = "bots.engine"
@@ -121,12 +122,18 @@ class Job:
         return out
 
     def describe(self) -> str:
-        """One readable line: ``bots-engine --new orders`` / ``archive_sweep --days 7``."""
+        """One readable line: ``bots-engine --new orders`` / ``archive_sweep --days 7``, secrets
+        masked (``***``): it is what logs, records and botsq show of a job."""
         if self.task == ENGINE_TASK:
             words = ["bots-engine", *(f"--{c}" for c in self.commands), *self.routes]
         else:
             words = [self.name, *self.args]
-        return shlex.join(words)
+        return redact(shlex.join(words))
+
+    @property
+    def shown_kwargs(self) -> dict[str, Any]:
+        """:attr:`kwargs` as records and botsq show them: secrets masked (the message keeps them)."""
+        return redact_data(self.kwargs)
 
     def __str__(self) -> str:
         lane = f" lane {self.lane}" if self.lane not in (None, DEFAULT_LANE) else ""

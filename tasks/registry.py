@@ -42,6 +42,7 @@ from engine.config.lanes import DEFAULT_LANE, MAX_LANE_LENGTH
 from engine.db import create_tables, get_engine, session_scope
 from engine.errors import DatabaseError, database_error
 from engine.lease import holder_alive, hostname
+from engine.log import redact
 from engine.log import mask_url
 from engine.models import Base, utcnow
 from tasks.jobs import Job
@@ -218,7 +219,7 @@ class PendingRegistry(_Store):
             row = s.get(PendingJob, key)
             if row is None:
                 s.add(PendingJob(key=key, task_id=task_id, task=job.task, job=job.describe(),
-                                 kwargs=json.dumps(job.kwargs), priority=priority, created=now, updated=now))
+                                 kwargs=json.dumps(job.shown_kwargs), priority=priority, created=now, updated=now))
                 s.flush()
                 return Registration(RegistrationStatus.ADDED, task_id, priority)
             old_id, old_priority = row.task_id, row.priority
@@ -378,7 +379,7 @@ class StartedJobs(_Store):
     def finish(self, task_id: str, state: JobState, result: str) -> None:
         def finish(s: Session) -> None:
             s.execute(update(StartedJob).where(StartedJob.task_id == task_id)
-                      .values(state=state, ended=utcnow(), heartbeat=utcnow(), result=result[:2000]))
+                      .values(state=state, ended=utcnow(), heartbeat=utcnow(), result=redact(result)[:2000]))
 
         self._transaction(finish)
 

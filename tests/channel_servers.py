@@ -277,18 +277,31 @@ class _BytesNamesServer(paramiko.SFTPServer):
 
 class _StallingSocket:
     """A server-side socket that stops reading after ``limit`` bytes (the partner hangs mid-file):
-    the client's data piles up in the kernel's buffers and its sends stop moving."""
+    the client's data piles up in the kernel's buffers and its sends stop moving. With
+    ``send_limit`` it stops sending after that many bytes instead (a download hangs mid-file):
+    paramiko retries a timed-out send until the transport is closed."""
 
-    def __init__(self, sock: socket.socket, limit: int, stop: threading.Event) -> None:
+    def __init__(self, sock: socket.socket, limit: int, stop: threading.Event, send_limit: int = 0) -> None:
         self._sock, self._left, self._stop = sock, limit, stop
+        self._send_left = send_limit or -1
 
     def recv(self, n: int) -> bytes:
-        if self._left <= 0:
+        if self._left == 0:
             self._stop.wait(0.1)
             raise socket.timeout()
-        data = self._sock.recv(min(n, self._left))
-        self._left -= len(data)
+        data = self._sock.recv(min(n, self._left) if self._left > 0 else n)
+        if self._left > 0:
+            self._left = max(0, self._left - len(data))
         return data
+
+    def send(self, data: bytes) -> int:
+        if self._send_left == 0:
+            self._stop.wait(0.1)
+            raise socket.timeout()
+        n = self._sock.send(data[:self._send_left] if self._send_left > 0 else data)
+        if self._send_left > 0:
+            self._send_left -= n
+        return n
 
     def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
         return getattr(self._sock, name)
@@ -420,9 +433,10 @@ class SftpServer(_Threaded):
     def __init__(self, root: Path, user: str = "alice", password: str | None = "s3cret-pw", *,
                  host_key: paramiko.PKey | None = None, client_keys: list[paramiko.PKey] | None = None,
                  lies: dict[str, str] | None = None, stall_after: int = 0, truncate_uploads: bool = False,
-                 port: int = 0) -> None:
+                 port: int = 0, stall_sending_after: int = 0) -> None:
         self.root, self.user, self.password = root, user, password
         self.stall_after = stall_after          # > 0: stop reading each connection after that many bytes
+        self.stall_sending_after = stall_sending_after   # > 0: stop sending after that many bytes
         self.truncate_uploads = truncate_uploads
         self.refuse_read: set[str] = set()
         self.gone_on_read: set[str] = set()
@@ -461,11 +475,11 @@ class SftpServer(_Threaded):
             except (socket.timeout, OSError):
                 continue
             conn.settimeout(None)
-            if self.stall_after:
+            if self.stall_after or self.stall_sending_after:
                 # a window far larger than the socket buffers: the client is held by TCP, not by SSH
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-                t = paramiko.Transport(_StallingSocket(conn, self.stall_after, self._stop),  # type: ignore[arg-type]
-                                       default_window_size=1 << 30)
+                sock = _StallingSocket(conn, self.stall_after or -1, self._stop, self.stall_sending_after)
+                t = paramiko.Transport(sock, default_window_size=1 << 30)  # type: ignore[arg-type]
             else:
                 t = paramiko.Transport(conn)
             t.add_server_key(self.host_key)

@@ -1,7 +1,9 @@
 """The ``file`` channel: a local folder.
 
-In: regular files in ``path`` matching ``filemask`` (names starting with a dot are skipped,
-as Bots' glob does; folders, FIFOs and other special files are never opened).
+In: regular files directly in ``path`` (never in its sub-folders) matching ``filemask`` (names
+starting with a dot are skipped, as Bots' glob does; folders, FIFOs and other special files are
+never opened). :func:`takes` and :func:`holds` are that rule, shared with the directory monitor
+(``ops/dirmonitor``), so the monitor queues a job only for a file the channel will read.
 Out: the file is written under a temporary dot-name in the target folder and renamed, so a
 reader never sees half a file. A missing or unwritable out folder is a communication error
 (the engine keeps the file for retry); the folder is never created behind the user's back.
@@ -19,6 +21,20 @@ from pathlib import Path
 from engine.channels.base import Channel, CommunicationError, FileGone, IncomingItem, Refused
 
 _CHUNK = 1024 * 1024
+
+
+def takes(name: str, mask: str) -> bool:
+    """Does a file channel with filemask ``mask`` receive a file named ``name`` lying in its folder?
+    Not a dot-name (writers' temporary names, botsq's own included), and matching ``mask``
+    (shell pattern, case-sensitive; "" is ``*``)."""
+    return not name.startswith(".") and fnmatch.fnmatchcase(name, mask or "*")
+
+
+def holds(folder: str, path: str, mask: str) -> bool:
+    """Is ``path`` a file the channel of ``folder`` (a real path) and ``mask`` reads: directly in
+    that folder - the channel never reads sub-folders - and :func:`takes` it."""
+    parent, name = os.path.split(path)
+    return parent == folder and takes(name, mask)
 
 
 def _reason(exc: OSError) -> str:
@@ -49,7 +65,7 @@ class FileChannel(Channel):
         try:
             with os.scandir(folder) as it:
                 for entry in it:
-                    if entry.name.startswith(".") or not fnmatch.fnmatchcase(entry.name, mask):
+                    if not takes(entry.name, mask):
                         continue
                     try:
                         st = entry.stat()

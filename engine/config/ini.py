@@ -15,18 +15,38 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError, one_line
+from engine.log import register_secrets
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+def _from_environment(name: str) -> str:
+    """``$name``, made a secret: a value that comes through ``${VAR}`` is one wherever it is used
+    (a password, a token in a ``[jobqueue.commands]`` line ...), so every output that redacts
+    (:func:`engine.log.redact`: logs, reports, job records, botsq output, Flower) masks it. The
+    one place where that happens. A ``${VAR:-default}``'s default is written in the file itself and is not."""
+    value = os.environ[name]
+    register_secrets([value])
+    return value
+
+
+def register_env_secrets(value: str) -> None:
+    """Make the values of the ``${VAR}`` in a raw config value secrets, whether or not the key is
+    read now (sections read on demand, such as ``[schedule.*]``, are covered from the start)."""
+    for m in _VAR.finditer(value):
+        if m.group(1) in os.environ:
+            _from_environment(m.group(1))
+
+
 def expand_env(value: str, where: str) -> str:
     """Expand ``${VAR}`` (or ``${VAR:-default}``) from the environment; ConfigError naming
-    ``where`` when VAR is not set and has no default."""
+    ``where`` when VAR is not set and has no default. Each value taken from the environment
+    becomes a secret (:func:`_from_environment`)."""
 
     def repl(m: re.Match[str]) -> str:
         name, default = m.group(1), m.group(2)
         if name in os.environ:
-            return os.environ[name]
+            return _from_environment(name)
         if default is not None:
             return default
         raise ConfigError(f"{where}: environment variable {name} is not set")
@@ -133,4 +153,8 @@ def read_ini(path: Path) -> dict[str, IniSection]:
             raise ConfigError(f"{path}: syntax error: {one_line(exc)}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read: {exc}") from None
-    return {name: IniSection(path, name, dict(parser[name])) for name in parser.sections()}
+    sections = {name: IniSection(path, name, dict(parser[name])) for name in parser.sections()}
+    for section in sections.values():
+        for raw in section.data.values():
+            register_env_secrets(raw)
+    return sections

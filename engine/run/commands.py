@@ -14,11 +14,12 @@ from sqlalchemy.sql import ColumnElement
 
 from engine.cleanup import cleanup
 from engine.config import Route
-from engine.models import CommStatus, Incoming, Outgoing
+from engine.models import CommStatus, Incoming, InStatus, Outgoing
 from engine.run.context import RunContext
 from engine.run.deliver import BATCH, Deliverer
-from engine.run.receive import receive_part
+from engine.run.receive import input_error, receive_part
 from engine.run.selection import select_routes
+from engine.run.tracking import InRec
 
 STATE_RETRY_START = "retry_start"     # engine_state: the first outgoing id automaticretrycommunication retries
 STATE_LAST_CLEANUP = "last_cleanup"   # engine_state: the day of the last cleanup (whencleanup = daily)
@@ -51,8 +52,32 @@ class Commands:
         ctx.log.info("rereceive: %d file(s) marked", len(incs))
         ctx.progress(force=True, files_done=0, files_total=len(incs), phase="rereceive")
         before = ctx.counts.processed
-        self.deliverer.process(incs)
+        self.deliverer.process(self._input_checked(incs))
         ctx.counts.rereceived += ctx.counts.processed - before
+
+    def _input_checked(self, incs: list[InRec]) -> list[InRec]:
+        """The marked files that pass the input checks a received file passes (:func:`input_error`),
+        measured on the archived copy that would be processed; the others are file errors again,
+        recorded (their marks cleared) without being processed. Whatever channel type received a
+        file, its rereceive comes this way."""
+        ctx = self.ctx
+        passed, failed = [], []
+        for inc in incs:
+            try:
+                size = (ctx.botssys / inc.archive_path).stat().st_size if inc.archive_path else None
+            except OSError:
+                size = None             # missing archived copy: processing reports it
+            error = input_error(size, ctx.cfg.settings.maxfilesizeincoming) if size is not None else ""
+            if not error:
+                passed.append(inc)
+                continue
+            inc.times_processed += 1
+            inc.status, inc.error = InStatus.ERROR, error
+            ctx.file_error(inc.route, inc.filename, error)
+            failed.append(inc)
+        if failed:
+            ctx.tracker.record_processed(failed, [], ctx.run_id)
+        return passed
 
     def _send_selected(self, where: list[ColumnElement[bool]], phase: str, count: str) -> int:
         ctx = self.ctx

@@ -34,6 +34,19 @@ from engine.run.tracking import InRec
 MAX_FETCH_FAILURES = 5      # consecutive fetch failures before giving up on an in-channel for this run
 
 
+def input_error(size: int, maxsize: int) -> str:
+    """Bots' input checks of an incoming file of ``size`` bytes: "" when it passes, else the file
+    error (one line). ``maxsize`` is ``[settings] maxfilesizeincoming`` in bytes. The one place of
+    the rule: a received file is checked here, and a rereceived one again
+    (:meth:`engine.run.commands.Commands.rereceive`), so a file never passes on a second try a
+    check it failed on the first."""
+    if size > maxsize:
+        return f"file too large: {size} bytes, more than maxfilesizeincoming ({maxsize}) in bots.ini"
+    if size == 0:
+        return "empty file (0 bytes)"
+    return ""
+
+
 @dataclass
 class _Batch:
     """One batch of listed files, fetched."""
@@ -163,12 +176,8 @@ class _PartReceiver:
                 unlink_quietly(tmp)
                 raise ConfigError(f"{ctx.cfg.directories.archive}: cannot write the archive: "
                                   f"{exc.strerror or exc}") from None
-            status, error = InStatus.RECEIVED, ""
-            if size > self.maxsize:
-                status, error = InStatus.ERROR, (f"file too large: {size} bytes, more than maxfilesizeincoming "
-                                                 f"({self.maxsize}) in bots.ini")
-            elif size == 0:
-                status, error = InStatus.ERROR, "empty file (0 bytes)"
+            error = input_error(size, self.maxsize)
+            status = InStatus.ERROR if error else InStatus.RECEIVED
             rec = InRec(run_id=ctx.run_id, route=self.route, part=self.partno, channel=self.inname, filename=name,
                         size=size, checksum=checksum, archive_path=rel_prefix + base, status=status, error=error)
             batch.recs.append(rec)

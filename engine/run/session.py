@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.config import Config, Settings
+from engine.config import Config
 from engine.config.lanes import DEFAULT_LANE
 from engine.errors import ConfigError, DatabaseError, ExitCode, UsageError, database_error, one_line
 from engine.lease import Holder, hostname
 from engine.lock import Acquired, acquire, overtime_minutes
 from engine.log import component_logger, mask_url
 from engine.models import RunStatus, iso_utc
-from engine.report import send_report
+from engine.report import report_wanted, send_report
 from engine.run.commands import Commands
 from engine.run.context import LockLost, ProgressCallback, RunContext
 from engine.run.deliver import Deliverer, check_filename_templates
@@ -47,13 +47,6 @@ class RunResult:
     counts: dict[str, int] = field(default_factory=dict)   # engine.run.context.Counts as a dict
     lane: str = DEFAULT_LANE
     lanes: list[RunResult] = field(default_factory=list)   # a run over several lanes: each lane's result
-
-
-def report_wanted(settings: Settings, file_errors: int, comm_errors: int) -> bool:
-    """Bots' report rule: ``sendreportiferror`` mails on any error, ``sendreportifprocesserror``
-    also when the errors are only communication errors."""
-    return bool((settings.sendreportiferror and (file_errors or comm_errors))
-                or (settings.sendreportifprocesserror and comm_errors))
 
 
 class RunSession:

@@ -14,6 +14,7 @@ from engine.cli.common import ArgumentParser, run_cli
 from engine.config import Config, add_config_argument, load_config
 from engine.errors import UsageError, one_line
 from engine.log import component_logger
+from ops.dirmonitor.agreement import check
 from ops.dirmonitor.monitor import Monitor
 from ops.dirmonitor.triggering import JobSender
 from tasks.broker import connect
@@ -31,6 +32,7 @@ def check_config(cfg: Config) -> None:
         if not mon.path.is_dir():
             what = "is not a folder" if mon.path.exists() else "does not exist"
             raise UsageError(f"{cfg.ini_path}: [{mon.name}] path: {mon.path} {what}")
+    check(cfg)      # the monitor and the file channel agree (recursive = True refused)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from typing import Any
 
 from engine.config import Config, DirMonitor
 from engine.errors import UsageError
+from ops.dirmonitor.agreement import check
 from ops.dirmonitor.arrivals import Arrivals
 from ops.dirmonitor.heartbeat import HEARTBEAT_EVERY, heartbeat_path, write_heartbeat
 from ops.dirmonitor.triggering import JobSender, Submit, Triggers
@@ -34,7 +35,7 @@ class Monitor:
         self.cfg = cfg
         self.log = log
         self.heartbeat_file = heartbeat_file or heartbeat_path(cfg)
-        self.watching = Watching(cfg.dirmonitors, log)
+        self.watching = Watching(cfg.dirmonitors, log, check(cfg, log))   # recursive = True: UsageError
         self.triggers = Triggers(submit or JobSender(cfg), log)
         self.arrivals = Arrivals(self.watching, self._on_ready, log)
         self.stop_event = threading.Event()
@@ -59,8 +60,8 @@ class Monitor:
             if not self.watching.watch(w):
                 raise UsageError(f"{self.cfg.ini_path}: [{w.mon.name}] path: cannot watch {w.root}")
             kind = "polling" if w.mon.polling else "inotify"
-            self.log.info("[%s] watching %s%s for %s -> route %s (priority %d, debounce %.2f s, %s)",
-                          w.mon.name, w.root, " (recursive)" if w.mon.recursive else "", w.mon.filemask,
+            self.log.info("[%s] watching %s for %s -> route %s (priority %d, debounce %.2f s, %s)",
+                          w.mon.name, w.root, w.mon.filemask,
                           w.mon.route or "(default run)", w.mon.priority, w.mon.debounce, kind)
         for w in self.watches:
             n = self.arrivals.rescan(w, now)

@@ -6,7 +6,6 @@ is replaced; an inotify queue overflow - which watchdog only logs - sets :attr:`
 """
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 import queue
@@ -23,6 +22,7 @@ from watchdog.observers.polling import PollingObserver
 
 from engine.config import DirMonitor
 from engine.readiness import Signature
+from ops.dirmonitor.agreement import FolderReaders
 
 _WATCHDOG_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
 
@@ -55,13 +55,11 @@ class Watch:
     done: dict[str, Signature] = field(default_factory=dict)            # counted, as they were then
     next_rescan: float = 0.0
 
+    readers: FolderReaders = field(default_factory=lambda: FolderReaders({}))   # channels reading the folder
+
     def matches(self, path: str) -> bool:
-        parent, name = os.path.split(path)
-        if not self.mon.recursive and parent != self.root:
-            return False
-        if self.mon.recursive and not (parent == self.root or parent.startswith(self.root + os.sep)):
-            return False
-        return fnmatch.fnmatch(name, self.mon.filemask)
+        """Does the file count: the section's mask and the file channel's rule (ops/dirmonitor/agreement.py)."""
+        return self.readers.counts(self.root, path, self.mon.filemask)
 
 
 class _OverflowFlag(logging.Handler):
@@ -80,9 +78,11 @@ class _OverflowFlag(logging.Handler):
 
 
 class Watching:
-    def __init__(self, monitors: tuple[DirMonitor, ...], log: logging.Logger) -> None:
+    def __init__(self, monitors: tuple[DirMonitor, ...], log: logging.Logger,
+                 readers: dict[str, FolderReaders] | None = None) -> None:
         self.log = log
-        self.watches = [Watch(m, os.path.realpath(m.path)) for m in monitors]
+        self.watches = [Watch(m, os.path.realpath(m.path), readers=(readers or {}).get(m.name, FolderReaders({})))
+                        for m in monitors]
         self.events: queue.SimpleQueue[tuple[Watch, Any]] = queue.SimpleQueue()
         self.overflow = threading.Event()
         self._overflow_handler = _OverflowFlag(self.overflow)
@@ -123,7 +123,7 @@ class Watching:
         else:
             obs = InotifyObserver()
         try:
-            obs.schedule(self._handler(w), w.root, recursive=w.mon.recursive,
+            obs.schedule(self._handler(w), w.root, recursive=False,     # the channel reads no sub-folder
                          event_filter=self._event_filter(w.mon.polling))
             obs.start()
         except OSError as exc:

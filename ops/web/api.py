@@ -15,25 +15,14 @@ from flask import Blueprint, jsonify, request
 
 from ops.web import params
 from ops.web.context import console
-from ops.web.queries import FilterError, count_runs, list_runs, page_files, queue_report, redact
+from ops.web.queries import FilterError, count_runs, list_runs, page_files, queue_report, redact_data
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 RUNS_LIMIT, FILES_LIMIT = 20, 100          # the CLI's defaults
 
 
-def _clean(value: Any) -> Any:
-    """``value`` with every string redacted (nested lists and dicts included)."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
-
-
 def _json(data: Any, total: int | None = None) -> Any:
-    resp = jsonify(_clean(data))
+    resp = jsonify(redact_data(data))     # every string, nested ones too
     if total is not None:
         resp.headers["X-Total-Count"] = str(total)
     return resp

@@ -23,7 +23,7 @@ from typing import Any
 
 from engine.config import Config
 from engine.errors import UsageError
-from engine.log import component_logger, lines_between, log_file, redact, register_secrets
+from engine.log import component_logger, lines_between, log_file, redact, redact_data, register_secrets
 from engine.models import utcnow
 from engine.records import (
     IN_STATUSES,
@@ -55,7 +55,7 @@ __all__ = [
     "IN_STATUSES", "OUT_STATUSES", "RUN_STATUSES", "Bucket", "FileFilter", "FilterError", "RunFilter", "UsageError",
     "ENGINE_COMMANDS", "DEFAULT_LANE", "ActivityCache", "HealthCache", "Lane", "Submitted", "component_logger",
     "count_runs", "file_detail", "lanes", "list_runs", "mark_files", "page_files", "parse_when", "queue_report",
-    "redact", "register_secrets", "RegistrationStatus", "route_lane", "run_detail", "run_log", "stored_path", "submit_job", "utcnow",
+    "redact", "redact_data", "register_secrets", "RegistrationStatus", "route_lane", "run_detail", "run_log", "stored_path", "submit_job", "utcnow",
     "utc_offset_minutes",
 ]
 

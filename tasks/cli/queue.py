@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery
 
 from engine.config import Config, add_config_argument, load_config
-from engine.log import mask_url, redact
+from engine.log import mask_url, redact, redact_data
 from tasks.broker import QueueError, connect, purge, queue_name
 from tasks.celeryapp import app_for
 from tasks.context import queue_logger
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"purged {res['purged']} waiting message(s) from queue{'s' if len(cfg.lanes) > 1 else ''} "
                   f"{queues}; removed {res['cleared']} registry entr{'y' if res['cleared'] == 1 else 'ies'}")
         return 0
-    data = collect(cfg)
+    data = redact_data(collect(cfg))        # records hold no secret; what else is shown neither
     if args.json:
         print(json.dumps(data, indent=2))
         return 0

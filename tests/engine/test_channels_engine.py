@@ -39,7 +39,7 @@ def reports() -> SmtpServer:
 
 
 def ini(reports: SmtpServer, extra: str = "") -> str:
-    return (DEFAULT_INI + f"\n[email]\nhost = {HOST}\nport = {reports.port}\nsender = bots@example.com\n"
+    return (DEFAULT_INI.replace("[settings]\n", "[settings]\nsendreportiferror = True\n") + f"\n[email]\nhost = {HOST}\nport = {reports.port}\nsender = bots@example.com\n"
             "managers = ops@example.com\ntimeout = 5\n" + extra)
 
 

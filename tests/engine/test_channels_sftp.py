@@ -213,6 +213,51 @@ def test_a_partner_that_stops_reading_mid_file_ends_within_the_timeout(tmp_path:
         assert os.listdir(root / "up") == ["small.edi"]
 
 
+def test_a_partner_that_stops_sending_mid_file_ends_the_download_within_the_timeout(tmp_path: Path) -> None:
+    """The fetch side of the stall: the server stops sending 200 kB into a 32 MB download. The
+    download ends within ``timeout`` as a communication error; the engine then removes its
+    temporary file in the archive (receive.py), the file stays at the partner, and once the
+    partner answers again the channel reconnects and the file comes whole."""
+    root = tmp_path / "root"
+    (root / "in").mkdir(parents=True)
+    content = os.urandom(32 * 1024 * 1024)
+    (root / "in" / "big.edi").write_bytes(content)
+    with SftpServer(root, password=PASSWORD) as srv:
+        ch = make_channel(tmp_path, "sftp", host=HOST, port=srv.port, user="alice", password=PASSWORD, path="in",
+                          timeout=1, insecure_no_host_key_check=True)
+        with ch:
+            [item] = ch.list_incoming()
+        srv.stall_sending_after = 200_000               # the next connection stalls 200 kB into the file
+        with ch:
+            outcome: list[BaseException] = []
+            done = threading.Event()
+            dest = tmp_path / "got"
+
+            def fetch() -> None:
+                try:
+                    ch.fetch(item, dest)
+                except BaseException as exc:  # noqa: BLE001 - looked at below
+                    outcome.append(exc)
+                finally:
+                    done.set()
+
+            t0 = time.monotonic()
+            threading.Thread(target=fetch, daemon=True).start()
+            ended = done.wait(60)
+            if not ended:
+                assert ch.transport is not None
+                ch.transport.sock.close()
+            assert ended, "the download from a partner that stopped sending never ended"
+            assert time.monotonic() - t0 < 15
+            [error] = outcome
+            assert isinstance(error, CommunicationError)
+            assert "cannot download 'big.edi'" in str(error) and "timed out" in str(error)
+            assert (root / "in" / "big.edi").stat().st_size == len(content)     # still at the partner
+            srv.stall_sending_after = 0                 # the partner answers again
+            ch.fetch(item, dest)                        # reconnected; the whole file
+            assert dest.read_bytes() == content
+
+
 def test_key_file_login_plain_and_encrypted(tmp_path: Path, server: SftpServer, remote: Path, known_hosts: Path,
                                             client_key) -> None:  # type: ignore[no-untyped-def]
     _key, plain, locked = client_key

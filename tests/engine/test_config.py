@@ -1,6 +1,8 @@
 """Config loading: strict, one-line errors naming file and key; ${VAR}; paths; overrides."""
 from __future__ import annotations
 
+import os
+
 import argparse
 
 import pytest
@@ -49,6 +51,25 @@ def test_env_var_expansion_and_missing_var(make_env, monkeypatch):
     monkeypatch.delenv("SMTP_PASSWORD")
     with pytest.raises(ConfigError, match=r"bots.ini: \[email\] password: environment variable SMTP_PASSWORD is not set"):
         env.config()
+
+
+def test_every_var_value_is_a_secret_at_load(make_env, monkeypatch):
+    """Wherever ${VAR} is used - a command line, a section read only on demand, routes.toml - its
+    value is redacted from the moment the config is loaded; a default written in the file is not."""
+    from engine.log import redact
+    values = {name: f"{name.lower()}-{os.getpid()}-value" for name in ("ERP_TOKEN", "SCHED_ARG", "FTP_PW_X")}
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("NOT_SET_HERE", raising=False)
+    env = make_env(ini="[jobqueue.commands]\nexport = /bin/echo --token ${ERP_TOKEN}\n"
+                       "[schedule.x]\ncadence = hourly\njob = export ${SCHED_ARG}\n"
+                       "[settings]\nmaxdays = ${NOT_SET_HERE:-31}\n",
+                   routes=ROUTES_OK.replace('type = "file"', 'type = "file"\nfilemask = "${FTP_PW_X}"', 1))
+    cfg = env.config()
+    assert cfg.settings.maxdays == 31
+    for value in values.values():
+        assert redact(f"a {value} b") == "a *** b"
+    assert redact("maxdays 31") == "maxdays 31"
 
 
 def test_broker_override_from_environment(make_env, monkeypatch):

@@ -136,7 +136,8 @@ def test_database_file_in_unwritable_folder_exit_1(make_env):
 
 @pytest.mark.procs
 def test_password_never_in_logs(make_env, monkeypatch):
-    env = make_env(ini=DEFAULT_INI + "\n[email]\nhost = 127.0.0.1\nport = 1\npassword = ${SMTP_PASSWORD}\n"
+    env = make_env(ini=DEFAULT_INI.replace("[settings]\n", "[settings]\nsendreportiferror = True\n")
+                   + "\n[email]\nhost = 127.0.0.1\nport = 1\npassword = ${SMTP_PASSWORD}\n"
                    "user = bots\nmanagers = ops@example.com\n", routes=ROUTES)
     env.drop("data/in/a", "A")                                   # no data/out: an error, so a report is tried
     r = env.run(env={"SMTP_PASSWORD": "Hunter2Hunter2"})

@@ -21,6 +21,7 @@ from engine.run import run_engine
 
 INI = """
 [settings]
+sendreportiferror = True
 maxruntime = 60
 whencleanup = never
 lock_heartbeat = 0.1

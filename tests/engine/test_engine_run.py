@@ -327,6 +327,38 @@ def test_rereceive_processes_marked_files_from_archive_without_receiving(env):
     assert run_engine(cfg, ["rereceive"]).counts["rereceived"] == 0        # the mark is cleared
 
 
+def test_rereceive_fails_the_input_checks_a_received_file_failed(env):
+    """An empty file and one past maxfilesizeincoming failed at receive; rereceived, they fail the
+    same checks (main delivered the empty one as a 0-byte file). A limit raised since lets the big one pass."""
+    env.drop("data/in/empty.edi", "")
+    env.drop("data/in/big.edi", "B" * 1500)               # maxfilesizeincoming = 1000
+    env.path("data/out").mkdir(parents=True)
+    cfg = env.config()
+    first = run_engine(cfg)
+    assert first.exit_code == 2 and first.counts["file_errors"] == 2
+    with session_scope(cfg.database_url) as s:
+        for inc in s.scalars(select(Incoming)):
+            inc.rereceive = True
+    res = run_engine(cfg, ["rereceive"])
+    assert res.exit_code == 2 and res.counts["file_errors"] == 2 and res.counts["rereceived"] == 0
+    assert sorted(os.listdir(env.path("data/out"))) == []
+    ins, outs, _r = _state(cfg)
+    assert outs == []
+    assert ins["empty.edi"].status == "error" and ins["empty.edi"].error == "empty file (0 bytes)"
+    assert ins["big.edi"].status == "error" and "more than maxfilesizeincoming (1000)" in ins["big.edi"].error
+    assert all(not i.rereceive and i.times_processed == 1 for i in ins.values())
+    assert run_engine(cfg, ["rereceive"]).counts["file_errors"] == 0        # the marks are cleared
+    (env.configdir / "bots.ini").write_text((env.configdir / "bots.ini").read_text()
+                                            .replace("maxfilesizeincoming = 1000", "maxfilesizeincoming = 2000"))
+    cfg = env.config()
+    with session_scope(cfg.database_url) as s:
+        for inc in s.scalars(select(Incoming)):
+            inc.rereceive = True
+    res = run_engine(cfg, ["rereceive"])
+    assert res.counts["rereceived"] == 1 and res.counts["file_errors"] == 1     # the empty one fails again
+    assert env.path("data/out/big.edi").read_text() == "B" * 1500
+
+
 def test_resend_sends_marked_outgoing_again(env):
     env.drop("data/in/a.edi", "AAA")
     env.path("data/out").mkdir(parents=True)

@@ -294,6 +294,34 @@ def test_two_monitors_route_and_priority(monitor):
     assert got == {("r2", 2, frozenset({"x.dat"})), ("r1", 4, frozenset({"y.edi"}))}
 
 
+def test_a_file_counts_only_when_the_channel_reads_it(monitor, caplog):
+    """The monitor's mask is wider than channel in's (*.edi): a file counts only when the channel
+    would read it - its mask, no dot-names, no sub-folder (main queued jobs for .part.edi and x.txt)."""
+    caplog.set_level(logging.WARNING)
+    mon, rec, root = monitor(filemask="*")
+    assert "[dirmonitor1] filemask '*' differs from channel in's filemask '*.edi'" in caplog.text
+    (root / "data/in/sub").mkdir()
+    for name in (".part.edi", "x.txt", "sub/deep.edi", "a.edi"):
+        (root / "data/in" / name).write_text("x")
+    rec.wait(lambda: rec.files() == {"a.edi"})
+    time.sleep(0.6)                                 # past the debounce: nothing else counted
+    assert rec.files() == {"a.edi"} and len(rec.calls) == 1
+
+
+def test_a_folder_no_channel_of_the_route_reads_is_warned_about(monitor, caplog):
+    caplog.set_level(logging.WARNING)
+    monitor(route="r2")                             # r2 reads data/in2, the monitor watches data/in
+    assert "[dirmonitor1] no file in-channel of route r2 reads" in caplog.text
+
+
+def test_recursive_is_refused_in_process_too(make_env):
+    from engine.errors import UsageError
+    env = make_env(ini=ini(recursive=True), routes=ROUTES)
+    env.path("data/in").mkdir(parents=True)
+    with pytest.raises(UsageError, match=r"\[dirmonitor1\] recursive: .*set recursive = False"):
+        Monitor(env.config(), logging.getLogger("botsq.test.dirmonitor.recursive"), submit=Recorder())
+
+
 def test_heartbeat_written_and_marked_stopped(monitor):
     from ops.dirmonitor.heartbeat import heartbeat_age, read_heartbeat
 
@@ -313,6 +341,8 @@ def test_heartbeat_written_and_marked_stopped(monitor):
     ("[jobqueue]\nenabled = True\n[dirmonitor1]\npath = data/nothere\nroute = r1\n",
      r"\[dirmonitor1\] path: .*data/nothere does not exist"),
     ("[jobqueue]\nenabled = True\n[dirmonitor1]\npath = data/in\nroute = nosuch\n", r"\[dirmonitor1\] route: no route"),
+    ("[jobqueue]\nenabled = True\n[dirmonitor1]\npath = data/in\nroute = r1\nrecursive = True\n",
+     r"\[dirmonitor1\] recursive: the file channel reads only its own folder, never sub-folders"),
 ])
 @pytest.mark.procs
 def test_refuses_to_start_with_one_line(make_env, ini_text, err):
