@@ -11,6 +11,9 @@ of :func:`engine.channels.file.holds` (directly in the folder, not a dot-name, t
 * a section whose folder no in-channel of its routes reads, and a section whose ``filemask``
   differs from such a channel's, are warned about (one line each): a narrower monitor mask is a
   choice (only some files start a run at once), so it is not refused.
+
+With ``[engine] kind = bots`` the channels are Bots' (in Bots' database): none of this applies, and
+the section is read as Bots reads it - ``recursive = True`` counts files in sub-folders too.
 """
 from __future__ import annotations
 
@@ -28,10 +31,14 @@ from engine.run.selection import select_routes
 class FolderReaders:
     """The file in-channels that read a monitored folder: channel name -> its filemask."""
     masks: dict[str, str]
+    recursive: bool = False     # files in sub-folders count too (kind = bots, a section's recursive = True)
 
     def counts(self, root: str, path: str, monitor_mask: str) -> bool:
         """Does a file at ``path`` count for a monitor of folder ``root`` (a real path)? The section's
         mask, and the rule of a channel that reads the folder (with no such channel, the section's)."""
+        if self.recursive:
+            parent, name = os.path.split(path)
+            return (parent == root or parent.startswith(root + os.sep)) and takes(name, monitor_mask)
         if not holds(root, path, monitor_mask):
             return False
         name = os.path.basename(path)
@@ -53,10 +60,13 @@ def readers(cfg: Config, mon: DirMonitor) -> FolderReaders:
 
 
 def check(cfg: Config, log: logging.Logger | None = None) -> dict[str, FolderReaders]:
-    """Each section's readers (by section name); UsageError (one line) for ``recursive = True``;
-    the warnings of the module doc go to ``log``."""
+    """Each section's readers (by section name); UsageError (one line) for ``recursive = True`` with
+    the built-in engine; the warnings of the module doc go to ``log``."""
     out: dict[str, FolderReaders] = {}
     for mon in cfg.dirmonitors:
+        if cfg.engine.is_bots:                      # Bots' channels: the section as Bots reads it
+            out[mon.name] = FolderReaders({}, recursive=mon.recursive)
+            continue
         if mon.recursive:
             raise UsageError(f"{cfg.ini_path}: [{mon.name}] recursive: the file channel reads only its own folder, "
                              "never sub-folders, so a file there would queue a job that takes nothing; set "

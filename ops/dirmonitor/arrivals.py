@@ -39,7 +39,10 @@ class Arrivals:
         if event.is_directory:
             if etype is ev.DirDeletedEvent and src == w.root:
                 return True
-            return False        # sub-folders are not the channel's (recursive = True is refused at start)
+            if etype in (ev.DirCreatedEvent, ev.DirMovedEvent) and w.readers.recursive:
+                # files that arrive inside a moved-in folder bring no events of their own
+                self.rescan(w, now, os.fsdecode(getattr(event, "dest_path", "") or src))
+            return False        # a sub-folder's files count only with recursive (kind = bots, agreement.py)
         if etype is ev.FileMovedEvent:
             w.candidates.pop(src, None)
             w.done.pop(src, None)
@@ -140,30 +143,38 @@ class Arrivals:
 
     # ------------------------------------------------------------------ rescans
     @staticmethod
-    def _walk(w: Watch) -> list[str]:
-        """The files of the folder that count (the channel reads no sub-folder)."""
+    def _walk(w: Watch, top: str) -> list[str]:
+        """The files under ``top`` that count (sub-folders only when they count: agreement.py)."""
         out: list[str] = []
-        try:
-            with os.scandir(w.root) as it:
-                for entry in it:
-                    try:
-                        if entry.is_file() and w.matches(entry.path):
-                            out.append(entry.path)
-                    except OSError:
-                        continue
-        except OSError:
-            pass
+        stack = [top]
+        while stack:
+            d = stack.pop()
+            try:
+                with os.scandir(d) as it:
+                    for entry in it:
+                        try:
+                            if entry.is_dir(follow_symlinks=False):
+                                if w.readers.recursive:
+                                    stack.append(entry.path)
+                            elif entry.is_file() and w.matches(entry.path):
+                                out.append(entry.path)
+                        except OSError:
+                            continue
+            except OSError:
+                continue
         return out
 
-    def rescan(self, w: Watch, now: float) -> int:
-        """Look at every matching file: ready ones count, young ones wait. Returns files counted."""
+    def rescan(self, w: Watch, now: float, top: str | None = None) -> int:
+        """Look at every matching file (under ``top``, default the whole folder): ready ones count,
+        young ones wait. Returns files counted."""
         wall = time.time()                      # a file's age on disk is wall-clock time
-        found = self._walk(w)
+        found = self._walk(w, top or w.root)
         seen = set(found)
-        for path in [p for p in w.done if p not in seen]:
-            del w.done[path]
-        for path in [p for p in w.candidates if p not in seen]:
-            del w.candidates[path]
+        if top is None:
+            for path in [p for p in w.done if p not in seen]:
+                del w.done[path]
+            for path in [p for p in w.candidates if p not in seen]:
+                del w.candidates[path]
         old: dict[str, Signature] = {}
         for path in found:
             sig = signature(path)

@@ -123,7 +123,7 @@ class Watching:
         else:
             obs = InotifyObserver()
         try:
-            obs.schedule(self._handler(w), w.root, recursive=False,     # the channel reads no sub-folder
+            obs.schedule(self._handler(w), w.root, recursive=w.readers.recursive,  # see agreement.py
                          event_filter=self._event_filter(w.mon.polling))
             obs.start()
         except OSError as exc:

@@ -322,6 +322,23 @@ def test_recursive_is_refused_in_process_too(make_env):
         Monitor(env.config(), logging.getLogger("botsq.test.dirmonitor.recursive"), submit=Recorder())
 
 
+def test_with_kind_bots_a_section_is_read_as_bots_reads_it_recursive_included(monitor, tmp_path):
+    """[engine] kind = bots: the channels are Bots', so Bots' [dirmonitorN] with recursive = True is
+    accepted and files in sub-folders count - also those of a folder moved in whole (main refused the
+    section at start)."""
+    from bots_helpers import engine_section
+    mon, rec, root = monitor(ini_text=ini(recursive=True) + engine_section())
+    (root / "data/in/sub").mkdir()
+    (root / "data/in/sub/deep.edi").write_text("x")
+    rec.wait(lambda: rec.files() == {"deep.edi"})
+    outside = tmp_path / "batch"
+    outside.mkdir()
+    (outside / "moved.edi").write_text("y")
+    os.rename(outside, root / "data/in/batch")                 # no event of its own for moved.edi
+    rec.wait(lambda: rec.files() == {"deep.edi", "moved.edi"})
+    assert {c[0] for c in rec.calls} == {"r1"}
+
+
 def test_heartbeat_written_and_marked_stopped(monitor):
     from ops.dirmonitor.heartbeat import heartbeat_age, read_heartbeat
 
