@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.sql import ColumnElement
 
 from engine.config.lanes import DEFAULT_LANE
@@ -34,7 +34,6 @@ _OUT = Outgoing.__table__
 _SR = SourceRemoval.__table__
 _J = Delivery.__table__
 _RUNS = Run.__table__
-_JOURNAL = insert(_J)
 COUNTED = ("received", "processed", "sent", "file_errors", "comm_errors")   # the counts a run record keeps
 _UPDATE_IN = (update(_IN).where(_IN.c.id == bindparam("b_id"))
               .values(status=bindparam("b_status"), error=bindparam("b_error"), updated=bindparam("b_updated"),
@@ -131,12 +130,88 @@ def chunks(seq: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
         yield seq[i:i + n]
 
 
+class DeliveryJournal:
+    """The writer of the deliveries journal (table ``deliveries``) for one run: a connection of its
+    own, and one small INSERT and COMMIT per delivered file - the price of "only the file in flight is
+    delivered twice" (BENCHMARKS.md). The statement is compiled once and run on the driver's cursor:
+    per file, SQLAlchemy's execution machinery would cost more than the database's own work.
+
+    On PostgreSQL its commits are asynchronous (``synchronous_commit = off``, this connection only):
+    the server has a row the moment the commit returns, whatever then happens to the engine's process;
+    only a crash of the database server itself can lose its last fraction of a second - as SQLite's
+    ``synchronous = NORMAL`` can on a power loss - and those files are then sent again, never lost.
+    Driver errors are raised as SQLAlchemy's ``DBAPIError`` (a database error of the run, exit 1)."""
+
+    COLUMNS = ("run_id", "outgoing_id", "incoming_id", "output_no", "route", "part", "channel", "filename",
+               "size", "checksum", "store_path", "sent_at")
+
+    def __init__(self, url: str) -> None:
+        engine = get_engine(url)
+        dialect = engine.dialect
+        self._dialect = dialect
+        self._pg = dialect.name == "postgresql"
+        self._returning = dialect.name != "sqlite"         # SQLite: the cursor's lastrowid
+        stmt = insert(_J).values({c: bindparam(c) for c in self.COLUMNS})
+        compiled = (stmt.returning(_J.c.id) if self._returning else stmt).compile(dialect=dialect)
+        self._sql = compiled.string
+        self._order = tuple(compiled.positiontup or ()) if compiled.positional else ()
+        self._procs = [(c, proc) for c in self.COLUMNS
+                       if (proc := _J.c[c].type.dialect_impl(dialect).bind_processor(dialect)) is not None]
+        self._raw = engine.raw_connection()
+        if self._pg:
+            # each INSERT commits by itself: one round trip per delivery, not two (INSERT, COMMIT)
+            self._raw.driver_connection.autocommit = True
+        self._cur = self._raw.cursor()
+        if self._pg:
+            self._run("SET synchronous_commit TO off", None)
+
+    def _run(self, sql: str, params: Any) -> None:
+        try:
+            if params is None:
+                self._cur.execute(sql)
+            else:
+                self._cur.execute(sql, params)
+            if not self._pg:
+                self._raw.commit()
+        except self._dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance(sql, params, exc, self._dialect.loaded_dbapi.Error) from None
+
+    def add(self, run_id: int, out: OutRec) -> int:
+        """Journal ``out`` as delivered by run ``run_id``, committed; the row's id."""
+        values = dict(run_id=run_id, outgoing_id=out.id, incoming_id=out.incoming_id, output_no=out.output_no,
+                      route=out.route, part=out.part, channel=out.channel, filename=out.filename, size=out.size,
+                      checksum=out.checksum, store_path=out.store_path, sent_at=out.sent_at)
+        for c, proc in self._procs:
+            values[c] = proc(values[c])
+        params = tuple(values[c] for c in self._order) if self._order else values
+        try:
+            self._cur.execute(self._sql, params)
+            row_id = self._cur.fetchone()[0] if self._returning else self._cur.lastrowid
+            if not self._pg:
+                self._raw.commit()
+        except self._dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance(self._sql, params, exc, self._dialect.loaded_dbapi.Error) from None
+        return int(row_id)
+
+    def close(self) -> None:
+        """Back to the pool as it came (PostgreSQL: synchronous commits again); a broken connection is dropped."""
+        try:
+            self._raw.rollback()
+            if self._pg:
+                self._run("RESET synchronous_commit", None)
+                self._raw.driver_connection.autocommit = False
+            self._cur.close()
+            self._raw.close()
+        except (SQLAlchemyError, self._dialect.loaded_dbapi.Error):
+            self._raw.invalidate()
+
+
 class Tracker:
     """The tracking database of one environment, as the engine run uses it."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._journal: Connection | None = None
+        self._journal: DeliveryJournal | None = None
 
     def tx(self) -> AbstractContextManager[Connection]:
         """A Core connection in a transaction (commits on success): the hot path skips the ORM."""
@@ -145,41 +220,20 @@ class Tracker:
     # ------------------------------------------------------------------ the deliveries journal
     def journal(self, out: OutRec, run_id: int) -> None:
         """Commit at once that the partner accepted ``out``, delivered by run ``run_id`` (sets
-        ``out.journal_id``): one small insert and commit per delivered file, on a connection the run keeps.
-
-        On PostgreSQL the journal's commits are asynchronous (``synchronous_commit = off``): the
-        server has them the moment they return, whatever happens to the engine's process; only a
-        crash of the database server itself can lose its last fraction of a second - as SQLite's
-        ``synchronous = NORMAL`` can on a power loss - and those files are then sent again."""
-        conn = self._journal
-        if conn is None:
-            conn = self._journal = get_engine(self.url).connect()
-            if conn.dialect.name == "postgresql":
-                conn.exec_driver_sql("SET synchronous_commit TO off")
-                conn.commit()
+        ``out.journal_id``): one small insert and commit per delivered file (:class:`DeliveryJournal`)."""
+        if self._journal is None:
+            self._journal = DeliveryJournal(self.url)
         try:
-            out.journal_id = conn.execute(_JOURNAL, dict(
-                run_id=run_id, outgoing_id=out.id, incoming_id=out.incoming_id, output_no=out.output_no,
-                route=out.route, part=out.part, channel=out.channel, filename=out.filename, size=out.size,
-                checksum=out.checksum, store_path=out.store_path, sent_at=out.sent_at)).inserted_primary_key[0]
-            conn.commit()
+            out.journal_id = self._journal.add(run_id, out)
         except BaseException:
             self.close()
             raise
 
     def close(self) -> None:
         """Give back the journal's connection (at the end of a run)."""
-        conn, self._journal = self._journal, None
-        if conn is None:
-            return
-        try:
-            if conn.dialect.name == "postgresql" and not conn.invalidated:
-                conn.rollback()
-                conn.exec_driver_sql("RESET synchronous_commit")
-                conn.commit()
-            conn.close()
-        except SQLAlchemyError:
-            conn.invalidate()
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            journal.close()
 
     @staticmethod
     def _settle(conn: Connection, outs: Sequence[OutRec], run_id: int | None,
