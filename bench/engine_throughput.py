@@ -79,6 +79,16 @@ def timed_tx(self):
         yield conn
     db[0] += time.perf_counter() - t
 Tracker.tx = timed_tx
+journal = [0.0]
+real_journal = getattr(Tracker, "journal", None)
+def timed_journal(self, out, run_id):
+    t = time.perf_counter()
+    real_journal(self, out, run_id)
+    dt = time.perf_counter() - t
+    journal[0] += dt
+    db[0] += dt
+if real_journal is not None:     # the deliveries journal (one commit per delivered file)
+    Tracker.journal = timed_journal
 def progress(info):
     if info.get("phase") == "receive" and info.get("files_total"):
         marks.append((time.perf_counter(), info["files_done"], db[0]))
@@ -88,6 +98,7 @@ res = run_engine(cfg, ["new"], progress=progress)
 os.sync()
 elapsed = time.perf_counter() - t0
 print(json.dumps(dict(elapsed=elapsed, t0=t0, exit_code=res.exit_code, counts=res.counts, marks=marks,
+                      journal=journal[0],
                       maxrss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
 """
 
@@ -222,6 +233,8 @@ def main() -> None:
         print(f"  ratio engine/durable floor:     {ratio:8.0%}   (median of the rounds' ratios; goal >= 80%)")
         print(f"  ratio engine/plain floor:       {e / f:8.0%}")
         print(f"  engine peak RSS:                {rss:8.1f} MB   (goal < 150 MB)")
+        jms = statistics.median(x["journal"] / args.files * 1000 for x in engines)
+        print(f"  deliveries journal:             {jms:8.3f} ms per file (median; inside the engine's time)")
         if args.settle_files:
             n = args.settle_files
             waits, offs = [], []

@@ -1,4 +1,5 @@
-"""Tracking tables: runs, incoming files, outgoing files, leases, small engine state, remote files seen empty.
+"""Tracking tables: runs, incoming and outgoing files, the deliveries journal, leases, small engine
+state, remote files seen empty.
 
 Times are naive UTC (``utcnow()``) so SQLite and PostgreSQL store and compare them alike.
 Every column a run or a command-line filter queries on carries an index. States are ``StrEnum``
@@ -187,6 +188,39 @@ class SourceRemoval(Base):
     size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     checksum: Mapped[str] = mapped_column(String(64), default="")
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Delivery(Base):
+    """The deliveries journal: one row per file the partner accepted, committed right after it took it.
+
+    A batch's outgoing records are written in one commit after all of its files were sent; a run
+    killed before that commit would leave every delivery of the batch unrecorded, and the next run
+    would send them again. So each accepted delivery is committed here at once (one small insert,
+    no secondary index), and the batch's commit that records it in ``outgoing`` deletes its row.
+    A row left behind belongs to a run that died: crash recovery (:meth:`engine.run.tracking.Tracker.leftovers`)
+    folds it into the records - the output is recorded as sent by the run that sent it, and not
+    sent again - before anything else is sent. Only the file in flight (accepted by the partner,
+    not yet journaled) can be delivered twice.
+
+    ``outgoing_id`` is set when a recorded outgoing file was sent again (resend, retry, recovery);
+    otherwise the row is a new output: ``incoming_id`` and ``output_no`` (its place among that
+    file's outputs, 0-based) say which, and the other columns hold its outgoing record.
+    """
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(Integer)                   # the run that delivered it
+    outgoing_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    incoming_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    output_no: Mapped[int] = mapped_column(Integer, default=0)
+    route: Mapped[str] = mapped_column(String(200))
+    part: Mapped[int] = mapped_column(Integer, default=1)
+    channel: Mapped[str] = mapped_column(String(200))
+    filename: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    checksum: Mapped[str] = mapped_column(String(64), default="")
+    store_path: Mapped[str] = mapped_column(Text, default="")
+    sent_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 class Lease(Base):

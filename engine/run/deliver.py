@@ -10,7 +10,10 @@
 * send: each delivery result is recorded; a failure keeps the file for
   ``--automaticretrycommunication`` and ``--resend``.
 
-A batch of incoming files is recorded with their outputs in one commit.
+A batch of incoming files is recorded with their outputs in one commit. Each delivery the partner
+accepted is committed to the deliveries journal at once (:meth:`engine.run.tracking.Tracker.journal`),
+so a run that dies before its batch's commit has not lost what it sent: crash recovery records
+those outputs as sent and does not send them again (``delivered`` of :meth:`Deliverer.process`).
 """
 from __future__ import annotations
 
@@ -70,11 +73,14 @@ class Deliverer:
         return route.parts[partno - 1]
 
     # ------------------------------------------------------------------ a batch
-    def process(self, incs: list[InRec], where: dict[str, Any] | None = None) -> None:
+    def process(self, incs: list[InRec], where: dict[str, Any] | None = None,
+                delivered: dict[int, dict[int, OutRec]] | None = None) -> None:
         """Translate recorded incoming files, send their outputs, record both (one commit per batch).
 
         ``where`` (route, part, files_done, files_total of the receiving part) lets a long batch show
-        progress per file (throttled), not only once per batch."""
+        progress per file (throttled), not only once per batch. ``delivered`` (crash recovery: incoming
+        id -> output_no -> record) are outputs a run that died had delivered: they take the place of
+        the outputs made again and are recorded as sent, not sent again."""
         ctx = self.ctx
         for start in range(0, len(incs), BATCH):
             ctx.check_lock()
@@ -83,10 +89,29 @@ class Deliverer:
             for n, inc in enumerate(batch):
                 if where is not None and ctx.wants_progress:
                     ctx.progress(**{**where, "files_done": where["files_done"] + start + n}, phase="process")
-                outs.extend(self.translate(inc))
+                made = self.translate(inc)
+                for no, out in enumerate(made):
+                    out.output_no = no
+                if delivered and inc.id in delivered:
+                    made = self._already_delivered(made, delivered.pop(inc.id))
+                outs.extend(made)
             for out in outs:
-                self.send(out)
-            ctx.tracker.record_processed(batch, outs, ctx.run_id)
+                if out.journal_id is None:      # else delivered by a run that died: recorded, not sent again
+                    self.send(out)
+            ctx.tracker.record_processed(batch, outs, ctx.run_id, ctx.counts.as_dict())
+
+    def _already_delivered(self, made: list[OutRec], delivered: dict[int, OutRec]) -> list[OutRec]:
+        """The outputs of a file made again, those a dead run delivered replaced by its records (what it
+        sent under which name); a delivered output the file no longer makes is recorded all the same."""
+        outs = list(made)
+        for no, old in sorted(delivered.items()):
+            if no < len(outs):
+                if outs[no].store_path != old.store_path and outs[no].store_path.startswith("outfiles/"):
+                    unlink_quietly(self.ctx.botssys / outs[no].store_path)   # made again, not needed
+                outs[no] = old
+            else:
+                outs.append(old)
+        return outs
 
     def resend(self, outs: Sequence[OutRec], count: str | None = None) -> None:
         """Send recorded outgoing files again and record each result (one commit)."""
@@ -94,7 +119,7 @@ class Deliverer:
             return
         for out in outs:
             self.send(out, count)
-        self.ctx.tracker.record_sent(outs)
+        self.ctx.tracker.record_sent(outs, self.ctx.run_id, self.ctx.counts.as_dict())
 
     # ------------------------------------------------------------------ one file
     def translate(self, inc: InRec) -> list[OutRec]:
@@ -184,6 +209,7 @@ class Deliverer:
             ctx.comm_error(out.route, out.filename, str(exc))
             return
         out.commstatus, out.error, out.sent_at = CommStatus.SENT, "", utcnow()
+        ctx.tracker.journal(out, ctx.run_id)    # the partner took it: journaled before anything else happens
         ctx.counts.sent += 1
         if count:
             setattr(ctx.counts, count, getattr(ctx.counts, count) + 1)

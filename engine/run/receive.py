@@ -221,8 +221,9 @@ class _PartReceiver:
     def _record_and_remove(self, ch: Channel, batch: _Batch) -> None:
         ctx = self.ctx
         # recorded (committed), with their removal at the source marked pending
-        ctx.tracker.insert_incoming(batch.recs, [rec for _i, rec in batch.got] if self.remove else (), batch.stale)
         ctx.counts.received += len(batch.got)
+        ctx.tracker.insert_incoming(batch.recs, [rec for _i, rec in batch.got] if self.remove else (), batch.stale,
+                                    ctx.run_id, ctx.counts.as_dict())
         for _item, rec in batch.got:
             if rec.status == InStatus.ERROR:
                 ctx.file_error(self.route, rec.filename, rec.error)

@@ -4,8 +4,11 @@ Recovery is per lane: a run holds its lane's lock, so runs of its lane still rec
 recorded as crashed - never a run of another lane, which may well be running. Incoming files of the
 lane's routes that were ``received`` (archived and recorded, not processed) are processed again
 from the archive; outgoing files still ``pending`` are sent; outputs of an unprocessed file are made
-again. At-least-once: a file may be delivered twice, never lost. When a crashed run was found, the
-managers get a report.
+again. What a dead run delivered is known from the deliveries journal (committed right after each
+partner accepted a file) and is folded into the records first: those outputs are recorded as sent by
+that run and are not sent again. So the only file that can reach a partner twice is the one in
+flight when the run died (accepted by the partner, not yet journaled); nothing is lost. When a
+crashed run was found, the managers get a report.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ def recover(ctx: RunContext, deliverer: Deliverer, crashed: Holder | None) -> No
     for o in left.partial:
         if o.store_path.startswith("outfiles/"):
             unlink_quietly(ctx.botssys / o.store_path)
-    if crashed is None and not left.crashed_runs and not left.incoming and not left.outgoing:
+    if crashed is None and not left.crashed_runs and not left.incoming and not left.outgoing and not left.folded:
         return
     lines = []
     if crashed is not None:
@@ -36,11 +39,14 @@ def recover(ctx: RunContext, deliverer: Deliverer, crashed: Holder | None) -> No
                      f"its process no longer exists or its heartbeat was silent past the grace period.")
     for r in left.crashed_runs:
         lines.append(f"Run {r.id} (started {r.started:%Y-%m-%d %H:%M:%S} UTC, {r.commands}) is recorded as crashed.")
+    if left.folded:
+        lines.append(f"{left.folded} delivery(ies) the partners had accepted were not yet recorded: recorded now as "
+                     f"sent by the run that sent them, not sent again.")
     lines.append(f"{len(left.incoming)} received file(s) not yet processed are processed again from the archive; "
                  f"{len(left.outgoing)} outgoing file(s) not yet sent are sent now.")
     ctx.log.warning("crash recovery: %s", " ".join(lines))
     ctx.progress(force=True, files_done=0, files_total=len(left.incoming) + len(left.outgoing), phase="recover")
-    deliverer.process(left.incoming)
+    deliverer.process(left.incoming, delivered=left.delivered)
     deliverer.resend(left.outgoing)
     ctx.counts.recovered += len(left.incoming) + len(left.outgoing)
     if crashed is None and not left.crashed_runs:

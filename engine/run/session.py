@@ -144,6 +144,7 @@ class RunSession:
         """Close channels, record the end of the run, release the lock; the exit code."""
         ctx = self.ctx
         ctx.channels.close()
+        ctx.tracker.close()
         code = ExitCode.OK if status == RunStatus.OK else ExitCode.RUN_ERRORS
         if ctx.run_id:
             try:

@@ -4,28 +4,37 @@
 their way through a run (the ORM rows cost too much per file). The hot path writes them with
 SQLAlchemy Core in one commit per batch (:meth:`Tracker.tx`): a batch of received files is
 inserted with its pending-removal marks, a batch of processed files is updated together with
-the insert of its outputs.
+the insert of its outputs. Each of those commits also writes the run's counts, so a run that dies
+leaves a record of what it had done.
+
+Between those commits, each delivery the partner accepted is committed at once to the deliveries
+journal (:meth:`Tracker.journal`, table ``deliveries``); the batch's commit deletes the rows it
+records. Crash recovery (:meth:`Tracker.leftovers`) folds the rows of a dead run: at most the file
+in flight is delivered twice.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.sql import ColumnElement
 
 from engine.config.lanes import DEFAULT_LANE
 from engine.db import get_engine, session_scope
-from engine.models import CommStatus, EngineState, Incoming, InStatus, Outgoing, OutStatus, Run, RunStatus, \
-    SourceRemoval, utcnow
+from engine.models import CommStatus, Delivery, EngineState, Incoming, InStatus, Outgoing, OutStatus, Run, \
+    RunStatus, SourceRemoval, utcnow
 
 _IN = Incoming.__table__
 _OUT = Outgoing.__table__
 _SR = SourceRemoval.__table__
+_J = Delivery.__table__
+_RUNS = Run.__table__
+COUNTED = ("received", "processed", "sent", "file_errors", "comm_errors")   # the counts a run record keeps
 _UPDATE_IN = (update(_IN).where(_IN.c.id == bindparam("b_id"))
               .values(status=bindparam("b_status"), error=bindparam("b_error"), updated=bindparam("b_updated"),
                       run_id=bindparam("b_run"), times_processed=bindparam("b_tp"), rereceive=False))
@@ -79,6 +88,8 @@ class OutRec:
     error: str = ""
     sent_at: datetime | None = None
     resend: bool = False
+    output_no: int = 0                  # its place among its incoming file's outputs (0-based)
+    journal_id: int | None = None       # its row in the deliveries journal, until the batch is recorded
 
     @classmethod
     def of(cls, o: Outgoing) -> OutRec:
@@ -93,6 +104,14 @@ class OutRec:
                     store_path=self.store_path, status=_OUT_OK, commstatus=str(self.commstatus),
                     attempts=self.attempts, error=self.error, resend=False, created=now, sent_at=self.sent_at)
 
+    @classmethod
+    def delivered(cls, d: Any) -> OutRec:
+        """The outgoing record of a journaled new output (a ``deliveries`` row): sent by ``d.run_id``."""
+        return cls(run_id=d.run_id, incoming_id=d.incoming_id, route=d.route, part=d.part, channel=d.channel,
+                   filename=d.filename, size=d.size, checksum=d.checksum, store_path=d.store_path,
+                   commstatus=CommStatus.SENT, attempts=1, sent_at=d.sent_at, output_no=d.output_no,
+                   journal_id=d.id)
+
 
 @dataclass
 class Leftovers:
@@ -101,6 +120,9 @@ class Leftovers:
     incoming: list[InRec] = field(default_factory=list)     # received, not processed
     outgoing: list[OutRec] = field(default_factory=list)    # made, not sent
     partial: list[OutRec] = field(default_factory=list)     # outputs of an unprocessed file: made again
+    # new outputs a dead run delivered (journaled, not recorded): incoming id -> output_no -> its record
+    delivered: dict[int, dict[int, OutRec]] = field(default_factory=dict)
+    folded: int = 0                                         # journaled deliveries folded into the records
 
 
 def chunks(seq: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
@@ -108,15 +130,123 @@ def chunks(seq: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
         yield seq[i:i + n]
 
 
+class DeliveryJournal:
+    """The writer of the deliveries journal (table ``deliveries``) for one run: a connection of its
+    own, and one small INSERT and COMMIT per delivered file - the price of "only the file in flight is
+    delivered twice" (BENCHMARKS.md). The statement is compiled once and run on the driver's cursor:
+    per file, SQLAlchemy's execution machinery would cost more than the database's own work.
+
+    On PostgreSQL its commits are asynchronous (``synchronous_commit = off``, this connection only):
+    the server has a row the moment the commit returns, whatever then happens to the engine's process;
+    only a crash of the database server itself can lose its last fraction of a second - as SQLite's
+    ``synchronous = NORMAL`` can on a power loss - and those files are then sent again, never lost.
+    Driver errors are raised as SQLAlchemy's ``DBAPIError`` (a database error of the run, exit 1)."""
+
+    COLUMNS = ("run_id", "outgoing_id", "incoming_id", "output_no", "route", "part", "channel", "filename",
+               "size", "checksum", "store_path", "sent_at")
+
+    def __init__(self, url: str) -> None:
+        engine = get_engine(url)
+        dialect = engine.dialect
+        self._dialect = dialect
+        self._pg = dialect.name == "postgresql"
+        self._returning = dialect.name != "sqlite"         # SQLite: the cursor's lastrowid
+        stmt = insert(_J).values({c: bindparam(c) for c in self.COLUMNS})
+        compiled = (stmt.returning(_J.c.id) if self._returning else stmt).compile(dialect=dialect)
+        self._sql = compiled.string
+        self._order = tuple(compiled.positiontup or ()) if compiled.positional else ()
+        self._procs = [(c, proc) for c in self.COLUMNS
+                       if (proc := _J.c[c].type.dialect_impl(dialect).bind_processor(dialect)) is not None]
+        self._raw = engine.raw_connection()
+        if self._pg:
+            # each INSERT commits by itself: one round trip per delivery, not two (INSERT, COMMIT)
+            self._raw.driver_connection.autocommit = True
+        self._cur = self._raw.cursor()
+        if self._pg:
+            self._run("SET synchronous_commit TO off", None)
+
+    def _run(self, sql: str, params: Any) -> None:
+        try:
+            if params is None:
+                self._cur.execute(sql)
+            else:
+                self._cur.execute(sql, params)
+            if not self._pg:
+                self._raw.commit()
+        except self._dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance(sql, params, exc, self._dialect.loaded_dbapi.Error) from None
+
+    def add(self, run_id: int, out: OutRec) -> int:
+        """Journal ``out`` as delivered by run ``run_id``, committed; the row's id."""
+        values = dict(run_id=run_id, outgoing_id=out.id, incoming_id=out.incoming_id, output_no=out.output_no,
+                      route=out.route, part=out.part, channel=out.channel, filename=out.filename, size=out.size,
+                      checksum=out.checksum, store_path=out.store_path, sent_at=out.sent_at)
+        for c, proc in self._procs:
+            values[c] = proc(values[c])
+        params = tuple(values[c] for c in self._order) if self._order else values
+        try:
+            self._cur.execute(self._sql, params)
+            row_id = self._cur.fetchone()[0] if self._returning else self._cur.lastrowid
+            if not self._pg:
+                self._raw.commit()
+        except self._dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance(self._sql, params, exc, self._dialect.loaded_dbapi.Error) from None
+        return int(row_id)
+
+    def close(self) -> None:
+        """Back to the pool as it came (PostgreSQL: synchronous commits again); a broken connection is dropped."""
+        try:
+            self._raw.rollback()
+            if self._pg:
+                self._run("RESET synchronous_commit", None)
+                self._raw.driver_connection.autocommit = False
+            self._cur.close()
+            self._raw.close()
+        except (SQLAlchemyError, self._dialect.loaded_dbapi.Error):
+            self._raw.invalidate()
+
+
 class Tracker:
     """The tracking database of one environment, as the engine run uses it."""
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self._journal: DeliveryJournal | None = None
 
     def tx(self) -> AbstractContextManager[Connection]:
         """A Core connection in a transaction (commits on success): the hot path skips the ORM."""
         return get_engine(self.url).begin()
+
+    # ------------------------------------------------------------------ the deliveries journal
+    def journal(self, out: OutRec, run_id: int) -> None:
+        """Commit at once that the partner accepted ``out``, delivered by run ``run_id`` (sets
+        ``out.journal_id``): one small insert and commit per delivered file (:class:`DeliveryJournal`)."""
+        if self._journal is None:
+            self._journal = DeliveryJournal(self.url)
+        try:
+            out.journal_id = self._journal.add(run_id, out)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Give back the journal's connection (at the end of a run)."""
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            journal.close()
+
+    @staticmethod
+    def _settle(conn: Connection, outs: Sequence[OutRec], run_id: int | None,
+                counts: Mapping[str, int] | None) -> None:
+        """In a batch's commit: the journal rows of ``outs`` go (their records hold them now) and the run's
+        counts are written, so a run that dies leaves a record of what it had done."""
+        ids = [o.journal_id for o in outs if o.journal_id is not None]
+        for chunk in chunks(ids):
+            conn.execute(delete(_J).where(_J.c.id.in_(list(chunk))))
+        for o in outs:
+            o.journal_id = None
+        if run_id and counts is not None:
+            conn.execute(update(_RUNS).where(_RUNS.c.id == run_id).values(**{k: counts[k] for k in COUNTED}))
 
     # ------------------------------------------------------------------ the run record
     def start_run(self, commands: Sequence[str], routes: Sequence[str], host: str, pid: int,
@@ -166,9 +296,11 @@ class Tracker:
                 row.value = value
 
     # ------------------------------------------------------------------ receiving
-    def insert_incoming(self, recs: list[InRec], removing: Sequence[InRec] = (), stale: Sequence[int] = ()) -> None:
+    def insert_incoming(self, recs: list[InRec], removing: Sequence[InRec] = (), stale: Sequence[int] = (),
+                        run_id: int | None = None, counts: Mapping[str, int] | None = None) -> None:
         """Record incoming files in one commit (their ids are set); ``removing`` (some of ``recs``) are about to
-        be removed at the source, so their removal is marked pending in the same commit; ``stale`` marks go."""
+        be removed at the source, so their removal is marked pending in the same commit; ``stale`` marks go;
+        ``counts`` (:data:`COUNTED`) are written to run ``run_id``'s record in the same commit."""
         if not recs and not stale:
             return
         now = utcnow()
@@ -185,6 +317,7 @@ class Tracker:
                                                 size=r.size, checksum=r.checksum, created=now) for r in removing])
             if stale:
                 conn.execute(delete(_SR).where(_SR.c.id.in_(list(stale))))
+            self._settle(conn, (), run_id, counts)
 
     def pending_removals(self, channel: str) -> list[Any]:
         """Pending-removal marks of ``channel`` (rows: id, incoming_id, filename, size, checksum), oldest first."""
@@ -211,20 +344,27 @@ class Tracker:
                 conn.execute(delete(_SR).where(_SR.c.id.in_(list(mark_ids))))
 
     # ------------------------------------------------------------------ processing and sending
-    def record_processed(self, batch: Sequence[InRec], outs: Sequence[OutRec], run_id: int) -> None:
-        """The new state of processed incoming files and their outputs, in one commit."""
+    def record_processed(self, batch: Sequence[InRec], outs: Sequence[OutRec], run_id: int,
+                         counts: Mapping[str, int] | None = None) -> None:
+        """The new state of processed incoming files and their outputs, in one commit; the outputs' journal
+        rows go and ``counts`` are written to the run's record in the same commit."""
         now = utcnow()
         with self.tx() as conn:
-            conn.execute(_UPDATE_IN, [dict(b_id=i.id, b_status=str(i.status), b_error=i.error, b_updated=now,
-                                           b_run=run_id, b_tp=i.times_processed) for i in batch])
+            if batch:
+                conn.execute(_UPDATE_IN, [dict(b_id=i.id, b_status=str(i.status), b_error=i.error, b_updated=now,
+                                               b_run=run_id, b_tp=i.times_processed) for i in batch])
             if outs:
                 conn.execute(insert(_OUT), [o.row(now) for o in outs])
+            self._settle(conn, outs, run_id, counts)
 
-    def record_sent(self, outs: Sequence[OutRec]) -> None:
-        """The delivery results of recorded outgoing files, in one commit."""
+    def record_sent(self, outs: Sequence[OutRec], run_id: int | None = None,
+                    counts: Mapping[str, int] | None = None) -> None:
+        """The delivery results of recorded outgoing files, in one commit (their journal rows go; ``counts``
+        are written to run ``run_id``'s record)."""
         with self.tx() as conn:
             conn.execute(_UPDATE_OUT, [dict(b_id=o.id, b_comm=str(o.commstatus), b_attempts=o.attempts, b_error=o.error,
                                             b_sent=o.sent_at, b_resend=o.resend) for o in outs])
+            self._settle(conn, outs, run_id, counts)
 
     # ------------------------------------------------------------------ selections
     def incoming(self, *where: ColumnElement[bool]) -> list[InRec]:
@@ -245,6 +385,11 @@ class Tracker:
         the lane's lock) are recorded as crashed with ``crashed_message``; the files of the lane's routes
         they left are found (outputs of a received-but-unprocessed file are deleted: made again).
 
+        The deliveries journal of runs no longer running is folded first, in this commit: a file sent
+        again (a recorded outgoing file) is marked sent; a new output is returned in ``delivered`` (its
+        incoming file is among ``incoming``, to be recorded with it and never sent again); a crashed run's
+        ``sent`` count gains its journaled deliveries (the rest of its counts were written batch by batch).
+
         A lane owns its routes (``lane_routes``); lane default also owns every route not in another lane
         (``other_lanes_routes``: the routes of every other lane), so files of a route removed from the config
         are still finished. A file of a run still running in another lane is never touched (a route moved
@@ -262,9 +407,34 @@ class Tracker:
                                                                   Run.lane == lane)))
             for r in found.crashed_runs:
                 r.status, r.ended, r.message = RunStatus.CRASHED, now, crashed_message
+                # its counts were written with its last batch; what it delivered since is in the journal
+                r.sent = (r.sent or 0) + (s.scalar(select(func.count()).select_from(_J).where(_J.c.run_id == r.id))
+                                          or 0)
+            s.flush()
+            journal = list(s.execute(select(_J).where(owned(_J.c.route, _J.c.run_id), _J.c.run_id != run_id)
+                                     .order_by(_J.c.id)))
+            self._fold_resent(s, [d for d in journal if d.outgoing_id is not None])
+            new = [d for d in journal if d.outgoing_id is None]
+            found.folded = len(journal)
+            journaled_in = sorted({d.incoming_id for d in new if d.incoming_id is not None})
             found.incoming = [InRec.of(i) for i in s.scalars(select(Incoming).where(
                 Incoming.status == InStatus.RECEIVED, owned(Incoming.route, Incoming.run_id)).order_by(Incoming.id))]
+            have = {i.id for i in found.incoming}
+            for chunk in chunks([i for i in journaled_in if i not in have]):
+                # a file the dead run was processing again (rereceive): it is finished the same way
+                found.incoming += [InRec.of(i) for i in s.scalars(select(Incoming).where(Incoming.id.in_(list(chunk))))]
+            found.incoming.sort(key=lambda i: i.id or 0)
             in_ids = {i.id for i in found.incoming}
+            orphans = []
+            for d in new:
+                if d.incoming_id in in_ids:
+                    found.delivered.setdefault(d.incoming_id, {})[d.output_no] = OutRec.delivered(d)
+                else:
+                    orphans.append(OutRec.delivered(d))      # its incoming record is gone: recorded as it is
+            if orphans:
+                s.execute(insert(_OUT), [o.row(now) for o in orphans])
+                for chunk in chunks([o.journal_id for o in orphans]):
+                    s.execute(delete(_J).where(_J.c.id.in_(list(chunk))))
             pending = [OutRec.of(o) for o in s.scalars(select(Outgoing).where(
                 Outgoing.commstatus == CommStatus.PENDING, owned(Outgoing.route, Outgoing.run_id))
                 .order_by(Outgoing.id))]
@@ -273,3 +443,13 @@ class Tracker:
             for chunk in chunks([o.id for o in found.partial]):
                 s.execute(delete(Outgoing).where(Outgoing.id.in_(list(chunk))))
         return found
+
+    @staticmethod
+    def _fold_resent(s: Any, rows: Sequence[Any]) -> None:
+        """Journaled deliveries of recorded outgoing files (sent again by a run that died): marked sent."""
+        for d in rows:
+            s.execute(update(_OUT).where(_OUT.c.id == d.outgoing_id).values(
+                commstatus=str(CommStatus.SENT), error="", resend=False, sent_at=d.sent_at,
+                attempts=_OUT.c.attempts + 1))
+        for chunk in chunks([d.id for d in rows]):
+            s.execute(delete(_J).where(_J.c.id.in_(list(chunk))))
