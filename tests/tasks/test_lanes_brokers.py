@@ -268,9 +268,12 @@ def test_two_workers_on_one_lane_never_overlap(broker, tmp_path, procs):
         procs.append(Server(env, broker, "--lane", "slow", "-n", f"{name}@%h", name=name))
     for p in procs:
         p.wait_ready()
-    env.drop("data/sin/a.edi", "sleep 1.5")
+    # the first run's mapping sleeps longer than bots-job2queue takes to start on a loaded machine,
+    # and the second job is queued once the first run is under way: it must meet a busy lane
+    env.drop("data/sin/a.edi", "sleep 6")
     env.drop("data/sin2/b.edi", "sleep 1.5")
     queue(env, broker, "bots-engine", "--new", "slow")
+    wait_for(lambda: [w for w, *_ in trace(env)] == ["start"], 60, "the first run's mapping to start", procs)
     queue(env, broker, "bots-engine", "--new", "slow2")
     wait_for(lambda: len(lane_runs(cfg, "slow", "ok")) == 2, 60, "both runs", procs)
     first, second = lane_runs(cfg, "slow")
