@@ -314,11 +314,15 @@ def run_bots_engine(cfg: Config, commands: Sequence[str] = ("new",), routes: Seq
     return BotsEngineRun(cfg, commands, routes, log, label, echo).execute()
 
 
-def locked_wait_seconds(attempt: int, first: float = 1.0, longest: float = 60.0) -> float:
+LOCKED_WAIT_LONGEST = 60.0      # seconds: the longest wait between two tries of a job that finds Bots locked
+
+
+def locked_wait_seconds(attempt: int, first: float = 1.0, longest: float = LOCKED_WAIT_LONGEST) -> float:
     """Seconds to wait before the ``attempt``-th try (1-based) of a job that found Bots locked:
     ``first`` doubling up to ``longest`` - a manual Bots run is seldom long, a recovering one may be."""
     return min(longest, first * (2 ** max(0, attempt - 1)))
 
 
-__all__ = ["run_bots_engine", "BotsResult", "bots_argv", "check_bots_engine", "locked_wait_seconds", "TAIL_LINES",
+__all__ = ["run_bots_engine", "BotsResult", "bots_argv", "check_bots_engine", "locked_wait_seconds",
+           "LOCKED_WAIT_LONGEST", "TAIL_LINES",
            "SUMMARY_LINES", "UNKNOWN_ROUTE"]

@@ -33,6 +33,7 @@ from celery import Celery
 from celery.app.amqp import AMQP
 from celery.signals import before_task_publish, task_failure, task_revoked, worker_init, worker_process_init, worker_ready
 
+from engine.botsengine import LOCKED_WAIT_LONGEST
 from engine.config import Config, load_config
 from engine.log import redact
 from tasks import priority as prio
@@ -59,8 +60,12 @@ def transport_options(cfg: Config) -> dict[str, Any]:
 
 def settings(cfg: Config) -> dict[str, Any]:
     hard = cfg.jobqueue.hardtimelimit * 60 or None
-    if hard and cfg.engine.is_bots:     # the Bots child is ended by botsq first, and recorded (engine.botsengine)
-        hard += cfg.engine.grace + 30
+    if hard and cfg.engine.is_bots:
+        # botsq ends the Bots child itself at the limit, and records it (engine.botsengine); before that a
+        # job that finds Bots locked tries again for up to maxruntime, plus one last wait
+        # (tasks.executors.run_bots_job). Celery's limit is only the net under both: it must not end a
+        # job that is waiting for Bots, nor come before botsq's own SIGTERM/SIGKILL of the child.
+        hard += cfg.settings.maxruntime * 60 + LOCKED_WAIT_LONGEST + cfg.engine.grace + 30
     return {
         "broker_url": cfg.jobqueue.broker,
         "broker_transport_options": transport_options(cfg),

@@ -242,7 +242,9 @@ def _execute(task: Task, cfg: Config, job: Job, log: logging.Logger, t0: float) 
     elapsed = time.monotonic() - t0
     # an engine run that ended in a system error (a Bots engine's exit 1, an unknown route) is a failed job
     failed = job.task == ENGINE_TASK and result.get("exit_code") == ExitCode.SYSTEM
-    _finish(cfg, task_id, JobState.FAILED if failed else JobState.DONE, result["message"], log)
+    # a job that waited maxruntime for a locked Bots engine and stopped trying ran nothing: not "done"
+    state = JobState.GAVE_UP if result.get("gave_up") else JobState.FAILED if failed else JobState.DONE
+    _finish(cfg, task_id, state, result["message"], log)
     level = log.info if result.get("exit_code") in (0, None) else log.warning
     level("finished %s after %.1f s: %s (exit %s)", task_id, elapsed, result["message"], result.get("exit_code"))
     result["elapsed"] = round(elapsed, 3)

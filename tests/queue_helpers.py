@@ -164,8 +164,9 @@ def ended(env: Env, name: str = "order.log") -> list[str]:
     return [n for what, n, _t in events(env, name) if what == "end"]
 
 
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, worker: "Worker | None" = None) -> Any:
-    """:func:`e2e_procs.wait_for`, failing at once (with its output) if ``worker`` exits."""
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, worker: Proc | None = None) -> Any:
+    """:func:`e2e_procs.wait_for`, failing at once (with its output) if ``worker`` (or another
+    process: a monitor) exits."""
     return _wait_for(pred, timeout, what, [worker] if worker is not None else [])
 
 

@@ -1,7 +1,8 @@
 """``[engine] kind = bots`` through real workers on RabbitMQ and Redis: a queued job runs the Bots
 stand-in (tests/bots_standin.py) as a child; Bots locked (exit 3) waits and runs again; an unknown
-route is a failed job; a killed pool process leaves no orphan and the job runs again; a warm shutdown
-lets the child finish; a worker whose Bots engine cannot start refuses to start."""
+route is a failed job; a killed pool process leaves no orphan and the job runs again; ``botsq status``
+shows the engine kind and whether its command can start; a warm shutdown lets the child finish; a
+worker whose Bots engine cannot start refuses to start."""
 from __future__ import annotations
 
 import os
@@ -142,6 +143,35 @@ def test_worker_refuses_to_start_when_the_bots_command_is_not_found(bq, tmp_path
     out = w.output()
     assert code == 1, out[-2000:]
     assert "[engine] command: /nonexistent/bin/bots-engine: not found" in out
+
+
+def test_botsq_status_shows_the_bots_engine_and_its_health(bq, tmp_path):
+    import json
+    import shlex
+
+    from bots_helpers import STANDIN_COMMAND
+    r = botsq(bq.env, bq.broker, "status")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"  engine    ok    bots: {shlex.join(shlex.split(STANDIN_COMMAND))}\n" in r.stdout, r.stdout
+    assert re.search(r"^  worker    ok    \S+ \(queues: engine", r.stdout, re.M), r.stdout
+    r = botsq(bq.env, bq.broker, "status", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["engine"] == {"kind": "bots", "command": shlex.join(shlex.split(STANDIN_COMMAND)),
+                                "healthy": True, "problem": None}
+    assert report["healthy"] and report["workers"]["ok"]
+    # the same queue and worker, but a config whose Bots engine cannot start: unhealthy, exit 1, one line
+    script = tmp_path / "bots-engine"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)
+    bad = Env(tmp_path / "bad").write(bots_queue_ini(bq.broker, command=str(script)))
+    r = botsq(bad, bq.broker, "status")
+    problem = f"[engine] command: {script}: not executable"
+    assert r.returncode == 1 and re.search(rf"^  engine    FAIL  bots: .*{re.escape(problem)}$", r.stdout, re.M), \
+        r.stdout + r.stderr
+    report = json.loads(botsq(bad, bq.broker, "status", "--json").stdout)
+    assert report["engine"]["healthy"] is False and report["engine"]["problem"].endswith(problem)
+    assert report["engine"]["problem"] in report["problems"] and not report["healthy"]
 
 
 def test_warm_shutdown_lets_the_child_finish(bq):

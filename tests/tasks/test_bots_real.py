@@ -20,7 +20,8 @@ translate a file the test drops; then, with Bots' port held by the test (Bots ex
 engine runs"), a second job is tried, waits, and runs once the port is free; botsq records each try
 (``botsq runs --json``). botsq's own ``bots-engine -c DIR`` runs the route directly - also with
 Bots' own config dir (a copy) as botsq's, ``[engine]`` added - and a route Bots does not know
-(Bots: CRITICAL, exit 0) is exit 1.
+(Bots: CRITICAL, exit 0) is exit 1. ``bots-dirmonitor`` with a Bots ``[dirmonitor1]`` section on the
+route's in-folder queues the route when the test drops a file there, and Bots translates it.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import Env
+from e2e_procs import dirmonitor
 from queue_helpers import Worker, botsq, job2queue, wait_for
 
 ENGINE_VAR, CONFIG_VAR, ROUTE_VAR = "BOTSQ_TEST_BOTS_ENGINE", "BOTSQ_TEST_BOTS_CONFIG", "BOTSQ_TEST_BOTS_ROUTE"
@@ -316,3 +318,45 @@ def test_bots_own_config_dir_with_the_engine_lines_added_is_a_botsq_config_dir(
     r = Env(tmp_path).run(site.route, timeout=RUN_TIMEOUT)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert len(site.bots.translated(tag)) == 1
+
+
+def test_a_bots_dirmonitor_section_queues_the_route_and_bots_translates_the_file(
+        site: SimpleNamespace, tmp_path: Path) -> None:
+    # Bots' own [dirmonitorN] keys (path, filemask, recursive, route) on the route's in-folder, in a
+    # botsq config dir of its own (no routes.toml): bots-dirmonitor queues the route, the worker runs Bots.
+    env = Env(tmp_path).write(textwrap.dedent(f"""
+        [settings]
+        maxruntime = 10
+        whencleanup = never
+
+        [engine]
+        kind = bots
+        command = {BOTS_ENGINE}
+        configdir = {site.bots.configdir}
+
+        [jobqueue]
+        enabled = True
+        broker = {site.broker}
+
+        [dirmonitor]
+        process_existing = True
+
+        [dirmonitor1]
+        path = {site.bots.indir}
+        filemask = {site.bots.inmask}
+        recursive = False
+        route = {site.route}
+        """))
+    site.bots.indir.mkdir(parents=True, exist_ok=True)
+    monitor = dirmonitor(env.root, env.configdir, site.broker)
+    try:
+        hb = env.root / "botssys" / "dirmonitor.heartbeat"
+        wait_for(lambda: hb.exists() and json.loads(hb.read_text())["state"] == "running", 30, "the monitor",
+                 monitor)
+        tag = site.bots.drop_order()
+        wait_for(lambda: site.bots.translated(tag), RUN_TIMEOUT, f"Bots to translate order {tag} the monitor saw",
+                 site.worker)
+    finally:
+        monitor.stop()
+    log = (env.root / "botssys" / "logging" / "dirmonitor.log").read_text()
+    assert f"route {site.route}: 1 file(s) ready; job" in log, log[-2000:]

@@ -311,6 +311,19 @@ def test_app_settings(env, monkeypatch):
     assert settings(env.config())["broker_transport_options"] == {"confirm_publish": True}
 
 
+def test_celery_time_limit_with_a_bots_engine_lets_a_locked_job_wait_maxruntime(env):
+    """Celery's hard limit is only a net under botsq's own: a Bots job may wait for a locked Bots up to
+    maxruntime plus one last wait, then run its child up to hardtimelimit and the grace."""
+    from bots_helpers import engine_section
+    from engine.botsengine import LOCKED_WAIT_LONGEST
+    from tasks.celeryapp import settings
+
+    ini = env.configdir / "bots.ini"
+    ini.write_text(ini.read_text().replace("maxruntime = 60", "maxruntime = 2").replace(
+        "[jobqueue]\n", "[jobqueue]\nhardtimelimit = 0.5\n") + engine_section(extra="grace = 5"))
+    assert settings(env.config())["task_time_limit"] == 30 + 2 * 60 + LOCKED_WAIT_LONGEST + 5 + 30
+
+
 def test_maxruntime_overrun_is_logged_and_reported_once_for_commands(env, monkeypatch):
     import logging
 
