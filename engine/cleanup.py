@@ -2,7 +2,8 @@
 
 Called by ``bots-engine --cleanup`` and automatically by the first run of a day when
 ``whencleanup = daily``. Day folders (``botssys/data/YYYYMMDD``, ``botssys/outfiles/YYYYMMDD``)
-are removed whole; leftover temporary files of interrupted fetches go too.
+are removed whole; leftover `.tmp-` files of interrupted fetches (botsq before it archived under
+the final name) go too.
 """
 from __future__ import annotations
 

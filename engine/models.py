@@ -147,7 +147,9 @@ class Outgoing(Base):
     checksum: Mapped[str] = mapped_column(String(64), default="")
     store_path: Mapped[str] = mapped_column(Text)                  # content under botssys, relative
     status: Mapped[str] = mapped_column(String(20), default=OutStatus.OK)
-    commstatus: Mapped[str] = mapped_column(String(20), default=CommStatus.PENDING, index=True)
+    # no index of its own: ix_outgoing_comm_id (commstatus, id) below serves every filter on it, and each
+    # index is one more b-tree insert per delivered file (databases made before keep theirs, unused)
+    commstatus: Mapped[str] = mapped_column(String(20), default=CommStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
     resend: Mapped[bool] = mapped_column(Boolean, default=False, index=True)

@@ -10,10 +10,10 @@ reader never sees half a file. A missing or unwritable out folder is a communica
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import os
-import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +35,38 @@ def holds(folder: str, path: str, mask: str) -> bool:
     that folder - the channel never reads sub-folders - and :func:`takes` it."""
     parent, name = os.path.split(path)
     return parent == folder and takes(name, mask)
+
+
+def copy_file(src: str | os.PathLike[str], dst: str) -> None:
+    """Copy the regular file ``src`` to ``dst`` (created or truncated, mode 0o666 less the umask), in the
+    kernel (``sendfile``; a read/write loop where the file system has none). Raises OSError.
+
+    What ``shutil.copyfile`` does without its checks for the same file and for FIFOs (four ``stat``
+    calls a file): ``src`` is content botsq stored itself and ``dst`` a fresh temporary name, so the
+    checks find nothing; per file that is most of the system calls of a small file's copy."""
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            done = 0
+            try:
+                while done < size:
+                    n = os.sendfile(out, fd, done, size - done)
+                    if n == 0:          # shorter than it was a moment ago: never a silently short copy
+                        raise OSError(errno.EIO, "file shrank while being copied")
+                    done += n
+            except OSError as exc:
+                if done or exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                while chunk := os.read(fd, _CHUNK):     # no sendfile between these file systems
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(out, view):]
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)
 
 
 def _reason(exc: OSError) -> str:
@@ -127,7 +159,7 @@ class FileChannel(Channel):
         target = os.path.join(folder, filename)
         tmp = os.path.join(folder, f".{filename[:180]}.{os.getpid()}.tmp")
         try:
-            shutil.copyfile(src, tmp)
+            copy_file(src, tmp)
             os.replace(tmp, target)
         except OSError as exc:
             try:

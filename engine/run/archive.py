@@ -1,9 +1,13 @@
 """The archive on disk: received files under ``botssys/data/YYYYMMDD/``, flushed per batch.
 
-A received file is written under a temporary name (``.tmp-<run>-<n>``), checksummed, renamed
-to ``<run>-<n>``, and the whole batch is flushed to disk with one ``syncfs`` before any of its
-sources is removed - one flush per batch, not per file, is what keeps the engine near the
-plain copy's speed (BENCHMARKS.md).
+A received file is written straight under its archive name ``<run>-<n>`` and checksummed, and
+the whole batch is flushed to disk with one ``syncfs`` before it is recorded and any of its
+sources is removed - one flush per batch, not per file, is what keeps the engine near the plain
+copy's speed (BENCHMARKS.md). There is no temporary name: an archived file counts only once its
+record is committed, so a file cut short by a crash is one no record names (like the batch's
+complete files fetched before the crash), and its source is still at the partner for the next
+run. Such leftovers go with their day folder after ``maxdays``; ``.tmp-`` files of older
+versions are removed by cleanup.
 """
 from __future__ import annotations
 

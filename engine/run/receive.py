@@ -1,10 +1,10 @@
 """Receiving one route part: list the in-channel (its complete files only: :mod:`engine.readiness`),
 then batch by batch fetch -> archive -> record -> remove at the source -> deliver.
 
-No file is lost: each file is fetched to a temporary name in the archive, checksummed and
-renamed; the batch is flushed to disk once (:func:`engine.run.archive.syncfs`) and recorded in
-one commit together with its pending-removal marks; only then are the sources removed
-(``remove = true``). A file whose earlier removal failed is recognised by its mark and only
+No file is lost: each file is fetched into the archive under its archive name and checksummed
+(no temporary name: an archived file counts only once its record is committed); the batch is
+flushed to disk once (:func:`engine.run.archive.syncfs`) and recorded in one commit together
+with its pending-removal marks; only then are the sources removed (``remove = true``). A file whose earlier removal failed is recognised by its mark and only
 removed (:mod:`engine.run.removal`). A file that cannot be fetched is recorded as a
 communication error and stays at the partner; after MAX_FETCH_FAILURES failures in a row the
 rest of the channel waits for the next run (a refusal of one file, ``Refused``, is that file's and
@@ -13,7 +13,6 @@ does not count towards them; a file gone since the listing, ``FileGone``, is nob
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -152,13 +151,17 @@ class _PartReceiver:
                 break
             name = safe_name(item.name)
             base = ctx.next_archive_name()
-            tmp = f"{adir}/.tmp-{base}"
+            # fetched straight under its archive name, no temporary name and rename: an archived file
+            # counts only once its record is committed (after the batch's flush), so a file cut short
+            # by a crash is in the same state as the batch's complete ones fetched before it - a file
+            # no record names, its source still at the partner and fetched again by the next run
+            dest = f"{adir}/{base}"
             try:
-                fetched = ch.fetch(item, Path(tmp))
+                fetched = ch.fetch(item, Path(dest))
             except ConfigError:
                 raise
             except Exception as exc:  # noqa: BLE001 - whatever a channel raises is a communication error
-                batch.stop = self._fetch_failed(exc, item, name, tmp, batch)
+                batch.stop = self._fetch_failed(exc, item, name, dest, batch)
                 if batch.stop:
                     break
                 continue
@@ -168,12 +171,11 @@ class _PartReceiver:
                              files_total=self.total, phase="receive")
             try:
                 # a channel may hand back (size, sha256) it computed while copying; else read it back
-                size, checksum = fetched if isinstance(fetched, tuple) and len(fetched) == 2 else digest(tmp)
-                if self._received_before(item, name, size, checksum, tmp, batch):
+                size, checksum = fetched if isinstance(fetched, tuple) and len(fetched) == 2 else digest(dest)
+                if self._received_before(item, name, size, checksum, dest, batch):
                     continue
-                os.replace(tmp, f"{adir}/{base}")
             except OSError as exc:
-                unlink_quietly(tmp)
+                unlink_quietly(dest)
                 raise ConfigError(f"{ctx.cfg.directories.archive}: cannot write the archive: "
                                   f"{exc.strerror or exc}") from None
             error = input_error(size, self.maxsize)

@@ -37,7 +37,15 @@ _RUNS = Run.__table__
 COUNTED = ("received", "processed", "sent", "file_errors", "comm_errors")   # the counts a run record keeps
 _UPDATE_IN = (update(_IN).where(_IN.c.id == bindparam("b_id"))
               .values(status=bindparam("b_status"), error=bindparam("b_error"), updated=bindparam("b_updated"),
-                      run_id=bindparam("b_run"), times_processed=bindparam("b_tp"), rereceive=False))
+                      run_id=bindparam("b_run"), times_processed=bindparam("b_tp"), rereceive=bindparam("b_rr")))
+_IN_COLUMNS = ("run_id", "route", "part", "channel", "filename", "size", "checksum", "archive_path", "status", "error",
+               "rereceive", "times_processed", "created", "updated")
+_INSERT_IN = insert(_IN).values({c: bindparam(c) for c in _IN_COLUMNS})
+_OUT_COLUMNS = ("run_id", "incoming_id", "route", "part", "channel", "filename", "size", "checksum", "store_path",
+                "status", "commstatus", "attempts", "error", "resend", "created", "sent_at")
+_INSERT_OUT = insert(_OUT).values({c: bindparam(c) for c in _OUT_COLUMNS})
+_SR_COLUMNS = ("incoming_id", "channel", "filename", "size", "checksum", "created")
+_INSERT_SR = insert(_SR).values({c: bindparam(c) for c in _SR_COLUMNS})
 _UPDATE_OUT = (update(_OUT).where(_OUT.c.id == bindparam("b_id"))
                .values(commstatus=bindparam("b_comm"), attempts=bindparam("b_attempts"), error=bindparam("b_error"),
                        sent_at=bindparam("b_sent"), resend=bindparam("b_resend")))
@@ -130,6 +138,106 @@ def chunks(seq: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
         yield seq[i:i + n]
 
 
+class DriverStatement:
+    """A Core statement compiled once for a dialect and run on the driver's cursor, with its bind
+    processors applied by hand: the hot path's batch statements (a few per 250 files) and the
+    journal's insert (one per file). Through ``Connection.execute`` SQLAlchemy builds and processes
+    each row's parameters anew, which cost more than the database's own work (BENCHMARKS.md
+    "Engine throughput"). The statement must bind every value by name (``bindparam``), no literals.
+
+    Run inside a Core transaction (:meth:`Tracker.tx`) it takes part in it: the driver cursor is the
+    transaction's own connection's. Driver errors are raised as SQLAlchemy's ``DBAPIError``, as
+    ``Connection.execute`` would raise them (a database error of the run, exit 1)."""
+
+    def __init__(self, stmt: Any, dialect: Any, returning: Any = None) -> None:
+        self._dialect = dialect
+        # SQLite gives a row's id as the cursor's lastrowid; PostgreSQL with RETURNING
+        self.returns_ids = returning is not None and dialect.name != "sqlite"
+        compiled = (stmt.returning(returning) if self.returns_ids else stmt).compile(dialect=dialect)
+        self.sql: str = compiled.string
+        self._names = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.binds)
+        self._positional = bool(compiled.positional)
+        self._last: dict[int, tuple[Any, Any]] = {}         # position -> (last value, processed)
+        self._procs = [(i, name, proc) for i, name in enumerate(self._names)
+                       if (proc := compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+                       is not None]
+
+    def params(self, values: Mapping[str, Any]) -> Any:
+        """Driver parameters of one row (``values``: every bind name -> its Python value)."""
+        if self._positional:
+            row = [values[n] for n in self._names]
+            for i, _name, proc in self._procs:
+                row[i] = self._processed(i, proc, row[i])
+            return tuple(row)
+        out = {n: values[n] for n in self._names}
+        for i, name, proc in self._procs:
+            out[name] = self._processed(i, proc, out[name])
+        return out
+
+    def _processed(self, i: int, proc: Any, value: Any) -> Any:
+        # the rows of a batch share one timestamp object (SQLite's DateTime processor formats it
+        # into a string, a few microseconds each time): processed once, not once per row
+        last = self._last.get(i)
+        if last is not None and last[0] is value:
+            return last[1]
+        done = proc(value)
+        if value is not None:
+            self._last[i] = (value, done)
+        return done
+
+    def _error(self, exc: Exception, params: Any) -> DBAPIError:
+        return DBAPIError.instance(self.sql, params, exc, self._dialect.loaded_dbapi.Error)
+
+    def run_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run the statement once per row in ``conn``'s transaction (the driver's executemany)."""
+        if not rows:
+            return
+        params = [self.params(r) for r in rows]
+        cur = conn.connection.cursor()
+        try:
+            cur.executemany(self.sql, params)
+        except self._dialect.loaded_dbapi.Error as exc:
+            raise self._error(exc, params[:1]) from None
+        finally:
+            cur.close()
+
+    def insert_ids(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Insert ``rows`` in ``conn``'s transaction; the new rows' ids, in the order of ``rows``
+        (the statement was made with ``returning`` the id column)."""
+        if not rows:
+            return []
+        params = [self.params(r) for r in rows]
+        cur = conn.connection.cursor()
+        try:
+            if self.returns_ids:         # psycopg: one result set per row, in order
+                cur.executemany(self.sql, params, returning=True)
+                ids = []
+                while True:
+                    ids.append(int(cur.fetchone()[0]))
+                    if not cur.nextset():
+                        break
+                return ids
+            ids = []
+            for p in params:            # sqlite3: no rows back from executemany; a cached statement per row
+                cur.execute(self.sql, p)
+                ids.append(int(cur.lastrowid))
+            return ids
+        except self._dialect.loaded_dbapi.Error as exc:
+            raise self._error(exc, params[:1]) from None
+        finally:
+            cur.close()
+
+
+class DriverStatements:
+    """The hot path's statements for one database (compiled at the first use in a process)."""
+
+    def __init__(self, dialect: Any) -> None:
+        self.insert_in = DriverStatement(_INSERT_IN, dialect, returning=_IN.c.id)
+        self.insert_sr = DriverStatement(_INSERT_SR, dialect)
+        self.insert_out = DriverStatement(_INSERT_OUT, dialect)
+        self.update_in = DriverStatement(_UPDATE_IN, dialect)
+
+
 class DeliveryJournal:
     """The writer of the deliveries journal (table ``deliveries``) for one run: a connection of its
     own, and one small INSERT and COMMIT per delivered file - the price of "only the file in flight is
@@ -150,13 +258,8 @@ class DeliveryJournal:
         dialect = engine.dialect
         self._dialect = dialect
         self._pg = dialect.name == "postgresql"
-        self._returning = dialect.name != "sqlite"         # SQLite: the cursor's lastrowid
-        stmt = insert(_J).values({c: bindparam(c) for c in self.COLUMNS})
-        compiled = (stmt.returning(_J.c.id) if self._returning else stmt).compile(dialect=dialect)
-        self._sql = compiled.string
-        self._order = tuple(compiled.positiontup or ()) if compiled.positional else ()
-        self._procs = [(c, proc) for c in self.COLUMNS
-                       if (proc := _J.c[c].type.dialect_impl(dialect).bind_processor(dialect)) is not None]
+        self._stmt = DriverStatement(insert(_J).values({c: bindparam(c) for c in self.COLUMNS}), dialect,
+                                     returning=_J.c.id)
         self._raw = engine.raw_connection()
         if self._pg:
             # each INSERT commits by itself: one round trip per delivery, not two (INSERT, COMMIT)
@@ -178,19 +281,17 @@ class DeliveryJournal:
 
     def add(self, run_id: int, out: OutRec) -> int:
         """Journal ``out`` as delivered by run ``run_id``, committed; the row's id."""
-        values = dict(run_id=run_id, outgoing_id=out.id, incoming_id=out.incoming_id, output_no=out.output_no,
-                      route=out.route, part=out.part, channel=out.channel, filename=out.filename, size=out.size,
-                      checksum=out.checksum, store_path=out.store_path, sent_at=out.sent_at)
-        for c, proc in self._procs:
-            values[c] = proc(values[c])
-        params = tuple(values[c] for c in self._order) if self._order else values
+        params = self._stmt.params(dict(
+            run_id=run_id, outgoing_id=out.id, incoming_id=out.incoming_id, output_no=out.output_no, route=out.route,
+            part=out.part, channel=out.channel, filename=out.filename, size=out.size, checksum=out.checksum,
+            store_path=out.store_path, sent_at=out.sent_at))
         try:
-            self._cur.execute(self._sql, params)
-            row_id = self._cur.fetchone()[0] if self._returning else self._cur.lastrowid
+            self._cur.execute(self._stmt.sql, params)
+            row_id = self._cur.fetchone()[0] if self._stmt.returns_ids else self._cur.lastrowid
             if not self._pg:
                 self._raw.commit()
         except self._dialect.loaded_dbapi.Error as exc:
-            raise DBAPIError.instance(self._sql, params, exc, self._dialect.loaded_dbapi.Error) from None
+            raise DBAPIError.instance(self._stmt.sql, params, exc, self._dialect.loaded_dbapi.Error) from None
         return int(row_id)
 
     def close(self) -> None:
@@ -212,6 +313,14 @@ class Tracker:
     def __init__(self, url: str) -> None:
         self.url = url
         self._journal: DeliveryJournal | None = None
+        self._statements: DriverStatements | None = None
+
+    @property
+    def statements(self) -> DriverStatements:
+        """The hot path's batch statements, compiled for this database once per run."""
+        if self._statements is None:
+            self._statements = DriverStatements(get_engine(self.url).dialect)
+        return self._statements
 
     def tx(self) -> AbstractContextManager[Connection]:
         """A Core connection in a transaction (commits on success): the hot path skips the ORM."""
@@ -307,14 +416,12 @@ class Tracker:
         rows = [dict(run_id=r.run_id, route=r.route, part=r.part, channel=r.channel, filename=r.filename, size=r.size,
                      checksum=r.checksum, archive_path=r.archive_path, status=str(r.status), error=r.error,
                      rereceive=False, times_processed=0, created=now, updated=now) for r in recs]
+        st = self.statements
         with self.tx() as conn:
-            if rows:
-                result = conn.execute(insert(_IN).returning(_IN.c.id, sort_by_parameter_order=True), rows)
-                for rec, row in zip(recs, result):
-                    rec.id = row[0]
-            if removing:
-                conn.execute(insert(_SR), [dict(incoming_id=r.id, channel=r.channel, filename=r.filename,
-                                                size=r.size, checksum=r.checksum, created=now) for r in removing])
+            for rec, new_id in zip(recs, st.insert_in.insert_ids(conn, rows)):
+                rec.id = new_id
+            st.insert_sr.run_many(conn, [dict(incoming_id=r.id, channel=r.channel, filename=r.filename, size=r.size,
+                                              checksum=r.checksum, created=now) for r in removing])
             if stale:
                 conn.execute(delete(_SR).where(_SR.c.id.in_(list(stale))))
             self._settle(conn, (), run_id, counts)
@@ -349,12 +456,11 @@ class Tracker:
         """The new state of processed incoming files and their outputs, in one commit; the outputs' journal
         rows go and ``counts`` are written to the run's record in the same commit."""
         now = utcnow()
+        st = self.statements
         with self.tx() as conn:
-            if batch:
-                conn.execute(_UPDATE_IN, [dict(b_id=i.id, b_status=str(i.status), b_error=i.error, b_updated=now,
-                                               b_run=run_id, b_tp=i.times_processed) for i in batch])
-            if outs:
-                conn.execute(insert(_OUT), [o.row(now) for o in outs])
+            st.update_in.run_many(conn, [dict(b_id=i.id, b_status=str(i.status), b_error=i.error, b_updated=now,
+                                              b_run=run_id, b_tp=i.times_processed, b_rr=False) for i in batch])
+            st.insert_out.run_many(conn, [o.row(now) for o in outs])
             self._settle(conn, outs, run_id, counts)
 
     def record_sent(self, outs: Sequence[OutRec], run_id: int | None = None,

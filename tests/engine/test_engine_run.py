@@ -146,6 +146,40 @@ def test_outgoing_written_under_temporary_name_then_renamed(env, monkeypatch):
     assert [p.name for p in env.path("data/out").iterdir()] == ["a.edi"]
 
 
+def test_copy_file_copies_whole_content_in_the_kernel_or_by_read_and_write(tmp_path, monkeypatch):
+    import errno
+
+    import engine.channels.file as fc
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    data = bytes(range(256)) * 9000                     # > 2 MB: more than one read in the fallback loop
+    src.write_bytes(data)
+    dst.write_bytes(b"x" * (len(data) + 100))           # an older, longer file is replaced whole
+    fc.copy_file(src, str(dst))
+    assert dst.read_bytes() == data
+    # a file system without sendfile: the read/write loop
+    def no_sendfile(*a):
+        raise OSError(errno.EINVAL, "Invalid argument")
+    monkeypatch.setattr(fc.os, "sendfile", no_sendfile)
+    dst.unlink()
+    fc.copy_file(src, str(dst))
+    assert dst.read_bytes() == data
+
+
+def test_copy_file_never_makes_a_short_copy_of_a_file_that_shrank(tmp_path, monkeypatch):
+    import engine.channels.file as fc
+    src = tmp_path / "src"
+    src.write_bytes(b"0123456789")
+    real_fstat = os.fstat
+
+    class Bigger:
+        def __init__(self, st):
+            self.st_size = st.st_size + 5               # listed bigger than what is there now
+
+    monkeypatch.setattr(fc.os, "fstat", lambda fd: Bigger(real_fstat(fd)))
+    with pytest.raises(OSError, match="shrank"):
+        fc.copy_file(src, str(tmp_path / "dst"))
+
+
 # --------------------------------------------------------------------------- bad input
 
 def test_empty_and_too_large_files_are_file_errors_and_the_run_goes_on(env):
@@ -287,10 +321,10 @@ def test_output_folder_not_writable_is_communication_error(env, monkeypatch):
     env.path("data/out").mkdir(parents=True)
     import engine.channels.file as fc
 
-    def copyfile(src, dst, *a, **kw):
+    def copy_file(src, dst):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(fc.shutil, "copyfile", copyfile)
+    monkeypatch.setattr(fc, "copy_file", copy_file)
     cfg = env.config()
     res = run_engine(cfg)
     assert res.exit_code == 2 and res.counts["comm_errors"] == 1
