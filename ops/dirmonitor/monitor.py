@@ -60,8 +60,8 @@ class Monitor:
             if not self.watching.watch(w):
                 raise UsageError(f"{self.cfg.ini_path}: [{w.mon.name}] path: cannot watch {w.root}")
             kind = "polling" if w.mon.polling else "inotify"
-            self.log.info("[%s] watching %s for %s -> route %s (priority %d, debounce %.2f s, %s)",
-                          w.mon.name, w.root, w.mon.filemask,
+            self.log.info("[%s] watching %s%s for %s -> route %s (priority %d, debounce %.2f s, %s)",
+                          w.mon.name, w.root, " (recursive)" if w.readers.recursive else "", w.mon.filemask,
                           w.mon.route or "(default run)", w.mon.priority, w.mon.debounce, kind)
         for w in self.watches:
             n = self.arrivals.rescan(w, now)
