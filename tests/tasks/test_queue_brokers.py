@@ -268,6 +268,53 @@ def test_malformed_messages_are_rejected_with_a_logged_reason(q):
     assert q.worker.alive() and run_after(q, busy.name) == [f"after-{tag}"]
 
 
+def test_refused_messages_are_one_line_on_the_console_too(q):
+    """A refused job (unknown route, bad kwargs, a command not in the list) is one line on the
+    worker's console as in jobqueue.log - no Celery ``Reject`` traceback."""
+    tag = uuid.uuid4().hex[:4]
+    offset = len(q.worker.output())
+    with Busy(q):
+        for task, kwargs in (("bots.engine", {"commands": ["new"], "routes": [f"nosuch{tag}"]}),
+                             ("bots.engine", {"commands": ["new"], "bogus": tag}),
+                             ("bots.command", {"name": f"notlisted{tag}"})):
+            r = celery_call(q.env, q.broker, task, kwargs)
+            assert r.returncode == 0, r.stderr
+        assert submit(q, ["rec", f"after-{tag}"], 9) == "added"
+    wait_done(q, [f"after-{tag}"])
+    console = q.worker.output()[offset:]
+    assert f"unknown route 'nosuch{tag}'" in console and "unknown argument(s) 'bogus'" in console
+    assert f"command 'notlisted{tag}' is not in [jobqueue.commands]" in console
+    assert "Traceback" not in console and "Reject(" not in console, console
+    assert sum("rejected" in line for line in console.splitlines()) == 3, console
+
+
+def test_a_job_of_another_config_dir_is_refused_and_runs_nothing_of_it(q, tmp_path):
+    """Whoever can publish to the broker cannot pick the bots.ini a job runs with: a job naming a
+    config dir other than the worker's (not in its [jobqueue] configdirs) is refused in one line."""
+    tag = uuid.uuid4().hex[:4]
+    mark = tmp_path / "pwned"
+    evil = make_queue_env(tmp_path / "evil", q.broker,
+                          commands=f"x{tag} = {sys.executable} -c \"open({str(mark)!r}, 'w')\"")
+    offset = len(q.worker.output())
+    with Busy(q):
+        for task, kwargs in (("bots.command", {"name": f"x{tag}", "configdir": str(evil.configdir)}),
+                             ("bots.command", {"name": "rec", "args": [f"evil-{tag}"],
+                                               "configdir": str(evil.configdir)}),
+                             ("bots.engine", {"commands": ["new"], "configdir": str(evil.configdir)}),
+                             ("bots.engine", {"commands": ["new"], "configdir": str(tmp_path)})):
+            r = celery_call(q.env, q.broker, task, kwargs)
+            assert r.returncode == 0, r.stderr
+        assert submit(q, ["rec", f"after-{tag}"], 9) == "added"
+    wait_done(q, [f"after-{tag}"])
+    assert not mark.exists() and f"evil-{tag}" not in started(q.env) and f"evil-{tag}" not in started(evil)
+    assert "started" not in jobqueue_log(evil) and not (tmp_path / "botssys").exists()
+    log = jobqueue_log(q.env)
+    assert log.count(f"config dir {evil.configdir} refused") == 3, log
+    assert f"config dir {tmp_path} refused" in log
+    console = q.worker.output()[offset:]
+    assert "Traceback" not in console and console.count(" refused: ") == 4, console
+
+
 def test_engine_job_runs_reports_progress_and_waits_for_a_live_lock(q):
     import logging
 
