@@ -315,6 +315,30 @@ def test_a_job_of_another_config_dir_is_refused_and_runs_nothing_of_it(q, tmp_pa
     assert "Traceback" not in console and console.count(" refused: ") == 4, console
 
 
+def test_a_second_worker_with_a_node_name_in_use_exits_1_in_one_line_and_with_its_own_name_stands_by(q):
+    """Two bots-jobqueueservers on one host: the second, under the name in use, used to retry for ever
+    (RESOURCE_LOCKED, RestartFreqExceeded tracebacks); it says so in one line instead, and with a name of
+    its own (-n) it runs beside the first (hot standby, README "Laying lanes on hosts")."""
+    import socket
+
+    node = q.worker.proc.args[q.worker.proc.args.index("-n") + 1]
+    argv = list(q.worker.proc.args)
+    r = subprocess.run(argv, env=proc_env(q.env, q.broker), cwd=q.env.root, capture_output=True, text=True,
+                       timeout=60)
+    used = node.replace("%h", socket.gethostname())
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr == (f"bots-jobqueueserver: error: node name {used} is in use by a running worker (another "
+                        f"bots-jobqueueserver on this host?); give this one its own with -n/--hostname, e.g. "
+                        f"-n standby@%h\n"), r.stderr
+    standby = Worker(q.env, q.broker).wait_ready()
+    try:
+        tag = uuid.uuid4().hex[:4]
+        assert submit(q, ["rec", f"both-{tag}"]) == "added"
+        wait_done(q, [f"both-{tag}"])
+    finally:
+        standby.stop()
+
+
 def test_engine_job_runs_reports_progress_and_waits_for_a_live_lock(q):
     import logging
 
