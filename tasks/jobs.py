@@ -203,6 +203,13 @@ def message_lane(cfg: Config, job: Job) -> str:
 
 # --------------------------------------------------------------------------- config of a job
 
+def serves_configdir(worker: Config, configdir: str | Path) -> bool:
+    """Does the worker of config ``worker`` run engine jobs of ``configdir``: its own, or one its
+    ``[jobqueue] configdirs`` lists (the rule of :func:`check_trusted`; ``botsq status`` asks it too)."""
+    path = Path(os.path.normpath(configdir))
+    return path == worker.configdir or path in worker.jobqueue.configdirs
+
+
 def check_trusted(worker: Config, job: Job) -> None:
     """JobError (one line naming the config dir) unless the environment of ``worker`` (the config
     of the worker that runs the job, or of the command that queues it) runs jobs of ``job``'s config
@@ -220,7 +227,7 @@ def check_trusted(worker: Config, job: Job) -> None:
     if job.task == COMMAND_TASK:
         raise JobError(f"config dir {job.configdir} refused: a bots.command job runs only in the worker's own "
                        f"config dir {worker.configdir}, with its [jobqueue.commands]")
-    if Path(os.path.normpath(job.configdir)) not in worker.jobqueue.configdirs:
+    if not serves_configdir(worker, job.configdir):
         raise JobError(f"config dir {job.configdir} refused: it is not {worker.configdir} and not listed in "
                        f"[jobqueue] configdirs of {worker.ini_path} (another environment on this broker? give "
                        f"each environment its own vhost or Redis database)")

@@ -339,6 +339,29 @@ def test_a_second_worker_with_a_node_name_in_use_exits_1_in_one_line_and_with_it
         standby.stop()
 
 
+def test_status_of_another_environment_on_the_same_broker_does_not_count_this_worker(q, tmp_path):
+    """Two environments on one vhost: ``botsq status -c B`` used to report A's worker as B's own."""
+    other = make_queue_env(tmp_path / "b", q.broker)
+    r = botsq(other, q.broker, "status", "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    report = json.loads(r.stdout)["workers"]
+    node = q.worker.proc.args[q.worker.proc.args.index("-n") + 1].split("@")[0]
+    assert [w["name"].split("@")[0] for w in report["foreign_workers"]] == [node], report
+    assert report["foreign_workers"][0]["configdir"] == str(q.env.configdir) and report["workers"] == []
+    assert f"serves config dir {q.env.configdir}, not this one" in report["error"]
+    r = botsq(q.env, q.broker, "status", "--json")
+    assert json.loads(r.stdout)["workers"]["foreign_workers"] == []
+    # a worker whose bots.ini lists this config dir in [jobqueue] configdirs serves it (Bots' -Cconfigprod)
+    ini = q.env.configdir / "bots.ini"
+    text = ini.read_text()
+    ini.write_text(text.replace("[jobqueue]\n", f"[jobqueue]\nconfigdirs = {other.configdir}\n", 1))
+    try:
+        report = json.loads(botsq(other, q.broker, "status", "--json").stdout)["workers"]
+        assert report["foreign_workers"] == [] and [w["name"].split("@")[0] for w in report["workers"]] == [node]
+    finally:
+        ini.write_text(text)
+
+
 def test_engine_job_runs_reports_progress_and_waits_for_a_live_lock(q):
     import logging
 
