@@ -22,7 +22,7 @@ from beat_schedule import load_jobs
 from engine.config import DEFAULT_LANE, Config, add_config_argument, load_config
 from engine.config.engine import engine_problem
 from engine.db import get_engine, session_scope
-from engine.errors import ConfigError, DatabaseError
+from engine.errors import ConfigError, DatabaseError, UsageError
 from engine.log import mask_url, redact, redact_data, register_secrets
 from engine.models import Run
 from ops.beat_lock import BeatStore
@@ -299,6 +299,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.timeout > 0:            # a bad argument, not a broker that failed to answer in time
+        raise UsageError(f"argument --timeout: must be a number of seconds above 0, got {args.timeout:g}")
     cfg = load_config(args.configdir)
     register_secrets(cfg.secrets())
     report = collect(cfg, args.timeout)

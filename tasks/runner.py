@@ -1,8 +1,9 @@
 """The two tasks the worker runs - ``bots.engine`` (one engine run) and ``bots.command`` (an
 allow-listed command from ``[jobqueue.commands]``) - and the steps every job goes through:
 
-1. its kwargs are checked (unknown ones, positional args, unknown route or command: the message
-   is rejected with the reason in ``jobqueue.log``; the worker carries on);
+1. its kwargs are checked (unknown ones, positional args, unknown route or command, a config dir
+   the worker does not serve - :func:`tasks.jobs.check_trusted`: the message is rejected with the
+   reason in one line in ``jobqueue.log`` and on the console; the worker carries on);
 2. :meth:`tasks.registry.StartedJobs.begin` records the start and claims its registry entry, in
    one commit, before anything else - a superseded or already-run message is skipped here, and a
    message whose worker died is run again at most ``1 + [jobqueue] max_retries`` times;
