@@ -38,6 +38,15 @@ class DatabaseError(Exception):
     """The tracking database cannot be reached or used; str() is one line, password masked."""
 
 
+class Terminated(BaseException):
+    """SIGTERM (systemd, a scheduler's timeout) as an exception: the command stops like Ctrl-C,
+    releasing the lock on the way out. A BaseException, so no ``except Exception`` swallows it."""
+
+
+# how a run is stopped from outside: said in one line, never with a traceback (not a crash)
+INTERRUPTIONS: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit, Terminated)
+
+
 def one_line(exc: BaseException, *, with_type: bool = False) -> str:
     """The first line of an exception's text, for a log line or a message.
 
@@ -58,4 +67,5 @@ def database_error(url: str, exc: BaseException) -> DatabaseError:
     return DatabaseError(f"database {mask_url(url)} cannot be used: {one_line(exc)}")
 
 
-__all__ = ["ExitCode", "ConfigError", "UsageError", "DatabaseError", "one_line", "database_error"]
+__all__ = ["ExitCode", "ConfigError", "UsageError", "DatabaseError", "Terminated", "INTERRUPTIONS", "one_line",
+           "database_error"]

@@ -14,6 +14,7 @@ database (SQLite by default), so the command works on a fresh machine.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import socket
 import statistics
@@ -373,7 +374,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    target = Path(args.dir).expanduser().absolute()
+    target = Path(os.path.expanduser(args.dir)).absolute()
     cfg = prepare_environment(target)
     register_secrets(cfg.secrets())
     say(f"environment {target}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -30,10 +31,27 @@ def settings_from_environment() -> dict[str, object]:
     """
     os.environ.pop(UNAUTHENTICATED_API, None)
     try:
-        return load_flower_settings(load_config()).options()
+        settings = load_flower_settings(load_config())
+        check_can_listen(settings)      # tornado's bind error would be a traceback, after Flower's start-up lines
+        return settings.options()
     except ConfigError as exc:
         print(f"botsq flower: error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def check_can_listen(settings: FlowerSettings) -> None:
+    """ConfigError (one line, as ``botsq web`` gives) when Flower's address and port cannot be bound
+    now (in use, not an address of this host, a privileged port). Bound the way tornado binds
+    (SO_REUSEADDR), so a port in TIME_WAIT is no false alarm."""
+    try:
+        infos = socket.getaddrinfo(settings.address or None, settings.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        family, kind, proto, _name, addr = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {settings.address}:{settings.port}: {exc.strerror or exc}") from None
 
 
 def flower_command(cfg: Config, address: str | None = None, port: int | None = None,
@@ -65,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.configdir)
     argv, extra, settings = flower_command(cfg, args.address, args.port)
+    check_can_listen(settings)
     print(f"botsq flower: {describe(settings)}", file=sys.stderr, flush=True)
     # Replace this process: a service manager's signals then reach Flower directly.
     os.execvpe(argv[0], argv, {**os.environ, **extra})

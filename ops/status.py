@@ -22,7 +22,7 @@ from beat_schedule import load_jobs
 from engine.config import DEFAULT_LANE, Config, add_config_argument, load_config
 from engine.config.engine import engine_problem
 from engine.db import get_engine, session_scope
-from engine.errors import ConfigError, DatabaseError
+from engine.errors import ConfigError, DatabaseError, UsageError
 from engine.log import mask_url, redact, redact_data, register_secrets
 from engine.models import Run
 from ops.beat_lock import BeatStore
@@ -30,6 +30,7 @@ from ops.dirmonitor.heartbeat import heartbeat_age
 from tasks.broker import QueueError, connect, queue_name
 from tasks.celeryapp import app_for
 from tasks.lane_status import lane_status, lock_status
+from tasks.jobs import serves_configdir
 from tasks.registry import PendingRegistry
 
 LAST_RUNS = 5
@@ -59,22 +60,45 @@ def check_database(cfg: Config) -> dict[str, Any]:
 
 
 def check_workers(cfg: Config, timeout: float) -> dict[str, Any]:
-    """Workers answering a ping, with the queues each consumes; ok when every lane's queue has one."""
+    """Workers answering a ping, with the queues each consumes; ok when every lane's queue has one of this
+    environment's workers and no worker of another environment is on this broker (``foreign_workers``: their
+    ``botsq_configdir``, from Celery's ``inspect conf``, is another config dir that does not serve this one)."""
     app = app_for(cfg)
     try:
         queues = app.control.inspect(timeout=timeout).active_queues() or {}
         # the second question returns as soon as every worker found has answered
         active = (app.control.inspect(timeout=timeout, limit=len(queues)).active() or {}) if queues else {}
+        confs = (app.control.inspect(timeout=timeout, limit=len(queues)).conf() or {}) if queues else {}
     except Exception as exc:  # noqa: BLE001
         return {"ok": False, "workers": [], "error": redact(" ".join(str(exc).split()))}
-    workers = [{"name": name, "queues": sorted(q.get("name", "?") for q in qs),
-                "running": len(active.get(name) or [])} for name, qs in sorted(queues.items())]
+    workers, foreign = [], []
+    for name, qs in sorted(queues.items()):
+        theirs = str((confs.get(name) or {}).get("botsq_configdir") or "")
+        w = {"name": name, "queues": sorted(q.get("name", "?") for q in qs), "running": len(active.get(name) or [])}
+        if theirs and not _serves(theirs, cfg):
+            foreign.append({**w, "configdir": theirs})
+        else:
+            workers.append(w)
     unserved = [lane for lane in cfg.lanes if not any(queue_name(lane) in w["queues"] for w in workers)]
-    out: dict[str, Any] = {"ok": not unserved, "workers": workers}
-    if unserved:
-        out["error"] = "; ".join(f"no worker consumes queue {queue_name(lane)!r}"
-                                 + (f" (lane {lane})" if len(cfg.lanes) > 1 else "") for lane in unserved)
+    out: dict[str, Any] = {"ok": not unserved and not foreign, "workers": workers, "foreign_workers": foreign}
+    errors = [f"no worker consumes queue {queue_name(lane)!r}" + (f" (lane {lane})" if len(cfg.lanes) > 1 else "")
+              for lane in unserved]
+    errors += [f"worker {w['name']} on this broker serves config dir {w['configdir']}, not this one (give each "
+               f"environment its own vhost or Redis database)" for w in foreign]
+    if errors:
+        out["error"] = "; ".join(errors)
     return out
+
+
+def _serves(configdir: str, cfg: Config) -> bool:
+    """Does a worker of ``configdir`` run this environment's jobs (its own, or listed in its
+    ``[jobqueue] configdirs``, when its bots.ini can be read here)?"""
+    if configdir == str(cfg.configdir):
+        return True
+    try:
+        return serves_configdir(load_config(configdir), cfg.configdir)
+    except ConfigError:
+        return False
 
 
 def check_engine(cfg: Config) -> dict[str, Any]:
@@ -225,6 +249,9 @@ def render(report: dict[str, Any]) -> str:
                 lines.append(f"  worker    {_ok(wk['ok']):4}  {w['name']} (queues: {', '.join(w['queues']) or '-'}{busy})")
         else:
             lines.append(f"  workers   FAIL  {wk.get('error', 'none answered')}")
+        for w in wk.get("foreign_workers") or ():
+            lines.append(f"  worker    FAIL  {w['name']} serves config dir {w['configdir']}, not this one "
+                         f"(another environment on this broker: give each its own vhost or Redis database)")
     if "lock" in report:
         lk = report["lock"]
         if lk["held"]:
@@ -272,6 +299,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.timeout > 0:            # a bad argument, not a broker that failed to answer in time
+        raise UsageError(f"argument --timeout: must be a number of seconds above 0, got {args.timeout:g}")
     cfg = load_config(args.configdir)
     register_secrets(cfg.secrets())
     report = collect(cfg, args.timeout)

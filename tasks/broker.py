@@ -17,7 +17,7 @@ from kombu import Exchange, Queue
 from engine.config.lanes import DEFAULT_LANE
 from engine.errors import UsageError
 from engine.log import mask_url
-from tasks.priority import RABBITMQ_MAX_PRIORITY
+from tasks.priority import RABBITMQ_MAX_PRIORITY, BrokerKind, broker_kind
 
 QUEUE = "engine"                    # lane default's queue; the prefix of every other lane's
 # wrong user or password, unknown vhost (py-amqp), failed AUTH (redis-py): waiting longer will not help
@@ -82,6 +82,26 @@ def _on_channel(app: Any, connection: Any, action: Any) -> Any:
     with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=app.conf.broker_connection_timeout)
         return run(conn)
+
+
+def node_in_use(app: Any, nodename: str, timeout: float) -> bool:
+    """Does a running worker already have node name ``nodename`` (``botsq@host``, ``%h`` expanded)?
+
+    RabbitMQ: that worker holds the node's exclusive control queue ``<nodename>.celery.pidbox``; a
+    passive declare of it answers at once (RESOURCE_LOCKED while it is held, NOT_FOUND when not).
+    A second worker of that name would otherwise retry its declare for ever (RestartFreqExceeded).
+    Other brokers: a ping to that name within ``timeout`` seconds."""
+    if broker_kind(app.conf.broker_url or "") != BrokerKind.RABBITMQ:
+        return bool(app.control.ping(destination=[nodename], timeout=timeout, limit=1))
+
+    def held(chan: Any, conn: Any) -> bool:
+        try:
+            chan.queue_declare(f"{nodename}.celery.pidbox", passive=True)
+        except conn.channel_errors as exc:
+            return getattr(exc, "reply_code", getattr(exc, "code", None)) == 405    # RESOURCE_LOCKED
+        return False            # declared and not exclusive: left over from a worker gone, nobody holds it
+
+    return bool(_on_channel(app, None, held))
 
 
 def queue_depth(app: Any, connection: Any = None, queue: str = QUEUE) -> int:

@@ -128,6 +128,8 @@ def _connect_signals() -> None:
     before_task_publish.connect(signals.before_publish, dispatch_uid="botsq-before-task-publish")
     worker_process_init.connect(signals.fresh_connections, dispatch_uid="botsq-worker-process-init")
     worker_init.connect(signals.check_engine, dispatch_uid="botsq-worker-init")
+    worker_init.connect(signals.quiet_rejects, dispatch_uid="botsq-worker-init-rejects")
+    worker_process_init.connect(signals.quiet_rejects, dispatch_uid="botsq-worker-process-init-rejects")
     worker_ready.connect(signals.on_worker_ready, dispatch_uid="botsq-worker-ready")
     task_revoked.connect(signals.on_revoked, dispatch_uid="botsq-task-revoked")
     task_failure.connect(signals.on_failure, dispatch_uid="botsq-task-failure")

@@ -203,6 +203,36 @@ def message_lane(cfg: Config, job: Job) -> str:
 
 # --------------------------------------------------------------------------- config of a job
 
+def serves_configdir(worker: Config, configdir: str | Path) -> bool:
+    """Does the worker of config ``worker`` run engine jobs of ``configdir``: its own, or one its
+    ``[jobqueue] configdirs`` lists (the rule of :func:`check_trusted`; ``botsq status`` asks it too)."""
+    path = Path(os.path.normpath(configdir))
+    return path == worker.configdir or path in worker.jobqueue.configdirs
+
+
+def check_trusted(worker: Config, job: Job) -> None:
+    """JobError (one line naming the config dir) unless the environment of ``worker`` (the config
+    of the worker that runs the job, or of the command that queues it) runs jobs of ``job``'s config
+    dir - the one rule of which config dirs a queue serves:
+
+    * its own config dir: always;
+    * another one: only an engine job (``bots.engine``, Bots' ``bots-engine -Cconfigprod``), and
+      only when ``[jobqueue] configdirs`` of the worker's bots.ini lists it - whoever can publish to
+      the broker must not choose the bots.ini, database and routes a run uses;
+    * a ``bots.command`` job: only the worker's own; its command line comes from the worker's
+      ``[jobqueue.commands]`` (the allow-list is the worker operator's), never another bots.ini's.
+    """
+    if job.configdir == str(worker.configdir):
+        return
+    if job.task == COMMAND_TASK:
+        raise JobError(f"config dir {job.configdir} refused: a bots.command job runs only in the worker's own "
+                       f"config dir {worker.configdir}, with its [jobqueue.commands]")
+    if not serves_configdir(worker, job.configdir):
+        raise JobError(f"config dir {job.configdir} refused: it is not {worker.configdir} and not listed in "
+                       f"[jobqueue] configdirs of {worker.ini_path} (another environment on this broker? give "
+                       f"each environment its own vhost or Redis database)")
+
+
 def job_config(job: Job, cfg: Config | None = None) -> Config:
     """The config a job runs with (its own config dir); ``cfg`` is reused when it is that one."""
     if cfg is not None and str(cfg.configdir) == job.configdir:
@@ -273,5 +303,6 @@ def _engine_job(cfg: Config, args: list[str]) -> Job:
         raise JobError(f"bots-engine: {exc}") from None
     configdir = resolve_configdir(parsed.configdir) if parsed.configdir else cfg.configdir
     job = Job.engine(configdir, parsed.commands, parsed.routes)
+    check_trusted(cfg, job)             # refused here, with its reason, rather than by the worker
     validate(job, cfg)
     return job

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from engine.config.sections import BROKER_SCHEMES
+
 HIGHEST, LOWEST, DEFAULT = 1, 9, 5
 RABBITMQ_MAX_PRIORITY = 10          # x-max-priority of queue "engine"
 REDIS_PRIORITY_STEPS = list(range(10))
@@ -28,11 +30,8 @@ class BrokerKind(StrEnum):
     MEMORY = "memory"
 
 
-_SCHEMES = {
-    "amqp": BrokerKind.RABBITMQ, "amqps": BrokerKind.RABBITMQ, "pyamqp": BrokerKind.RABBITMQ,
-    "librabbitmq": BrokerKind.RABBITMQ, "redis": BrokerKind.REDIS, "rediss": BrokerKind.REDIS,
-    "sentinel": BrokerKind.REDIS, "redis+socket": BrokerKind.REDIS, "memory": BrokerKind.MEMORY,
-}
+# the supported schemes are the config's (a bad broker URL is refused when the config is read)
+_SCHEMES = {scheme: BrokerKind(kind) for scheme, kind in BROKER_SCHEMES.items()}
 
 
 def broker_kind(url: str) -> BrokerKind:

@@ -1,8 +1,9 @@
 """The two tasks the worker runs - ``bots.engine`` (one engine run) and ``bots.command`` (an
 allow-listed command from ``[jobqueue.commands]``) - and the steps every job goes through:
 
-1. its kwargs are checked (unknown ones, positional args, unknown route or command: the message
-   is rejected with the reason in ``jobqueue.log``; the worker carries on);
+1. its kwargs are checked (unknown ones, positional args, unknown route or command, a config dir
+   the worker does not serve - :func:`tasks.jobs.check_trusted`: the message is rejected with the
+   reason in one line in ``jobqueue.log`` and on the console; the worker carries on);
 2. :meth:`tasks.registry.StartedJobs.begin` records the start and claims its registry entry, in
    one commit, before anything else - a superseded or already-run message is skipped here, and a
    message whose worker died is run again at most ``1 + [jobqueue] max_retries`` times;
@@ -32,7 +33,8 @@ from tasks import priority as prio
 from tasks.broker import QueueError
 from tasks.context import config_for, configdir_of, queue_logger, worker_config
 from tasks.executors import JobWatch, run_command_job, run_engine_job
-from tasks.jobs import COMMAND_TASK, ENGINE_TASK, Job, JobError, message_lane, place, split_job, validate
+from tasks.jobs import (COMMAND_TASK, ENGINE_TASK, Job, JobError, check_trusted, message_lane, place, split_job,
+                        validate)
 from tasks.outcomes import GiveUp, RejectMessage, RetryLater, SkipMessage
 from tasks.publish import publish
 from tasks.registry import Begin, BeginAction, JobState, StartedJobs
@@ -133,6 +135,7 @@ def _identify(task: Task, base: Config, name: str, args: Any, kwargs: Any,
     """The job a message stands for, and the config it runs with."""
     try:
         job = Job.from_message(name, args, kwargs, configdir_of(task.app))
+        check_trusted(base, job)        # before another config dir's bots.ini is even read
         cfg = base if job.configdir == str(base.configdir) else config_for(job.configdir)
         return place(cfg, job), cfg
     except (JobError, ConfigError) as exc:

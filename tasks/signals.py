@@ -127,6 +127,26 @@ def check_engine(sender: Any = None, **_: Any) -> None:
         raise SystemExit(ExitCode.SYSTEM) from None
 
 
+class RejectedLines(logging.Filter):
+    """Drops Celery's own line about a rejected job (``celery.app.trace``: a warning with the
+    ``Reject``'s traceback): the task has already said in one line why (``jobqueue.log`` and the
+    console, :mod:`tasks.runner`), and a refusal is bad input, not a crash."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        data = getattr(record, "data", None)
+        return not (isinstance(data, dict) and data.get("description") == "rejected" and data.get("name") in TASKS)
+
+
+TRACE_LOGGER = "celery.app.trace"
+
+
+def quiet_rejects(**_: Any) -> None:
+    """``worker_init`` and ``worker_process_init``: :class:`RejectedLines` on Celery's trace logger (once)."""
+    logger = logging.getLogger(TRACE_LOGGER)
+    if not any(isinstance(f, RejectedLines) for f in logger.filters):
+        logger.addFilter(RejectedLines())
+
+
 def on_worker_ready(sender: Any = None, **_: Any) -> None:
     """``worker_ready``: sweep stale registry entries and old start records."""
     app = getattr(sender, "app", None) or current_app

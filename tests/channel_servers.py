@@ -646,6 +646,7 @@ def make_channel(folder: Path, ctype: str, log: logging.Logger | None = None, **
 
     env = folder / f"chanenv{next(_envs)}"
     (env / "config").mkdir(parents=True)
+    (env / "config" / "bots.ini").write_text("", encoding="utf-8")       # every config dir has one
     lines = ["[channels.partner]", f"type = {json.dumps(ctype)}"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in opts.items()]
     (env / "config" / "routes.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")

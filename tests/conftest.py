@@ -159,6 +159,8 @@ class Env:
         self.configdir.mkdir(parents=True, exist_ok=True)
         if ini is not None:
             (self.configdir / "bots.ini").write_text(textwrap.dedent(ini), encoding="utf-8")
+        elif not (self.configdir / "bots.ini").exists():      # a config dir without one is refused
+            (self.configdir / "bots.ini").write_text("", encoding="utf-8")
         if routes is not None:
             (self.configdir / "routes.toml").write_text(textwrap.dedent(routes), encoding="utf-8")
         return self

@@ -26,7 +26,7 @@ from types import FrameType
 from engine.botsengine import run_bots_engine
 from engine.cli.common import ArgumentParser, run_cli
 from engine.config import Config, add_config_argument, load_config
-from engine.errors import ConfigError, DatabaseError, ExitCode, UsageError, one_line
+from engine.errors import ConfigError, DatabaseError, ExitCode, Terminated, UsageError, one_line
 from engine.log import get_logger, register_secrets
 from engine.progress import ProgressBar
 from engine.run import ENGINE_COMMANDS, run_engine
@@ -58,10 +58,6 @@ def parse_engine_args(args: Sequence[str]) -> EngineArgs:
     UsageError (one line) for an unknown option."""
     ns = build_parser().parse_args(list(args))
     return EngineArgs(tuple(c for c in ENGINE_COMMANDS if getattr(ns, c)), tuple(ns.routes), ns.configdir)
-
-
-class Terminated(BaseException):
-    """SIGTERM (systemd, a scheduler's timeout): stop like Ctrl-C, releasing the lock on the way out."""
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -8,6 +8,7 @@ overwritten (``--force`` replaces the config files).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ def _copy(src: Path, dst: Path, force: bool, written: list[Path]) -> None:
 
 def init_environment(target: Path, demo: bool, force: bool = False) -> Path:
     """Write an environment in ``target``; returns its config dir."""
-    target = Path(target).expanduser().absolute()
+    target = Path(os.path.expanduser(target)).absolute()
     if target.exists() and not target.is_dir():
         raise UsageError(f"{target}: exists and is not a folder")
     configdir = target / "config"

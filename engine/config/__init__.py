@@ -60,7 +60,7 @@ class Config:
 
     def resolve(self, p: str | Path) -> Path:
         """A path from the config: relative ones are relative to the environment folder."""
-        path = Path(p).expanduser()
+        path = Path(os.path.expanduser(p))
         return path if path.is_absolute() else (self.envdir / path)
 
     def lane_of(self, route: str) -> str:
@@ -89,7 +89,7 @@ class Config:
 def resolve_configdir(configdir: str | Path | None = None) -> Path:
     """The config dir from an argument, else BOTSQ_CONFIG, else ./config (absolute)."""
     raw = configdir or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIGDIR
-    return Path(raw).expanduser().absolute()
+    return Path(os.path.expanduser(raw)).absolute()
 
 
 def load_config(configdir: str | Path | None = None) -> Config:
@@ -99,13 +99,15 @@ def load_config(configdir: str | Path | None = None) -> Config:
         raise ConfigError(f"{cdir}: config dir does not exist (use -c DIR or set {ENV_CONFIG})")
     envdir = cdir.parent
     ini_path = cdir / "bots.ini"
+    if not ini_path.is_file():      # a folder without bots.ini is not an environment: never run on defaults
+        raise ConfigError(f"{ini_path}: no bots.ini, so {cdir} is not a config dir (botsq init DIR makes an environment)")
     ini = read_ini(ini_path)
 
     def sec(name: str) -> IniSection:
         return ini.get(name) or IniSection(ini_path, name, {})
 
     def resolve(p: str) -> Path:
-        path = Path(p).expanduser()
+        path = Path(os.path.expanduser(p))
         return path if path.is_absolute() else envdir / path
 
     settings = read_settings(sec("settings"))
@@ -116,7 +118,7 @@ def load_config(configdir: str | Path | None = None) -> Config:
                             "botsq.sqlite" if engine.is_bots else "botsdb.sqlite")
     email = read_email(sec("email"))
     jobqueue = read_jobqueue(sec("jobqueue"), sec("jobqueue.commands"), sec("jobqueue.transport_options"), settings,
-                             sec("jobqueue.commands.lanes"))
+                             sec("jobqueue.commands.lanes"), resolve)
     monitors = read_dirmonitors(ini, resolve)
     if engine.is_bots:              # routes, channels and their checks are Bots' own (its database)
         channels, routes = {}, {}

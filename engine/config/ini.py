@@ -6,6 +6,7 @@ bots.ini allows extra keys in every section (Bots' own keys stay for Bots); the 
 """
 from __future__ import annotations
 
+import ast
 import configparser
 import os
 import re
@@ -142,6 +143,22 @@ class IniSection:
         return list(self.data)
 
 
+def syntax_error(exc: configparser.Error) -> str:
+    """configparser's error as one line that names the line: ``line 3: '[settings'`` (its own first
+    line of a parsing error names only the file)."""
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f"line {exc.lineno}: expected a [section] header, got {exc.line.strip()!r}"
+    if isinstance(exc, configparser.ParsingError) and exc.errors:
+        lineno, line = exc.errors[0]
+        try:                            # configparser keeps repr(line)
+            text = str(ast.literal_eval(line)).strip()
+        except (ValueError, SyntaxError):
+            text = str(line).strip()
+        more = f" (and {len(exc.errors) - 1} more)" if len(exc.errors) > 1 else ""
+        return f"line {lineno}: cannot parse {text!r}{more}"
+    return one_line(exc)
+
+
 def read_ini(path: Path) -> dict[str, IniSection]:
     """Every section of bots.ini at ``path`` (none when the file does not exist)."""
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"), strict=True)
@@ -150,7 +167,7 @@ def read_ini(path: Path) -> dict[str, IniSection]:
         try:
             parser.read_string(path.read_text(encoding="utf-8"), source=str(path))
         except configparser.Error as exc:
-            raise ConfigError(f"{path}: syntax error: {one_line(exc)}") from None
+            raise ConfigError(f"{path}: syntax error: {syntax_error(exc)}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read: {exc}") from None
     sections = {name: IniSection(path, name, dict(parser[name])) for name in parser.sections()}

@@ -18,6 +18,12 @@ from engine.config.lanes import check_lane_name
 from engine.errors import ConfigError
 
 ENV_BROKER = "BOTSQ_BROKER_URL"
+# the broker URL schemes botsq supports, and the broker kind of each (tasks.priority.BrokerKind's values);
+# memory:// is kombu's in-process transport, for unit tests
+BROKER_SCHEMES: Mapping[str, str] = {
+    "amqp": "rabbitmq", "amqps": "rabbitmq", "pyamqp": "rabbitmq", "librabbitmq": "rabbitmq",
+    "redis": "redis", "rediss": "redis", "sentinel": "redis", "redis+socket": "redis", "memory": "memory",
+}
 Resolve = Callable[[str], Path]          # a config path -> an absolute path (relative: the environment folder)
 
 
@@ -121,6 +127,7 @@ class JobQueue:
     enabled: bool = False
     broker: str = "amqp://guest:guest@127.0.0.1:5672//"   # BOTSQ_BROKER_URL overrides it
     commands: Mapping[str, tuple[str, ...]] = field(default_factory=dict)   # name -> argv (no shell)
+    configdirs: tuple[Path, ...] = ()     # other config dirs whose engine jobs this worker runs (Bots' -C)
     command_lanes: Mapping[str, str] = field(default_factory=dict)   # name -> lane; absent: lane default
     hardtimelimit: float = 0              # minutes; 0 = never kill a running engine job
     max_retries: int = 3                  # redeliveries of a job whose worker died
@@ -130,11 +137,37 @@ class JobQueue:
     transport_options: Mapping[str, Any] = field(default_factory=dict)     # extra kombu options, verbatim
 
 
+def check_broker(url: str, where: str) -> str:
+    """``url`` when it is a broker URL botsq supports (a scheme of :data:`BROKER_SCHEMES` and
+    ``://``), else ConfigError naming ``where`` (``<bots.ini>: [jobqueue] broker`` or the variable)."""
+    scheme, sep, _rest = url.partition("://")
+    if not sep or scheme.lower() not in BROKER_SCHEMES:
+        shown = url if "@" not in url else scheme + "://..."       # never a password in the line
+        raise ConfigError(f"{where}: not a supported broker URL: {shown!r} "
+                          f"(use amqp://user:password@host:5672/vhost for RabbitMQ or redis://host:6379/db)")
+    return url
+
+
+def read_broker(js: IniSection) -> str:
+    """The broker URL: ``BOTSQ_BROKER_URL`` when set and not empty, else ``[jobqueue] broker``
+    (present but empty: an error), else RabbitMQ on localhost; checked with :func:`check_broker`."""
+    if os.environ.get(ENV_BROKER):
+        return check_broker(os.environ[ENV_BROKER], f"environment variable {ENV_BROKER}")
+    return check_broker(js.get("broker", str, JobQueue.broker).strip(), js.where("broker"))
+
+
 def read_jobqueue(js: IniSection, cs: IniSection, ts: IniSection, settings: Settings,
-                  ls: IniSection | None = None) -> JobQueue:
+                  ls: IniSection | None = None, resolve: Resolve | None = None) -> JobQueue:
     """``js``: [jobqueue], ``cs``: [jobqueue.commands], ``ts``: [jobqueue.transport_options],
-    ``ls``: [jobqueue.commands.lanes] (a name there that is not in [jobqueue.commands] is an error)."""
+    ``ls``: [jobqueue.commands.lanes] (a name there that is not in [jobqueue.commands] is an error);
+    ``resolve`` makes the paths of ``[jobqueue] configdirs`` absolute (without it they must be)."""
     j = JobQueue()
+    configdirs = []
+    for raw in js.get("configdirs", list, []):
+        path = resolve(raw) if resolve is not None else Path(os.path.expanduser(raw))
+        if not path.is_absolute():
+            raise ConfigError(f"{js.where('configdirs')}: {raw!r} is not an absolute path")
+        configdirs.append(Path(os.path.normpath(path)))
     commands: dict[str, tuple[str, ...]] = {}
     for name in cs.keys():
         argv = cs.argv(name)
@@ -155,8 +188,9 @@ def read_jobqueue(js: IniSection, cs: IniSection, ts: IniSection, settings: Sett
     longest = max(settings.maxruntime, hardtimelimit) * 60
     return JobQueue(
         enabled=js.get("enabled", bool, j.enabled),
-        broker=os.environ.get(ENV_BROKER) or js.get("broker", str, j.broker),
+        broker=read_broker(js),
         commands=commands,
+        configdirs=tuple(configdirs),
         command_lanes=command_lanes,
         hardtimelimit=hardtimelimit,
         max_retries=js.get("max_retries", int, j.max_retries),

@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from engine.config import Config
 from engine.config.lanes import DEFAULT_LANE
-from engine.errors import ConfigError, DatabaseError, ExitCode, UsageError, database_error, one_line
+from engine.errors import INTERRUPTIONS, ConfigError, DatabaseError, ExitCode, UsageError, database_error, one_line
 from engine.lease import Holder, hostname
 from engine.lock import Acquired, acquire, overtime_minutes
 from engine.log import component_logger, mask_url
@@ -95,7 +95,7 @@ class RunSession:
         except BaseException as exc:
             message = (f"run {ctx.run_id}: interrupted ({type(exc).__name__}); files left half-way are finished "
                        f"by the next run")
-            self.log.error(message, exc_info=not isinstance(exc, (KeyboardInterrupt, SystemExit)))
+            self.log.error(message, exc_info=not isinstance(exc, INTERRUPTIONS))
             raise
         finally:
             code = self._finish(status, message)

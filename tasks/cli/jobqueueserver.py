@@ -21,6 +21,9 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
+from typing import Any
+
+from celery.utils.nodenames import host_format
 
 from engine.cli.common import ArgumentParser, run_cli
 from engine.botsengine import check_bots_engine
@@ -29,7 +32,7 @@ from engine.config.lanes import DEFAULT_LANE
 from engine.errors import ExitCode, UsageError
 from engine.log import register_secrets
 from ops.procs import Stopped, Supervisor, venv_command
-from tasks.broker import connect, queue_name
+from tasks.broker import connect, node_in_use, queue_name
 from tasks.celeryapp import app_for
 from tasks.submit import check_enabled
 
@@ -98,6 +101,16 @@ def serve_lanes(cfg: Config, lanes: Sequence[str], loglevel: str, hostname: str 
         return ExitCode.OK
 
 
+def check_node_names(app: Any, names: Sequence[str], timeout: float) -> None:
+    """UsageError (one line) when a running worker already has one of these node names: a second
+    worker on a host needs a name of its own (``-n``); with it, it is a hot standby (README)."""
+    for name in names:
+        full = host_format(name)
+        if node_in_use(app, full, min(timeout, 1.0)):
+            raise UsageError(f"node name {full} is in use by a running worker (another bots-jobqueueserver on this "
+                             f"host?); give this one its own with -n/--hostname, e.g. -n standby@%h")
+
+
 def _main() -> int:
     args = build_parser().parse_args()
     cfg = load_config(args.configdir)
@@ -107,6 +120,7 @@ def _main() -> int:
     lanes = chosen_lanes(cfg, args.lanes)
     app = app_for(cfg)
     connect(app, cfg.jobqueue.connect_timeout).release()
+    check_node_names(app, [node_name(args.hostname, lane) for lane in lanes], cfg.jobqueue.connect_timeout)
     os.environ[ENV_CONFIG] = str(cfg.configdir)        # pool processes and anything they start
     if len(lanes) > 1:
         return serve_lanes(cfg, lanes, args.loglevel, args.hostname)

@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery
 
 from engine.config import Config, add_config_argument, load_config
+from engine.errors import ExitCode
 from engine.log import mask_url, redact, redact_data
 from tasks.broker import QueueError, connect, purge, queue_name
 from tasks.celeryapp import app_for
@@ -91,15 +92,17 @@ def run(args: argparse.Namespace) -> int:
                   f"{queues}; removed {res['cleared']} registry entr{'y' if res['cleared'] == 1 else 'ies'}")
         return 0
     data = redact_data(collect(cfg))        # records hold no secret; what else is shown neither
+    # what the registry knows is shown even so, but a broker that does not answer is a failure (exit 1)
+    code = ExitCode.SYSTEM if data.get("broker_error") else ExitCode.OK
     if args.json:
         print(json.dumps(data, indent=2))
-        return 0
+        return code
     if len(data["lanes"]) == 1:
         lane = data["lanes"][0]
         print(f"queue {lane['queue']} at {data['broker']}: {len(data['waiting'])} waiting job(s) in the registry, "
               + _at_broker(data, lane["broker_messages"]))
         _jobs(data["running"], data["waiting"])
-        return 0
+        return code
     print(f"lanes at {data['broker']}: {len(data['waiting'])} waiting job(s) in the registry, "
           + _at_broker(data, data["broker_messages"]))
     for lane in data["lanes"]:
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         msgs = "?" if lane["broker_messages"] is None else lane["broker_messages"]
         print(f"lane {lane['lane']} (queue {lane['queue']}): {lane['waiting']} waiting, {msgs} at the broker, {held}")
         _jobs(lane["running"], [w for w in data["waiting"] if w["lane"] == lane["lane"]])
-    return 0
+    return code
 
 
 def _at_broker(data: dict[str, Any], msgs: int | None) -> str:

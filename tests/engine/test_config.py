@@ -85,7 +85,13 @@ def test_broker_override_from_environment(make_env, monkeypatch):
     ("[settings]\nmaxruntime = abc\n", r"\[settings\] maxruntime: expected a whole number, got 'abc'"),
     ("[settings]\nsendreportiferror = maybe\n", r"\[settings\] sendreportiferror: expected True or False"),
     ("[settings]\nwhencleanup = hourly\n", r"\[settings\] whencleanup: expected one of daily, never"),
-    ("[settings\nx=1\n", r"bots.ini: syntax error"),
+    ("[settings\nx=1\n", r"bots.ini: syntax error: line 1: expected a \[section\] header, got '\[settings'"),
+    ("[settings]\nmaxdays = 3\n[jobqueue\n", r"bots.ini: syntax error: line 3: cannot parse '\[jobqueue'"),
+    ("maxdays = 3\n", r"bots.ini: syntax error: line 1: expected a \[section\] header, got 'maxdays = 3'"),
+    ("[jobqueue]\nbroker =\n", r"\[jobqueue\] broker: not a supported broker URL: ''"),
+    ("[jobqueue]\nbroker = http://x\n", r"\[jobqueue\] broker: not a supported broker URL: 'http://x'"),
+    ("[jobqueue]\nbroker = localhost\n", r"\[jobqueue\] broker: not a supported broker URL: 'localhost'"),
+    ("[jobqueue]\nbroker = http://u:secret@x\n", r"\[jobqueue\] broker: not a supported broker URL: 'http://...'"),
     ("[dirmonitor1]\npath = x\npriority = 0\n", r"\[dirmonitor1\] priority: expected 1 \(highest\) to 9"),
     ("[dirmonitor1]\npath = x\nroute = nope\n", r"\[dirmonitor1\] route: no route named 'nope'"),
     ("[dirmonitor1]\npath = x\ndebounce = -1\n", r"\[dirmonitor1\] debounce: must be 0 or more seconds"),
@@ -125,6 +131,23 @@ def test_bad_routes_is_one_line_naming_file_and_key(make_env, routes, match):
 def test_missing_config_dir(tmp_path):
     with pytest.raises(ConfigError, match="config dir does not exist"):
         load_config(tmp_path / "nope")
+
+
+def test_a_folder_without_bots_ini_is_not_a_config_dir(tmp_path):
+    """Never an engine on default settings (and a botssys/ made next to /etc): bots.ini is required."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "routes.toml").write_text(ROUTES_OK)
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'config' / 'bots.ini'}: no bots.ini, so "
+                                          f"{tmp_path / 'config'} is not a config dir"):
+        load_config(tmp_path / "config")
+
+
+def test_a_bad_broker_url_from_the_environment_names_the_variable(make_env, monkeypatch):
+    env = make_env(ini="[jobqueue]\nenabled = True\n", routes=ROUTES_OK)
+    monkeypatch.setenv("BOTSQ_BROKER_URL", "foo://x")
+    with pytest.raises(ConfigError, match="^environment variable BOTSQ_BROKER_URL: not a supported broker URL: "
+                                          "'foo://x'"):
+        env.config()
 
 
 def test_config_dir_from_environment(make_env, monkeypatch, tmp_path):

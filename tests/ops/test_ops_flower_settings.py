@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from conftest import REPO, bin_path
+import socket
+
+from conftest import REPO, bin_path, free_port
 from engine.config.flower import ENV_AUTH, is_loopback, load_flower_settings
 from engine.errors import ConfigError
 from ops.flower import describe, flower_command
@@ -95,6 +97,26 @@ def test_botsq_flower_refuses_in_one_line_with_exit_1(make_env) -> None:  # type
 
 
 @pytest.mark.procs
+def test_a_busy_port_is_one_line_and_exit_1_not_a_tornado_traceback(make_env) -> None:  # type: ignore[no-untyped-def]
+    """``botsq flower`` and Flower's settings module (what ``botsq stack`` starts) alike."""
+    env = make_env(ini=QUEUE_INI)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("BOTSQ_FLOWER")}
+        clean.update(BOTSQ_FLOWER_PORT=str(port), BOTSQ_CONFIG=str(env.configdir))
+        res = subprocess.run([bin_path("botsq"), "flower", "-c", str(env.configdir)], capture_output=True, text=True,
+                             timeout=60, env=clean)
+        assert res.returncode == 1
+        assert res.stderr == f"botsq: error: cannot listen on 127.0.0.1:{port}: Address already in use\n", res.stderr
+        res = subprocess.run([sys.executable, "-c", "import runpy; runpy.run_path('ops/flowerconfig.py')"],
+                             capture_output=True, text=True, timeout=60, env=clean, cwd=REPO)
+        assert res.returncode == 1
+        assert res.stderr == f"botsq flower: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+@pytest.mark.procs
 def test_settings_module_refuses_too(make_env) -> None:  # type: ignore[no-untyped-def]
     """``celery flower --conf=ops/flowerconfig.py`` alone applies the same rule."""
     env = make_env(ini=QUEUE_INI + "\n[flower]\naddress = 0.0.0.0\n")
@@ -115,6 +137,7 @@ def test_settings_module_drops_flowers_unauthenticated_api_switch(make_env, monk
     env = make_env(ini=QUEUE_INI)
     monkeypatch.setenv("BOTSQ_CONFIG", str(env.configdir))
     monkeypatch.setenv("FLOWER_UNAUTHENTICATED_API", "true")
+    monkeypatch.setenv("BOTSQ_FLOWER_PORT", str(free_port()))
     opts = settings_from_environment()
     assert opts["address"] == "127.0.0.1" and opts["basic_auth"] == []
     assert "FLOWER_UNAUTHENTICATED_API" not in os.environ

@@ -57,6 +57,18 @@ def test_unreachable_broker_is_unhealthy_and_no_secret_is_shown(make_env) -> Non
 
 
 @pytest.mark.procs
+def test_a_bad_timeout_is_an_argument_error_and_botsq_queue_fails_without_its_broker(make_env) -> None:  # type: ignore[no-untyped-def]
+    env = make_env(ini=SECRETS_INI)
+    code, out = status(env, "--timeout", "-1")
+    assert (code, out) == (1, "botsq: error: argument --timeout: must be a number of seconds above 0, got -1\n")
+    for extra in ((), ("--json",)):
+        res = subprocess.run([bin_path("botsq"), "queue", "-c", str(env.configdir), *extra], capture_output=True,
+                             text=True, timeout=60, cwd=env.root)
+        assert res.returncode == 1, res.stdout + res.stderr          # was 0: the registry alone looked fine
+        assert "cannot be reached" in res.stdout and "broker-s3cret" not in res.stdout + res.stderr
+
+
+@pytest.mark.procs
 def test_secret_from_environment_is_not_shown_either(make_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("BOTSQ_BROKER_URL", "redis://:redis-s3cret@127.0.0.1:1/0")
     env = make_env(ini=SECRETS_INI)

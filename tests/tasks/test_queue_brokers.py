@@ -268,6 +268,100 @@ def test_malformed_messages_are_rejected_with_a_logged_reason(q):
     assert q.worker.alive() and run_after(q, busy.name) == [f"after-{tag}"]
 
 
+def test_refused_messages_are_one_line_on_the_console_too(q):
+    """A refused job (unknown route, bad kwargs, a command not in the list) is one line on the
+    worker's console as in jobqueue.log - no Celery ``Reject`` traceback."""
+    tag = uuid.uuid4().hex[:4]
+    offset = len(q.worker.output())
+    with Busy(q):
+        for task, kwargs in (("bots.engine", {"commands": ["new"], "routes": [f"nosuch{tag}"]}),
+                             ("bots.engine", {"commands": ["new"], "bogus": tag}),
+                             ("bots.command", {"name": f"notlisted{tag}"})):
+            r = celery_call(q.env, q.broker, task, kwargs)
+            assert r.returncode == 0, r.stderr
+        assert submit(q, ["rec", f"after-{tag}"], 9) == "added"
+    wait_done(q, [f"after-{tag}"])
+    console = q.worker.output()[offset:]
+    assert f"unknown route 'nosuch{tag}'" in console and "unknown argument(s) 'bogus'" in console
+    assert f"command 'notlisted{tag}' is not in [jobqueue.commands]" in console
+    assert "Traceback" not in console and "Reject(" not in console, console
+    assert sum("rejected" in line for line in console.splitlines()) == 3, console
+
+
+def test_a_job_of_another_config_dir_is_refused_and_runs_nothing_of_it(q, tmp_path):
+    """Whoever can publish to the broker cannot pick the bots.ini a job runs with: a job naming a
+    config dir other than the worker's (not in its [jobqueue] configdirs) is refused in one line."""
+    tag = uuid.uuid4().hex[:4]
+    mark = tmp_path / "pwned"
+    evil = make_queue_env(tmp_path / "evil", q.broker,
+                          commands=f"x{tag} = {sys.executable} -c \"open({str(mark)!r}, 'w')\"")
+    offset = len(q.worker.output())
+    with Busy(q):
+        for task, kwargs in (("bots.command", {"name": f"x{tag}", "configdir": str(evil.configdir)}),
+                             ("bots.command", {"name": "rec", "args": [f"evil-{tag}"],
+                                               "configdir": str(evil.configdir)}),
+                             ("bots.engine", {"commands": ["new"], "configdir": str(evil.configdir)}),
+                             ("bots.engine", {"commands": ["new"], "configdir": str(tmp_path)})):
+            r = celery_call(q.env, q.broker, task, kwargs)
+            assert r.returncode == 0, r.stderr
+        assert submit(q, ["rec", f"after-{tag}"], 9) == "added"
+    wait_done(q, [f"after-{tag}"])
+    assert not mark.exists() and f"evil-{tag}" not in started(q.env) and f"evil-{tag}" not in started(evil)
+    assert "started" not in jobqueue_log(evil) and not (tmp_path / "botssys").exists()
+    log = jobqueue_log(q.env)
+    assert log.count(f"config dir {evil.configdir} refused") == 3, log
+    assert f"config dir {tmp_path} refused" in log
+    console = q.worker.output()[offset:]
+    assert "Traceback" not in console and console.count(" refused: ") == 4, console
+
+
+def test_a_second_worker_with_a_node_name_in_use_exits_1_in_one_line_and_with_its_own_name_stands_by(q):
+    """Two bots-jobqueueservers on one host: the second, under the name in use, used to retry for ever
+    (RESOURCE_LOCKED, RestartFreqExceeded tracebacks); it says so in one line instead, and with a name of
+    its own (-n) it runs beside the first (hot standby, README "Laying lanes on hosts")."""
+    import socket
+
+    node = q.worker.proc.args[q.worker.proc.args.index("-n") + 1]
+    argv = list(q.worker.proc.args)
+    r = subprocess.run(argv, env=proc_env(q.env, q.broker), cwd=q.env.root, capture_output=True, text=True,
+                       timeout=60)
+    used = node.replace("%h", socket.gethostname())
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr == (f"bots-jobqueueserver: error: node name {used} is in use by a running worker (another "
+                        f"bots-jobqueueserver on this host?); give this one its own with -n/--hostname, e.g. "
+                        f"-n standby@%h\n"), r.stderr
+    standby = Worker(q.env, q.broker).wait_ready()
+    try:
+        tag = uuid.uuid4().hex[:4]
+        assert submit(q, ["rec", f"both-{tag}"]) == "added"
+        wait_done(q, [f"both-{tag}"])
+    finally:
+        standby.stop()
+
+
+def test_status_of_another_environment_on_the_same_broker_does_not_count_this_worker(q, tmp_path):
+    """Two environments on one vhost: ``botsq status -c B`` used to report A's worker as B's own."""
+    other = make_queue_env(tmp_path / "b", q.broker)
+    r = botsq(other, q.broker, "status", "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    report = json.loads(r.stdout)["workers"]
+    node = q.worker.proc.args[q.worker.proc.args.index("-n") + 1].split("@")[0]
+    assert [w["name"].split("@")[0] for w in report["foreign_workers"]] == [node], report
+    assert report["foreign_workers"][0]["configdir"] == str(q.env.configdir) and report["workers"] == []
+    assert f"serves config dir {q.env.configdir}, not this one" in report["error"]
+    r = botsq(q.env, q.broker, "status", "--json")
+    assert json.loads(r.stdout)["workers"]["foreign_workers"] == []
+    # a worker whose bots.ini lists this config dir in [jobqueue] configdirs serves it (Bots' -Cconfigprod)
+    ini = q.env.configdir / "bots.ini"
+    text = ini.read_text()
+    ini.write_text(text.replace("[jobqueue]\n", f"[jobqueue]\nconfigdirs = {other.configdir}\n", 1))
+    try:
+        report = json.loads(botsq(other, q.broker, "status", "--json").stdout)["workers"]
+        assert report["foreign_workers"] == [] and [w["name"].split("@")[0] for w in report["workers"]] == [node]
+    finally:
+        ini.write_text(text)
+
+
 def test_engine_job_runs_reports_progress_and_waits_for_a_live_lock(q):
     import logging
 

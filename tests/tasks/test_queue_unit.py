@@ -68,7 +68,10 @@ def test_command_lines_in_every_bots_form_give_the_same_engine_job(env):
 
 def test_the_engines_own_config_dir_is_part_of_the_job(env, tmp_path):
     other = make_queue_env(tmp_path / "prod", "memory://")
+    # Bots' -Cconfigprod: a config dir the queue's bots.ini lists in [jobqueue] configdirs
+    env = make_queue_env(tmp_path / "q2", "memory://", extra=f"configdirs = {other.configdir}, /nonexistent/config")
     cfg = env.config()
+    assert cfg.jobqueue.configdirs == (other.configdir, Path("/nonexistent/config"))
     here = job_from_argv(cfg, ["bots-engine", "--new"])
     there = job_from_argv(cfg, ["python3", "/usr/bin/bots-engine.py", "--new", f"-C{other.configdir}"])
     assert there.configdir == str(other.configdir) and here.key != there.key
@@ -80,6 +83,30 @@ def test_the_engines_own_config_dir_is_part_of_the_job(env, tmp_path):
         os.chdir(old)
     with pytest.raises(JobError, match="config dir does not exist"):
         job_from_argv(cfg, ["bots-engine", "-C/nonexistent/config"])
+
+
+def test_a_job_runs_only_in_a_config_dir_the_queues_bots_ini_trusts(env, tmp_path):
+    """Whoever can publish must not choose the bots.ini a job runs with (see check_trusted)."""
+    from tasks.jobs import check_trusted
+
+    other = make_queue_env(tmp_path / "prod", "memory://", commands="evil = /bin/touch /tmp/pwned")
+    cfg = env.config()
+    with pytest.raises(JobError, match=f"config dir {other.configdir} refused: it is not {env.configdir} and not "
+                                       r"listed in \[jobqueue\] configdirs"):
+        job_from_argv(cfg, ["bots-engine", "--new", f"-C{other.configdir}"])
+    for job in (Job.engine(other.configdir, ["new"]), Job.engine(tmp_path, ["new"])):
+        with pytest.raises(JobError, match="refused"):
+            check_trusted(cfg, job)
+    check_trusted(cfg, Job.engine(env.configdir, ["new"]))
+    check_trusted(cfg, Job.command(env.configdir, "sweep"))
+    # a command job is the worker's own, even from a config dir it lists
+    trusting = make_queue_env(tmp_path / "q3", "memory://", extra=f"configdirs = {other.configdir}")
+    check_trusted(trusting.config(), Job.engine(other.configdir, ["new"]))
+    with pytest.raises(JobError, match="a bots.command job runs only in the worker's own config dir"):
+        check_trusted(trusting.config(), Job.command(other.configdir, "evil"))
+    # a relative entry is relative to the environment folder, as every path in bots.ini
+    rel = make_queue_env(tmp_path / "q4", "memory://", extra="configdirs = ../prod/config")
+    assert rel.config().jobqueue.configdirs == (other.configdir,)
 
 
 def test_allow_listed_commands_by_name_or_exact_line_everything_else_refused(env):
