@@ -44,13 +44,28 @@ class IncomingItem:
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
+def shown_name(raw: str) -> str:
+    """A name as the OS gave it (undecodable bytes as lone surrogates, Python's surrogateescape)
+    made valid text: each such byte becomes U+FFFD. The file is still reached under ``raw``; the
+    shown name is what the database (SQLite and PostgreSQL refuse lone surrogates), logs, reports
+    and out-channel names get."""
+    if raw.isascii():
+        return raw
+    try:
+        data = raw.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:       # a surrogate no file system made (a mapping's meta["filename"])
+        data = raw.encode("utf-8", "replace")
+    return data.decode("utf-8", "replace")
+
+
 def safe_name(name: str, fallback: str = "file") -> str:
-    """A partner's file name made safe to use as one local path component.
+    """A partner's file name made safe to use as one local path component and as a record.
 
     Remote names are untrusted: directory parts, ``..``, NUL and control characters
-    never survive, so nothing can escape the folder the name is joined to.
+    never survive, so nothing can escape the folder the name is joined to; bytes that are not
+    text (lone surrogates) become U+FFFD (:func:`shown_name`).
     """
-    name = unicodedata.normalize("NFC", str(name))
+    name = unicodedata.normalize("NFC", shown_name(str(name)))
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     name = _UNSAFE.sub("_", name).strip()
     if name in ("", ".", ".."):

