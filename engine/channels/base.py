@@ -7,10 +7,11 @@ reach or talk to the partner raise :class:`CommunicationError` (one line, no sec
 from __future__ import annotations
 
 import logging
+import os
 import re
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,22 @@ def safe_name(name: str, fallback: str = "file") -> str:
     return name[:200]
 
 
+MAX_NAME_TRIES = 1000    # NAME, NAME_1 ... NAME_999: past that, the delivery fails (kept for retry)
+
+
+def unique_names(name: str, tries: int = MAX_NAME_TRIES) -> Iterator[str]:
+    """The names an output tries in turn when a file of its name is already at the partner:
+    ``INVOIC.edi``, ``INVOIC_1.edi``, ``INVOIC_2.edi`` ... (the number before the extension, so a
+    partner's mask such as ``*.edi`` still matches). Never overwriting is the rule of every
+    out-channel that names files (file, ftp, ftps, sftp): Bots appends to an existing file of
+    that name instead (its ``{overwrite}`` replaces), which a delivery through a temporary name and
+    a rename cannot do; a unique name loses nothing either."""
+    stem, ext = os.path.splitext(name)
+    yield name
+    for n in range(1, tries):
+        yield f"{stem}_{n}{ext}"
+
+
 class Channel(ABC):
     """Base class: subclasses implement the in-side, the out-side, or both."""
 
@@ -119,5 +136,7 @@ class Channel(ABC):
 
     # out-side
     @abstractmethod
-    def send(self, src: Path, filename: str) -> None:
-        """Deliver local file ``src`` as ``filename``; partners never see a half file."""
+    def send(self, src: Path, filename: str) -> str:
+        """Deliver local file ``src`` as ``filename``; partners never see a half file. Returns the name
+        the partner got: ``filename``, or when a file of that name is already there the first free
+        name of :func:`unique_names` (never overwritten; smtp has no names to clash)."""

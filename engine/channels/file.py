@@ -4,12 +4,14 @@ In: regular files directly in ``path`` (never in its sub-folders) matching ``fil
 starting with a dot are skipped, as Bots' glob does; folders, FIFOs and other special files are
 never opened). :func:`takes` and :func:`holds` are that rule, shared with the directory monitor
 (``ops/dirmonitor``), so the monitor queues a job only for a file the channel will read.
-Out: the file is written under a temporary dot-name in the target folder and renamed, so a
-reader never sees half a file. A missing or unwritable out folder is a communication error
+Out: the file is written under a temporary dot-name in the target folder and then linked under
+its name, so a reader never sees half a file; a file already of that name is never overwritten
+(the output takes the next free name, :func:`engine.channels.base.unique_names`). A missing or unwritable out folder is a communication error
 (the engine keeps the file for retry); the folder is never created behind the user's back.
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import os
@@ -18,9 +20,11 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from engine.channels.base import Channel, CommunicationError, FileGone, IncomingItem, Refused, shown_name
+from engine.channels.base import (MAX_NAME_TRIES, Channel, CommunicationError, FileGone, IncomingItem, Refused,
+                                  shown_name, unique_names)
 
 _CHUNK = 1024 * 1024
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK}   # link() not possible here
 
 
 def takes(name: str, mask: str) -> bool:
@@ -128,22 +132,45 @@ class FileChannel(Channel):
             raise CommunicationError(f"{self.describe()}: cannot remove {item.name!r}: {_reason(exc)}") from None
 
     # ------------------------------------------------------------------ out
-    def send(self, src: Path, filename: str) -> None:
+    def send(self, src: Path, filename: str) -> str:
+        """Write ``src`` to a temporary dot-name, then link it under the first free name of
+        :func:`unique_names`: link() fails on an existing name, so a file already in the folder
+        (an earlier output of this run or of another) is never overwritten, even by a race."""
         folder = self.folder
-        target = os.path.join(folder, filename)
         tmp = os.path.join(folder, f".{filename[:180]}.{os.getpid()}.tmp")
         try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, target)
-        except OSError as exc:
             try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+                shutil.copyfile(src, tmp)
+                return self._link_unique(tmp, filename)
+            finally:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+        except OSError as exc:
             if not folder.is_dir():
                 raise CommunicationError(f"{self.describe()}: output folder does not exist or is not a folder") \
                     from None
             raise CommunicationError(f"{self.describe()}: cannot write {filename!r}: {_reason(exc)}") from None
+
+    def _link_unique(self, tmp: str, filename: str) -> str:
+        for name in unique_names(filename):
+            target = os.path.join(self.folder, name)
+            try:
+                os.link(tmp, target)
+                return name
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                if exc.errno not in _NO_LINKS:
+                    raise
+            # a file system without hard links (some network shares): look, then rename (a writer
+            # racing for the same name in that instant could still be overwritten)
+            if not os.path.lexists(target):
+                os.rename(tmp, target)
+                return name
+        raise Refused(f"{self.describe()}: cannot write {filename!r}: it and {MAX_NAME_TRIES - 1} numbered "
+                      f"names are all taken in the folder")
 
 
 class _Listing:

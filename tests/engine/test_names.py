@@ -21,7 +21,7 @@ from sqlalchemy import select
 from engine.db import session_scope
 from engine.errors import ConfigError
 from engine.models import Incoming, Outgoing
-from engine.records import FileFilter, list_files
+from engine.records import FileFilter, list_files, mark_files
 from engine.run import run_engine
 
 INI = """
@@ -69,3 +69,62 @@ def test_a_local_name_that_is_not_utf8_never_blocks_the_folder(make_env, db_ini)
     assert "not valid UTF-8" in log and SHOWN in log
     again = run_engine(cfg)                                          # and every later run is fine
     assert again.exit_code == 0 and again.counts["received"] == 0
+
+
+# --------------------------------------------------------------------------- 2. outputs of the same name
+
+SAME_NAMES = '''
+def three(content, meta):
+    return [(b"one", {}), (b"two", {}), (b"three", {})]
+
+def named(content, meta):
+    return [(b"first", {"filename": "INVOIC.edi"}), (b"second", {"filename": "INVOIC.edi"})]
+'''
+
+
+@pytest.mark.parametrize("mapping, expected", [
+    ("three", {"x.edi": b"one", "x_1.edi": b"two", "x_2.edi": b"three"}),            # filename = "{infile}"
+    ("named", {"INVOIC.edi": b"first", "INVOIC_1.edi": b"second"}),                   # meta["filename"] twice
+])
+def test_outputs_of_one_name_never_overwrite_each_other(make_env, mapping: str, expected: dict) -> None:  # type: ignore[no-untyped-def]
+    env = make_env(ini=INI, routes=file_routes(translate=f"maps.{mapping}"))
+    env.drop("usersys/mappings/maps.py", SAME_NAMES)
+    env.drop("data/in/x.edi", b"in")
+    env.path("data/out").mkdir(parents=True)
+    cfg = env.config()
+    res = run_engine(cfg)
+    assert res.exit_code == 0, res.message
+    assert res.counts["sent"] == len(expected)
+    assert _out(env) == expected                                    # every output, each under its own name
+    _ins, outs = _records(cfg)
+    assert sorted(outs) == sorted((name, "sent") for name in expected)   # the records name what the partner got
+    log = (env.root / "botssys" / "logging" / "engine.log").read_text(encoding="utf-8")
+    assert f"sent as {sorted(expected)[-1]!r}" in log
+
+
+def test_a_file_left_in_the_out_folder_is_never_overwritten(make_env) -> None:  # type: ignore[no-untyped-def]
+    env = make_env(ini=INI, routes=file_routes())
+    env.drop("data/out/x.edi", b"yesterday's, not picked up yet")
+    env.drop("data/in/x.edi", b"today's")
+    cfg = env.config()
+    res = run_engine(cfg)
+    assert res.exit_code == 0, res.message
+    assert _out(env) == {"x.edi": b"yesterday's, not picked up yet", "x_1.edi": b"today's"}
+    assert _records(cfg)[1] == [("x_1.edi", "sent")]
+    env.drop("data/in/x.edi", b"tomorrow's")
+    assert run_engine(cfg).exit_code == 0
+    assert _out(env)["x_2.edi"] == b"tomorrow's"
+    assert not [n for n in os.listdir(env.path("data/out")) if n.startswith(".")]   # no temporary file left
+
+
+def test_a_resend_while_the_first_copy_is_still_there_gets_a_free_name(make_env) -> None:  # type: ignore[no-untyped-def]
+    env = make_env(ini=INI, routes=file_routes())
+    env.drop("data/in/x.edi", b"content")
+    env.path("data/out").mkdir(parents=True)
+    cfg = env.config()
+    assert run_engine(cfg).exit_code == 0
+    mark_files(cfg.database_url, "resend", every=True)
+    res = run_engine(cfg, ["resend"])
+    assert res.exit_code == 0 and res.counts["sent"] == 1
+    assert _out(env) == {"x.edi": b"content", "x_1.edi": b"content"}
+    assert _records(cfg)[1] == [("x_1.edi", "sent")]                  # the record says where the last copy went
