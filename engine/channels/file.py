@@ -2,7 +2,8 @@
 
 In: regular files directly in ``path`` (never in its sub-folders) matching ``filemask`` (names
 starting with a dot are skipped, as Bots' glob does; folders, FIFOs and other special files are
-never opened). :func:`takes` and :func:`holds` are that rule, shared with the directory monitor
+never opened; a symbolic link is skipped with a warning, never followed, since it could hand a
+partner any file this host can read). :func:`takes` and :func:`holds` are that rule, shared with the directory monitor
 (``ops/dirmonitor``), so the monitor queues a job only for a file the channel will read.
 Out: the file is written under a temporary dot-name in the target folder and then linked under
 its name, so a reader never sees half a file; a file already of that name is never overwritten
@@ -36,9 +37,10 @@ def takes(name: str, mask: str) -> bool:
 
 def holds(folder: str, path: str, mask: str) -> bool:
     """Is ``path`` a file the channel of ``folder`` (a real path) and ``mask`` reads: directly in
-    that folder - the channel never reads sub-folders - and :func:`takes` it."""
+    that folder - the channel never reads sub-folders - :func:`takes` it, and not a symbolic link
+    (the channel never follows one)."""
     parent, name = os.path.split(path)
-    return parent == folder and takes(name, mask)
+    return parent == folder and takes(name, mask) and not os.path.islink(path)
 
 
 def _reason(exc: OSError) -> str:
@@ -72,7 +74,11 @@ class FileChannel(Channel):
                     if not takes(entry.name, mask):
                         continue
                     try:
-                        st = entry.stat()
+                        if entry.is_symlink():   # never followed: a link could hand out any file of this host
+                            self.log.warning("%s: skipping %r: a symbolic link (only regular files are taken)",
+                                             self.describe(), shown_name(entry.name))
+                            continue
+                        st = entry.stat(follow_symlinks=False)
                     except OSError as exc:
                         self.log.warning("%s: skipping %r: %s", self.describe(), shown_name(entry.name),
                                          _reason(exc))
@@ -98,8 +104,9 @@ class FileChannel(Channel):
     def fetch(self, item: IncomingItem, dest: Path) -> tuple[int, str]:
         """Copy to ``dest``; returns (size, sha256 hex) computed on the way, sparing the engine a re-read."""
         try:
-            # O_NONBLOCK: a FIFO swapped in after listing must never hang the run.
-            fd = os.open(item.ref, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            # O_NONBLOCK: a FIFO swapped in after listing must never hang the run; O_NOFOLLOW: nor a
+            # symbolic link swapped in make it read another file (ELOOP: refused, that file only)
+            fd = os.open(item.ref, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     raise OSError(0, "not a regular file")

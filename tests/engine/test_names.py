@@ -128,3 +128,42 @@ def test_a_resend_while_the_first_copy_is_still_there_gets_a_free_name(make_env)
     assert res.exit_code == 0 and res.counts["sent"] == 1
     assert _out(env) == {"x.edi": b"content", "x_1.edi": b"content"}
     assert _records(cfg)[1] == [("x_1.edi", "sent")]                  # the record says where the last copy went
+
+
+# --------------------------------------------------------------------------- 3. symbolic links
+
+def test_a_symlink_in_an_in_folder_is_never_followed(make_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"root:x:0:0")
+    env = make_env(ini=INI, routes=file_routes())
+    env.drop("data/in/good.edi", b"good")
+    os.symlink(secret, env.path("data/in/link.edi"))
+    env.path("data/out").mkdir(parents=True)
+    cfg = env.config()
+    res = run_engine(cfg)
+    assert res.exit_code == 0 and res.counts["received"] == 1
+    assert _out(env) == {"good.edi": b"good"}                          # the link's target never leaves
+    assert [name for name, _s, _a in _records(cfg)[0]] == ["good.edi"]
+    assert os.path.islink(env.path("data/in/link.edi")) and secret.read_bytes() == b"root:x:0:0"   # both untouched
+    log = (env.root / "botssys" / "logging" / "engine.log").read_text(encoding="utf-8")
+    assert "skipping 'link.edi': a symbolic link" in log
+
+
+def test_a_symlink_swapped_in_after_the_listing_is_not_read(make_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from engine.channels.base import Refused
+    from engine.channels.file import FileChannel, holds
+
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"root:x:0:0")
+    env = make_env(ini=INI, routes=file_routes())
+    env.drop("data/in/a.edi", b"a")
+    cfg = env.config()
+    import logging
+    ch = FileChannel(cfg.channels["in"], cfg, logging.getLogger("test"))
+    [item] = list(ch.list_incoming())
+    os.unlink(item.ref)
+    os.symlink(secret, item.ref)                                         # swapped in after the listing
+    with pytest.raises(Refused, match="cannot read 'a.edi'"):
+        ch.fetch(item, tmp_path / "got")
+    folder = os.path.realpath(env.path("data/in"))
+    assert not holds(folder, os.path.join(folder, "a.edi"), "*")         # the directory monitor agrees
