@@ -268,20 +268,15 @@ class FtpChannel(RemoteChannel):
             raise
         return size
 
+    def listed_names(self) -> set[str]:
+        return {raw for raw, _kind, _size, _mtime in self._entries()}
+
     def exists(self, remote_name: str) -> bool:
-        """``SIZE`` (one round trip; 550: no such file); without SIZE, a listing of the folder."""
-        if self.size_cmd:
-            try:
-                self._transfer_conn().size(remote_name)
-                return True
-            except ftplib.error_perm as exc:
-                if str(exc)[:3] not in _NOT_IMPLEMENTED:
-                    return False
-                self.size_cmd = False
-        return any(raw == remote_name for raw, _kind, _size, _mtime in self._entries())
+        return remote_name in self.listed_names()
 
     def rename(self, old: str, new: str) -> str | None:
-        # RNTO replaces an existing file on most servers: send() asks exists() first
+        # RNTO replaces an existing file on most servers: send() skips the names present() lists (a
+        # file the partner puts there after that listing, under the same name, is not seen)
         try:
             self._conn().rename(old, new)
         except ftplib.error_perm as exc:  # 5xx: refused (no permission, not implemented)

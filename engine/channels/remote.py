@@ -54,6 +54,7 @@ class RemoteChannel(Channel):
         self.broken = False        # a transfer failed: the connection is not trusted any more
         self.dead: CommunicationError | None = None   # reconnecting failed: the channel is done for this run
         self.leftovers: list[str] = []   # temporary uploads a broken connection left; removed on reconnect
+        self._present: set[str] | None = None   # names in the remote folder (see present()); per connection
 
     # ------------------------------------------------------------------ errors
     def describe(self) -> str:
@@ -126,6 +127,7 @@ class RemoteChannel(Channel):
         if self.connected():
             self.log.info("%s", self.scrub(f"{self.describe()}: reconnecting after a failed transfer"))
         self.close()
+        self._present = None        # listed again on the new connection
         try:
             self.open()
         except CommunicationError as exc:
@@ -229,17 +231,18 @@ class RemoteChannel(Channel):
             raise
 
     def _rename_unique(self, tmp: str, name: str) -> str:
-        """Rename the upload to the first of :func:`unique_names` that no file at the partner holds
-        (looked up before each rename, and again when a rename is refused: a file that appeared in
-        between is skipped too); the name it got."""
+        """Rename the upload to the first of :func:`unique_names` that no file at the partner holds,
+        by the names :meth:`present` knows (no round trip per file), and again when a rename is
+        refused (a file that appeared since the listing: SFTP's rename refuses an existing name, so
+        it is skipped too); the name it got."""
+        present = self.present()
         for final in unique_names(name):
-            with self.step(f"cannot send {name!r}: cannot check whether {final!r} is on the server"):
-                taken = self.exists(final)
-            if taken:
+            if final in present:
                 continue
             with self.step(f"cannot rename {tmp!r} to {final!r}"):
                 refusal = self.rename(tmp, final)
             if refusal is None:
+                present.add(final)
                 return final
             with self.step(f"cannot send {name!r}: cannot check whether {final!r} is on the server"):
                 taken = self.exists(final)
@@ -247,11 +250,24 @@ class RemoteChannel(Channel):
                 target = "it" if final == name else repr(final)
                 raise self.error(f"cannot send {name!r}: the server refuses to rename {tmp!r} to {target} "
                                  f"({refusal})", None, Refused)
+            present.add(final)
         raise self.error(f"cannot send {name!r}: it and {MAX_NAME_TRIES - 1} numbered names are all taken on the "
                          f"server", None, Refused)
 
+    def present(self) -> set[str]:
+        """The names in the remote folder: listed at the first send of a connection, then kept up
+        to date with what this channel renamed there (one listing per connection, not a look per file)."""
+        if self._present is None:
+            with self.step("cannot list the remote folder"):
+                self._present = self.listed_names()
+        return self._present
+
+    def listed_names(self) -> set[str]:  # pragma: no cover - abstract
+        """Every name in the remote folder (files, folders, links), as send() names them."""
+        raise NotImplementedError
+
     def exists(self, remote_name: str) -> bool:  # pragma: no cover - abstract
-        """Does the remote folder hold something named ``remote_name``?"""
+        """Does the remote folder hold something named ``remote_name`` (asked when a rename is refused)?"""
         raise NotImplementedError
 
     def put(self, src: Path, remote_name: str) -> None:  # pragma: no cover - abstract

@@ -303,6 +303,9 @@ class SftpChannel(RemoteChannel):
     def remote_size(self, remote_name: str) -> int | None:
         return self._conn().stat(self._b(remote_name)).st_size
 
+    def listed_names(self) -> set[str]:
+        return {raw.decode(self.encoding, "surrogateescape") for raw, _a in self._listdir(self._conn())}
+
     def exists(self, remote_name: str) -> bool:
         try:
             self._conn().stat(self._b(remote_name))

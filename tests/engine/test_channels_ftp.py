@@ -97,17 +97,6 @@ def test_send_never_overwrites_and_leaves_no_temporary_file(tmp_path: Path, serv
         "free.edi": b"free"}
 
 
-def test_send_without_size_command_still_never_overwrites(tmp_path: Path, server: FtpServer, remote: Path,
-                                                          certs) -> None:
-    (remote / "same.edi").write_bytes(b"old")
-    src = tmp_path / "src"
-    src.write_bytes(b"new")
-    with chan(tmp_path, server, certs) as ch:
-        ch.size_cmd = False                     # as on a server that does not know SIZE: a listing tells
-        assert ch.send(src, "same.edi") == "same_1.edi"
-    assert {p.name: p.read_bytes() for p in remote.iterdir()} == {"same.edi": b"old", "same_1.edi": b"new"}
-
-
 def test_a_file_changed_since_the_listing_stays_for_the_next_run(tmp_path: Path, server: FtpServer, remote: Path,
                                                                  certs) -> None:
     (remote / "growing.edi").write_bytes(b"first part")

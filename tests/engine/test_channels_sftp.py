@@ -113,20 +113,19 @@ def test_send_never_overwrites_an_existing_file(tmp_path: Path, server: SftpServ
 
 def test_a_file_appearing_before_the_rename_is_not_replaced(tmp_path: Path, server: SftpServer, remote: Path,
                                                             known_hosts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Someone writes the name between the look and the rename: the plain rename refuses, the name is
-    taken after all, and the next free one is used."""
+    """Someone writes the name after the channel listed the folder: the plain rename refuses, the name
+    is taken after all, and the next free one is used."""
     src = tmp_path / "src"
     src.write_bytes(b"ours")
     with chan(tmp_path, server, known_hosts) as ch:
-        real = type(ch).exists
+        real = type(ch).listed_names
 
-        def exists(self, name):  # type: ignore[no-untyped-def]
-            found = real(self, name)
-            if name == "race.edi" and not found:
-                (remote / "race.edi").write_bytes(b"theirs")     # ... just after we looked
-            return found
+        def listed_names(self):  # type: ignore[no-untyped-def]
+            names = real(self)
+            (remote / "race.edi").write_bytes(b"theirs")         # ... just after the listing
+            return names
 
-        monkeypatch.setattr(type(ch), "exists", exists)
+        monkeypatch.setattr(type(ch), "listed_names", listed_names)
         assert ch.send(src, "race.edi") == "race_1.edi"
     assert {p.name: p.read_bytes() for p in remote.iterdir()} == {"race.edi": b"theirs", "race_1.edi": b"ours"}
 
