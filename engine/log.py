@@ -75,7 +75,8 @@ def get_logger(component: str, logdir: Path | None = None, console: bool = True,
         for h in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
             logger.removeHandler(h)
             h.close()
-        fh = logging.FileHandler(logdir / f"{component}.log", encoding="utf-8")
+        # backslashreplace: a line holding a name's undecodable bytes is written, never a logging error
+        fh = logging.FileHandler(logdir / f"{component}.log", encoding="utf-8", errors="backslashreplace")
         fh.setFormatter(fmt)
         logger.addHandler(fh)
         _configured.add((component, str(logdir)))

@@ -7,10 +7,11 @@ reach or talk to the partner raise :class:`CommunicationError` (one line, no sec
 from __future__ import annotations
 
 import logging
+import os
 import re
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,18 +45,49 @@ class IncomingItem:
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
+def shown_name(raw: str) -> str:
+    """A name as the OS gave it (undecodable bytes as lone surrogates, Python's surrogateescape)
+    made valid text: each such byte becomes U+FFFD. The file is still reached under ``raw``; the
+    shown name is what the database (SQLite and PostgreSQL refuse lone surrogates), logs, reports
+    and out-channel names get."""
+    if raw.isascii():
+        return raw
+    try:
+        data = raw.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:       # a surrogate no file system made (a mapping's meta["filename"])
+        data = raw.encode("utf-8", "replace")
+    return data.decode("utf-8", "replace")
+
+
 def safe_name(name: str, fallback: str = "file") -> str:
-    """A partner's file name made safe to use as one local path component.
+    """A partner's file name made safe to use as one local path component and as a record.
 
     Remote names are untrusted: directory parts, ``..``, NUL and control characters
-    never survive, so nothing can escape the folder the name is joined to.
+    never survive, so nothing can escape the folder the name is joined to; bytes that are not
+    text (lone surrogates) become U+FFFD (:func:`shown_name`).
     """
-    name = unicodedata.normalize("NFC", str(name))
+    name = unicodedata.normalize("NFC", shown_name(str(name)))
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     name = _UNSAFE.sub("_", name).strip()
     if name in ("", ".", ".."):
         return fallback
     return name[:200]
+
+
+MAX_NAME_TRIES = 1000    # NAME, NAME_1 ... NAME_999: past that, the delivery fails (kept for retry)
+
+
+def unique_names(name: str, tries: int = MAX_NAME_TRIES) -> Iterator[str]:
+    """The names an output tries in turn when a file of its name is already at the partner:
+    ``INVOIC.edi``, ``INVOIC_1.edi``, ``INVOIC_2.edi`` ... (the number before the extension, so a
+    partner's mask such as ``*.edi`` still matches). Never overwriting is the rule of every
+    out-channel that names files (file, ftp, ftps, sftp): Bots appends to an existing file of
+    that name instead (its ``{overwrite}`` replaces), which a delivery through a temporary name and
+    a rename cannot do; a unique name loses nothing either."""
+    stem, ext = os.path.splitext(name)
+    yield name
+    for n in range(1, tries):
+        yield f"{stem}_{n}{ext}"
 
 
 class Channel(ABC):
@@ -104,5 +136,7 @@ class Channel(ABC):
 
     # out-side
     @abstractmethod
-    def send(self, src: Path, filename: str) -> None:
-        """Deliver local file ``src`` as ``filename``; partners never see a half file."""
+    def send(self, src: Path, filename: str) -> str:
+        """Deliver local file ``src`` as ``filename``; partners never see a half file. Returns the name
+        the partner got: ``filename``, or when a file of that name is already there the first free
+        name of :func:`unique_names` (never overwritten; smtp has no names to clash)."""

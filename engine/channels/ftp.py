@@ -268,7 +268,15 @@ class FtpChannel(RemoteChannel):
             raise
         return size
 
+    def listed_names(self) -> set[str]:
+        return {raw for raw, _kind, _size, _mtime in self._entries()}
+
+    def exists(self, remote_name: str) -> bool:
+        return remote_name in self.listed_names()
+
     def rename(self, old: str, new: str) -> str | None:
+        # RNTO replaces an existing file on most servers: send() skips the names present() lists (a
+        # file the partner puts there after that listing, under the same name, is not seen)
         try:
             self._conn().rename(old, new)
         except ftplib.error_perm as exc:  # 5xx: refused (no permission, not implemented)

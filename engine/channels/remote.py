@@ -2,8 +2,9 @@
 
 Connection settings from the channel spec, error messages that name channel and host
 and never carry a password, filemask matching, file names in the channel's ``encoding``, and
-the send pattern: write under a temporary name, check the size the server got, then rename, so
-partners never pick up half a file and a delivery counts only when the partner took it whole.
+the send pattern: write under a temporary name, check the size the server got, then rename (to a
+free name: a file at the partner is never overwritten), so partners never pick up half a file and
+a delivery counts only when the partner took it whole.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from engine.channels.base import Channel, CommunicationError, IncomingItem, Refused, safe_name
+from engine.channels.base import (MAX_NAME_TRIES, Channel, CommunicationError, IncomingItem, Refused, safe_name,
+                                  unique_names)
 from engine.log import redact
 
 # Our own temporary upload names: never offered as incoming files (see temp_name).
@@ -52,6 +54,7 @@ class RemoteChannel(Channel):
         self.broken = False        # a transfer failed: the connection is not trusted any more
         self.dead: CommunicationError | None = None   # reconnecting failed: the channel is done for this run
         self.leftovers: list[str] = []   # temporary uploads a broken connection left; removed on reconnect
+        self._present: set[str] | None = None   # names in the remote folder (see present()); per connection
 
     # ------------------------------------------------------------------ errors
     def describe(self) -> str:
@@ -124,6 +127,7 @@ class RemoteChannel(Channel):
         if self.connected():
             self.log.info("%s", self.scrub(f"{self.describe()}: reconnecting after a failed transfer"))
         self.close()
+        self._present = None        # listed again on the new connection
         try:
             self.open()
         except CommunicationError as exc:
@@ -195,11 +199,13 @@ class RemoteChannel(Channel):
                 + ", ".join(repr(n) for n in names[:10])))
 
     # ------------------------------------------------------------------ sending
-    def send(self, src: Path, filename: str) -> None:
+    def send(self, src: Path, filename: str) -> str:
         """Upload ``src`` as ``filename`` inside the remote folder: to a temporary name, check that the
-        server holds every byte, rename. Anything short of that raises CommunicationError (the engine
-        keeps the file for retry): a refused rename is a failed delivery, never a fallback to writing
-        the final name directly, which a partner could pick up half-written."""
+        server holds every byte, rename - to the next free name of :func:`unique_names` when a file of
+        that name is already there (never overwritten); returns the name the partner got. Anything
+        short of that raises CommunicationError (the engine keeps the file for retry): a refused
+        rename is a failed delivery, never a fallback to writing the final name directly, which a
+        partner could pick up half-written."""
         name = safe_name(filename)  # a template-made name never leaves the remote folder
         tmp = self.temp_name(name)
         size = src.stat().st_size
@@ -213,11 +219,7 @@ class RemoteChannel(Channel):
             if got is not None and got != size:
                 raise self.error(f"cannot send {name!r}: the server holds {got} of the {size} bytes sent", None,
                                  Refused)
-            with self.step(f"cannot rename {tmp!r} to {name!r}"):
-                refusal = self.rename(tmp, name)
-            if refusal is not None:
-                raise self.error(f"cannot send {name!r}: the server refuses to rename {tmp!r} to it ({refusal})",
-                                 None, Refused)
+            return self._rename_unique(tmp, name)
         except CommunicationError:
             if self.broken:            # cannot clean up now: at the next connection of this run
                 self.leftovers.append(tmp)
@@ -228,6 +230,46 @@ class RemoteChannel(Channel):
                     self.leftovers.append(tmp)
             raise
 
+    def _rename_unique(self, tmp: str, name: str) -> str:
+        """Rename the upload to the first of :func:`unique_names` that no file at the partner holds,
+        by the names :meth:`present` knows (no round trip per file), and again when a rename is
+        refused (a file that appeared since the listing: SFTP's rename refuses an existing name, so
+        it is skipped too); the name it got."""
+        present = self.present()
+        for final in unique_names(name):
+            if final in present:
+                continue
+            with self.step(f"cannot rename {tmp!r} to {final!r}"):
+                refusal = self.rename(tmp, final)
+            if refusal is None:
+                present.add(final)
+                return final
+            with self.step(f"cannot send {name!r}: cannot check whether {final!r} is on the server"):
+                taken = self.exists(final)
+            if not taken:
+                target = "it" if final == name else repr(final)
+                raise self.error(f"cannot send {name!r}: the server refuses to rename {tmp!r} to {target} "
+                                 f"({refusal})", None, Refused)
+            present.add(final)
+        raise self.error(f"cannot send {name!r}: it and {MAX_NAME_TRIES - 1} numbered names are all taken on the "
+                         f"server", None, Refused)
+
+    def present(self) -> set[str]:
+        """The names in the remote folder: listed at the first send of a connection, then kept up
+        to date with what this channel renamed there (one listing per connection, not a look per file)."""
+        if self._present is None:
+            with self.step("cannot list the remote folder"):
+                self._present = self.listed_names()
+        return self._present
+
+    def listed_names(self) -> set[str]:  # pragma: no cover - abstract
+        """Every name in the remote folder (files, folders, links), as send() names them."""
+        raise NotImplementedError
+
+    def exists(self, remote_name: str) -> bool:  # pragma: no cover - abstract
+        """Does the remote folder hold something named ``remote_name`` (asked when a rename is refused)?"""
+        raise NotImplementedError
+
     def put(self, src: Path, remote_name: str) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -236,7 +278,8 @@ class RemoteChannel(Channel):
         raise NotImplementedError
 
     def rename(self, old: str, new: str) -> str | None:  # pragma: no cover - abstract
-        """Rename at the server; None when done, else the server's reason for refusing."""
+        """Rename at the server, never replacing a file where the protocol allows that (SFTP); None
+        when done, else the server's reason for refusing."""
         raise NotImplementedError
 
     def remove_quietly(self, remote_name: str) -> None:  # pragma: no cover - abstract

@@ -303,32 +303,27 @@ class SftpChannel(RemoteChannel):
     def remote_size(self, remote_name: str) -> int | None:
         return self._conn().stat(self._b(remote_name)).st_size
 
+    def listed_names(self) -> set[str]:
+        return {raw.decode(self.encoding, "surrogateescape") for raw, _a in self._listdir(self._conn())}
+
+    def exists(self, remote_name: str) -> bool:
+        try:
+            self._conn().stat(self._b(remote_name))
+            return True
+        except FileNotFoundError:
+            return False
+
     def rename(self, old: str, new: str) -> str | None:
+        """Plain SFTP rename: it fails when ``new`` exists (SFTP v3; OpenSSH links, then unlinks), so
+        a file that appeared since send() looked is never replaced. Never ``posix-rename``, which
+        replaces it."""
         sftp = self._conn()
-        old, new = self._b(old), self._b(new)   # type: ignore[assignment]
         try:
-            sftp.posix_rename(old, new)   # atomic, replaces an existing file (OpenSSH extension)
+            sftp.rename(self._b(old), self._b(new))
             return None
-        except OSError as exc:
-            self._raise_if_gone(exc)
-        try:  # plain SFTP rename: refused when the target exists
-            sftp.rename(old, new)
-            return None
-        except OSError as exc:
-            self._raise_if_gone(exc)
-            refusal = str(exc) or "refused"
-        try:
-            sftp.stat(new)
-        except OSError as exc:
-            self._raise_if_gone(exc)
-            return refusal            # no file in the way: the server refused the rename itself
-        try:                          # an older file of that name is in the way: replace it
-            sftp.remove(new)
-            sftp.rename(old, new)
         except OSError as exc:
             self._raise_if_gone(exc)
             return str(exc) or "refused"
-        return None
 
     def _raise_if_gone(self, exc: OSError) -> None:
         """A refusal is an answer from a live server; a timeout or lost connection is not."""

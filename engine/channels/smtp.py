@@ -98,8 +98,8 @@ class SmtpChannel(RemoteChannel):
             return exc.smtp_code != 421
         return isinstance(exc, smtplib.SMTPRecipientsRefused)
 
-    def send(self, src: Path, filename: str) -> None:
-        name = safe_name(filename)
+    def send(self, src: Path, filename: str) -> str:
+        name = safe_name(filename)    # a mail's attachment: no name at the partner to clash with
         msg = self.message(src, name)
         action = f"cannot send {name!r} to {', '.join(self.to)}"
         self.ensure_open()
@@ -115,12 +115,13 @@ class SmtpChannel(RemoteChannel):
             raise self.error(action, exc, Refused if self.is_answer(exc) else CommunicationError) from None
         else:
             self._all_accepted(refused, action)
-            return
+            return name
         self.ensure_open()
         assert self.smtp is not None
         with self.step(action):
             refused = self.smtp.send_message(msg, from_addr=self.sender, to_addrs=self.to)
         self._all_accepted(refused, action)
+        return name
 
     def _all_accepted(self, refused: dict, action: str) -> None:
         """smtplib reports recipients refused while others took the mail only in its return value."""

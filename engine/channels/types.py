@@ -89,6 +89,9 @@ VALUE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "settle": (lambda v: v >= 0, "seconds, 0 or more (0 turns the check off)"),
     "timeout": (lambda v: v > 0, "seconds, more than 0"),
     "encoding": (_known_encoding, "an encoding Python knows, such as \"utf-8\" or \"cp1252\""),
+    # a name inside the channel's folder: "sub/{infile}" was silently cut to "{infile}"; the folder is `path`
+    "filename": (lambda v: "/" not in v and "\\" not in v,
+                 "a file name without a folder (no / or \\; the channel's path is the folder)"),
 }
 
 

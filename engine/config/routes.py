@@ -112,6 +112,9 @@ def _part(pw: str, raw: Any, channels: dict[str, ChannelSpec]) -> RoutePart:
             raise ConfigError(f"{pw}.{key}: no channel named {ch!r} in [channels]")
     if not CHANNEL_TYPES[channels[frm].type].receives:
         raise ConfigError(f"{pw}.fromchannel: an {channels[frm].type} channel can only send")
+    if part.get("tochannel") == frm:    # each run would receive its own output again, for ever
+        raise ConfigError(f"{pw}.tochannel: {frm!r} is the part's own fromchannel: every run would receive its "
+                          f"output again; send to another channel")
     translate = part.get("translate", "passthrough")
     if translate not in ("passthrough", "none") and not _MAPPING.fullmatch(translate):
         raise ConfigError(f"{pw}.translate: expected \"passthrough\", \"none\" or \"module.function\", "

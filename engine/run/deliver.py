@@ -7,7 +7,9 @@
   so a failed delivery can be sent again, and named by the out-channel's ``filename`` template
   (placeholders ``route``, ``run``, ``seq``, ``infile``, ``datetime``; a mapping's
   ``meta["filename"]`` wins);
-* send: each delivery result is recorded; a failure keeps the file for
+* send: each delivery result is recorded, under the name the partner got (an output whose name is
+  taken there - by an earlier output of this run or anything else - gets the next free name,
+  never overwriting it: :func:`engine.channels.base.unique_names`); a failure keeps the file for
   ``--automaticretrycommunication`` and ``--resend``.
 
 A batch of incoming files is recorded with their outputs in one commit. Each delivery the partner
@@ -197,7 +199,7 @@ class Deliverer:
                 raise CommunicationError(f"channel {out.channel!r} is no longer configured")
             ch = ctx.channels.get(out.channel)
             try:
-                ch.send(src, out.filename)
+                final = ch.send(src, out.filename)
             except ConfigError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the file is kept for retry whatever went wrong
@@ -208,6 +210,10 @@ class Deliverer:
             out.commstatus, out.error = CommStatus.FAILED, str(exc)
             ctx.comm_error(out.route, out.filename, str(exc))
             return
+        if final != out.filename:     # a file of that name was there: never overwritten (channels.base.unique_names)
+            ctx.log.warning("route %s: channel %s already holds a file named %r; %s sent as %r", out.route,
+                            out.channel, out.filename, out.filename, final)
+            out.filename = final
         out.commstatus, out.error, out.sent_at = CommStatus.SENT, "", utcnow()
         ctx.tracker.journal(out, ctx.run_id)    # the partner took it: journaled before anything else happens
         ctx.counts.sent += 1

@@ -48,7 +48,8 @@ _SR_COLUMNS = ("incoming_id", "channel", "filename", "size", "checksum", "create
 _INSERT_SR = insert(_SR).values({c: bindparam(c) for c in _SR_COLUMNS})
 _UPDATE_OUT = (update(_OUT).where(_OUT.c.id == bindparam("b_id"))
                .values(commstatus=bindparam("b_comm"), attempts=bindparam("b_attempts"), error=bindparam("b_error"),
-                       sent_at=bindparam("b_sent"), resend=bindparam("b_resend")))
+                       sent_at=bindparam("b_sent"), resend=bindparam("b_resend"),
+                       filename=bindparam("b_name")))   # a resend may get a free name (channels.base.unique_names)
 CHUNK = 500                 # ids per IN (...) list
 _OUT_OK = str(OutStatus.OK)
 # States go to the driver as plain str (str() of a StrEnum member): sqlite3 binds an str subclass
@@ -469,7 +470,7 @@ class Tracker:
         are written to run ``run_id``'s record)."""
         with self.tx() as conn:
             conn.execute(_UPDATE_OUT, [dict(b_id=o.id, b_comm=str(o.commstatus), b_attempts=o.attempts, b_error=o.error,
-                                            b_sent=o.sent_at, b_resend=o.resend) for o in outs])
+                                            b_sent=o.sent_at, b_resend=o.resend, b_name=o.filename) for o in outs])
             self._settle(conn, outs, run_id, counts)
 
     # ------------------------------------------------------------------ selections

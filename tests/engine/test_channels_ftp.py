@@ -77,14 +77,24 @@ def test_round_trip_reuses_one_connection(tmp_path: Path, server: FtpServer, rem
     assert server.connections - before == 1
 
 
-def test_send_overwrites_and_leaves_no_temporary_file(tmp_path: Path, server: FtpServer, remote: Path, certs) -> None:
+def test_send_never_overwrites_and_leaves_no_temporary_file(tmp_path: Path, server: FtpServer, remote: Path,
+                                                            certs) -> None:
+    """A file of that name at the partner (not picked up yet, or an earlier output of this run) is
+    kept: the new one gets the next free name, and send() says which."""
     (remote / "same.edi").write_bytes(b"old")
+    (remote / "same_1.edi").write_bytes(b"older")
     src = tmp_path / "src"
-    src.write_bytes(b"new content")
     with chan(tmp_path, server, certs) as ch:
-        ch.send(src, "same.edi")
-    assert sorted(p.name for p in remote.iterdir()) == ["same.edi"]
-    assert (remote / "same.edi").read_bytes() == b"new content"
+        names = []
+        for content in (b"new content", b"newer content"):
+            src.write_bytes(content)
+            names.append(ch.send(src, "same.edi"))
+        src.write_bytes(b"free")
+        names.append(ch.send(src, "free.edi"))
+    assert names == ["same_2.edi", "same_3.edi", "free.edi"]
+    assert {p.name: p.read_bytes() for p in remote.iterdir()} == {
+        "same.edi": b"old", "same_1.edi": b"older", "same_2.edi": b"new content", "same_3.edi": b"newer content",
+        "free.edi": b"free"}
 
 
 def test_a_file_changed_since_the_listing_stays_for_the_next_run(tmp_path: Path, server: FtpServer, remote: Path,

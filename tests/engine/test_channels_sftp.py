@@ -96,17 +96,38 @@ def test_a_file_changed_since_the_listing_stays_for_the_next_run(tmp_path: Path,
     assert (tmp_path / "g").read_bytes() == b"first"
 
 
-@pytest.mark.parametrize("posix_rename", [True, False])
-def test_send_replaces_an_existing_file(tmp_path: Path, server: SftpServer, remote: Path, known_hosts: Path,
-                                        posix_rename: bool) -> None:
-    server.posix_rename = posix_rename     # without the OpenSSH extension: plain rename, target removed first
+def test_send_never_overwrites_an_existing_file(tmp_path: Path, server: SftpServer, remote: Path,
+                                                known_hosts: Path) -> None:
+    """A file of that name at the partner is kept: the new one gets the next free name (send() says which)."""
     (remote / "x.edi").write_bytes(b"old")
     src = tmp_path / "src"
-    src.write_bytes(b"new")
     with chan(tmp_path, server, known_hosts) as ch:
-        ch.send(src, "x.edi")
-        ch.send(src, "y.edi")
-    assert sorted(os.listdir(remote)) == ["x.edi", "y.edi"] and (remote / "x.edi").read_bytes() == b"new"
+        names = []
+        for name, content in (("x.edi", b"new"), ("x.edi", b"newer"), ("y.edi", b"y")):
+            src.write_bytes(content)
+            names.append(ch.send(src, name))
+    assert names == ["x_1.edi", "x_2.edi", "y.edi"]
+    assert {p.name: p.read_bytes() for p in remote.iterdir()} == {
+        "x.edi": b"old", "x_1.edi": b"new", "x_2.edi": b"newer", "y.edi": b"y"}
+
+
+def test_a_file_appearing_before_the_rename_is_not_replaced(tmp_path: Path, server: SftpServer, remote: Path,
+                                                            known_hosts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Someone writes the name after the channel listed the folder: the plain rename refuses, the name
+    is taken after all, and the next free one is used."""
+    src = tmp_path / "src"
+    src.write_bytes(b"ours")
+    with chan(tmp_path, server, known_hosts) as ch:
+        real = type(ch).listed_names
+
+        def listed_names(self):  # type: ignore[no-untyped-def]
+            names = real(self)
+            (remote / "race.edi").write_bytes(b"theirs")         # ... just after the listing
+            return names
+
+        monkeypatch.setattr(type(ch), "listed_names", listed_names)
+        assert ch.send(src, "race.edi") == "race_1.edi"
+    assert {p.name: p.read_bytes() for p in remote.iterdir()} == {"race.edi": b"theirs", "race_1.edi": b"ours"}
 
 
 @pytest.mark.parametrize("posix_rename", [True, False])

@@ -63,8 +63,12 @@ def test_bots_style_config_flag_and_routes(make_env):
     (DEFAULT_INI, ROUTES + "\n[routes.broken\n", r"routes.toml: syntax error"),
     (DEFAULT_INI, ROUTES.replace('filename = "{infile}"', 'filename = "{infile}_{partner}"'),
      r"routes.toml: channels.out.filename: unknown placeholder \{partner\}"),
+    (DEFAULT_INI, ROUTES.replace('filename = "{infile}"', 'filename = "sub/{infile}"'),
+     r"routes.toml: channels.out.filename: expected a file name without a folder .*got 'sub/\{infile\}'"),
+    (DEFAULT_INI, ROUTES.replace('tochannel = "out"', 'tochannel = "in"'),
+     r"routes.toml: routes.r1.parts\[1\].tochannel: 'in' is the part's own fromchannel"),
 ], ids=["wrong-key-type", "unknown-channel-type", "missing-channel", "wrong-toml-type", "ini-syntax",
-        "toml-syntax", "unknown-placeholder"])
+        "toml-syntax", "unknown-placeholder", "filename-with-folder", "tochannel-is-fromchannel"])
 @pytest.mark.procs
 def test_config_errors_exit_1_with_one_line_naming_file_and_key(make_env, ini, routes, expect):
     import re

@@ -44,10 +44,11 @@ cls = getattr(importlib.import_module(module), name)
 after, done = int(os.environ["KILL_AFTER"]), [0]
 real = cls.send
 def send(self, src, filename):
-    real(self, src, filename)
+    name = real(self, src, filename)
     done[0] += 1
     if done[0] == after:
         os.kill(os.getpid(), signal.SIGKILL)
+    return name
 cls.send = send
 from engine.cli.engine import main
 sys.argv[0] = "bots-engine"
@@ -204,8 +205,9 @@ def stop_after(monkeypatch: pytest.MonkeyPatch, n: int) -> list[str]:
     def send(self, src, filename):  # type: ignore[no-untyped-def]
         if len(sent) == n:
             raise Interrupted()
-        real(self, src, filename)
+        name = real(self, src, filename)
         sent.append(filename)
+        return name
 
     monkeypatch.setattr(FileChannel, "send", send)
     return sent

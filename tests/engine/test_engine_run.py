@@ -127,19 +127,21 @@ def test_remove_false_leaves_the_source(make_env):
     assert env.path("data/in/a.edi").exists() and env.path("data/out/a.edi").read_text() == "AAA"
 
 
-def test_outgoing_written_under_temporary_name_then_renamed(env, monkeypatch):
+def test_outgoing_written_under_temporary_name_then_linked(env, monkeypatch):
+    """Written whole under a dot-name, then linked under its name (link(): never over an existing file)."""
     env.drop("data/in/a.edi", "AAA")
     env.path("data/out").mkdir(parents=True)
     cfg = env.config()
     import engine.channels.file as fc
     names = []
-    real_replace = os.replace
+    real_link = os.link
 
-    def replace(src, dst):
+    def link(src, dst):
         names.append((Path(src).name, Path(dst).name))
-        return real_replace(src, dst)
+        assert Path(src).read_bytes() == b"AAA"          # whole before it gets its name
+        return real_link(src, dst)
 
-    monkeypatch.setattr(fc.os, "replace", replace)
+    monkeypatch.setattr(fc.os, "link", link)
     assert run_engine(cfg).exit_code == 0
     tmp, final = names[-1]
     assert final == "a.edi" and tmp.startswith(".") and tmp.endswith(".tmp")

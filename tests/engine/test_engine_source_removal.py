@@ -117,7 +117,8 @@ def test_another_file_under_the_same_name_is_new(env, monkeypatch):  # type: ign
     res = run_engine(cfg)
     assert res.exit_code == 0 and res.counts["received"] == 1 and res.counts["sent"] == 1
     assert res.counts["removed_late"] == 0
-    assert env.path("data/out/a.edi").read_text() == "second, longer"
+    assert env.path("data/out/a.edi").read_text() == "first"              # both kept: never overwritten
+    assert env.path("data/out/a_1.edi").read_text() == "second, longer"
     ins, outs, pending = _rows(cfg)
     assert [i.filename for i in ins] == ["a.edi", "b.edi", "a.edi"] and len(outs) == 3 and pending == []
     # b.edi's mark was settled when the file was gone: the same content arriving later is a new file
