@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -27,13 +28,15 @@ def _copy(src: Path, dst: Path, force: bool, written: list[Path]) -> None:
     written.append(dst)
 
 
-def init_environment(target: Path, demo: bool, force: bool = False) -> Path:
-    """Write an environment in ``target``; returns its config dir."""
+def init_environment(target: Path, demo: bool, force: bool = False,
+                     written: list[Path] | None = None) -> Path:
+    """Write an environment in ``target``; returns its config dir. ``written`` (when given) gets the
+    files written: an existing file is kept unless ``force``."""
     target = Path(os.path.expanduser(target)).absolute()
     if target.exists() and not target.is_dir():
         raise UsageError(f"{target}: exists and is not a folder")
     configdir = target / "config"
-    written: list[Path] = []
+    written = [] if written is None else written
     try:
         configdir.mkdir(parents=True, exist_ok=True)
         _copy(TEMPLATES / "bots.ini", configdir / "bots.ini", force, written)
@@ -64,9 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    configdir = init_environment(Path(args.dir), demo=args.demo, force=args.force)
-    print(f"environment written: {configdir.parent}")
+    written: list[Path] = []
+    configdir = init_environment(Path(args.dir), demo=args.demo, force=args.force, written=written)
+    if written:
+        print(f"environment written: {configdir.parent} ({len(written)} file(s) written)")
+    else:
+        print(f"environment kept: {configdir.parent} (its files exist; --force overwrites them)")
     print(f"  config dir: {configdir}")
-    print(f"  run the engine: bots-engine -c {configdir}")
+    print(f"  run the engine: bots-engine -c {shlex.quote(str(configdir))}")
     sys.stdout.flush()
     return 0

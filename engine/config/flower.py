@@ -74,13 +74,18 @@ def listen_address(sec: IniSection, address: str | None, port: int | None, env_a
     line's), else the ``env_address``/``env_port`` variables, else the section's ``address`` and
     ``port`` (default 127.0.0.1 and ``default_port``). ConfigError (one line) unless the port is 1..65535."""
     addr = address if address is not None else os.environ.get(env_address) or sec.get("address", str, "127.0.0.1")
-    raw_port = port if port is not None else os.environ.get(env_port) or sec.get("port", int, default_port)
+    if port is not None:                                    # the error names where the port came from
+        raw_port, where = port, "--port"
+    elif os.environ.get(env_port):
+        raw_port, where = os.environ[env_port], env_port
+    else:
+        raw_port, where = sec.get("port", int, default_port), sec.where("port")
     try:
         prt = int(raw_port)
     except ValueError:
-        raise ConfigError(f"{env_port}: expected a port number, got {raw_port!r}") from None
+        raise ConfigError(f"{where}: expected a port number, got {raw_port!r}") from None
     if not 0 < prt < 65536:
-        raise ConfigError(f"{sec.where('port')}: expected a port number 1..65535, got {prt}")
+        raise ConfigError(f"{where}: expected a port number 1..65535, got {prt}")
     return addr, prt
 
 

@@ -60,3 +60,13 @@ def test_a_bad_port_in_the_environment_names_the_variable(make_env, monkeypatch:
     monkeypatch.setenv(ENV_PORT, "eighty")
     with pytest.raises(ConfigError, match=f"^{ENV_PORT}: expected a port number, got 'eighty'$"):
         load_webserver_settings(make_env().config())
+
+
+def test_a_bad_port_names_where_it_came_from(make_env, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """--port 99999 was blamed on bots.ini's [webserver] port; a bad variable's range too."""
+    cfg = make_env(ini="[webserver]\nport = 8181\n").config()
+    with pytest.raises(ConfigError, match=r"^--port: expected a port number 1\.\.65535, got 99999$"):
+        load_webserver_settings(cfg, port=99999)
+    monkeypatch.setenv(ENV_PORT, "70000")
+    with pytest.raises(ConfigError, match=f"^{ENV_PORT}: expected a port number 1\\.\\.65535, got 70000$"):
+        load_webserver_settings(cfg)

@@ -113,3 +113,17 @@ def test_files_list_mark_rereceive_resend_and_runs(tmp_path):
     assert r.returncode == 1 and "unknown run status 'error'" in r.stderr
     r = botsq("files", "list", "-c", c, "--status", "error")
     assert r.returncode == 0 and r.stdout.strip() == "no files"
+
+
+@pytest.mark.procs
+def test_init_again_says_it_kept_the_files_and_quotes_the_hint(tmp_path):
+    """A second init wrote nothing yet said "environment written", and its hint broke on a space."""
+    target = tmp_path / "a b"
+    first = botsq("init", str(target))
+    assert first.returncode == 0 and first.stdout.startswith(f"environment written: {target} (")
+    (target / "config" / "bots.ini").write_text("[settings]\n")
+    again = botsq("init", str(target))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(f"environment kept: {target} (its files exist; --force overwrites them)")
+    assert f"bots-engine -c '{target / 'config'}'" in again.stdout
+    assert (target / "config" / "bots.ini").read_text() == "[settings]\n"
