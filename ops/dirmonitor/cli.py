@@ -1,7 +1,8 @@
 """``bots-dirmonitor [-c DIR]``: run the directory monitor in the foreground until SIGTERM or Ctrl-C.
 
 It refuses to start (exit 1, one line) when the queue is disabled, no ``[dirmonitorN]`` section
-exists, a watched folder is missing, or a section names a route that cannot run.
+exists, a watched folder is missing, a section names a route that cannot run, or another monitor of
+the same config is alive (its heartbeat, by the lease rule: :mod:`ops.dirmonitor.heartbeat`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from engine.config import Config, add_config_argument, load_config
 from engine.errors import UsageError, one_line
 from engine.log import component_logger
 from ops.dirmonitor.agreement import check
+from ops.dirmonitor.heartbeat import heartbeat_age, read_heartbeat
 from ops.dirmonitor.monitor import Monitor
 from ops.dirmonitor.triggering import JobSender
 from tasks.broker import connect
@@ -33,6 +35,11 @@ def check_config(cfg: Config) -> None:
             what = "is not a folder" if mon.path.exists() else "does not exist"
             raise UsageError(f"{cfg.ini_path}: [{mon.name}] path: {mon.path} {what}")
     check(cfg)      # the monitor and the file channel agree (recursive = True refused)
+    age, limit = heartbeat_age(cfg)
+    if age is not None and age <= limit:    # two would watch the same folders and fight over the heartbeat
+        hb = read_heartbeat(cfg) or {}
+        raise UsageError(f"another bots-dirmonitor runs for this config (pid {hb.get('pid')} on {hb.get('host')}, "
+                         f"heartbeat {age:.0f} s ago): stop it first")
 
 
 def build_parser() -> argparse.ArgumentParser:

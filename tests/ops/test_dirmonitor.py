@@ -352,6 +352,25 @@ def test_heartbeat_written_and_marked_stopped(monitor):
     assert heartbeat_age(mon.cfg)[0] is None
 
 
+@pytest.mark.procs
+def test_a_second_monitor_of_the_same_config_is_refused(make_env):
+    """A second bots-dirmonitor started without a word and overwrote the first one's heartbeat."""
+    import json
+    import re
+    import socket
+    env = make_env(ini=ini(), routes=ROUTES)
+    env.path("data/in").mkdir(parents=True)
+    hb = env.path("botssys/dirmonitor.heartbeat")
+    hb.parent.mkdir(parents=True, exist_ok=True)
+    hb.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "timestamp": time.time(),
+                              "state": "running"}))                 # a live monitor: this test's own process
+    res = env.run(cmd="bots-dirmonitor", timeout=60)
+    assert res.returncode == 1, res.stderr
+    assert re.fullmatch(re.escape(f"bots-dirmonitor: error: another bots-dirmonitor runs for this config (pid "
+                                  f"{os.getpid()} on {socket.gethostname()}, heartbeat ") + r"\d+ s ago\): stop it first\n",
+                        res.stderr), res.stderr
+
+
 @pytest.mark.parametrize("ini_text,err", [
     ("[jobqueue]\nenabled = False\n[dirmonitor1]\npath = data/in\n", r"\[jobqueue\] enabled: the queue is disabled"),
     ("[jobqueue]\nenabled = True\n", r"no \[dirmonitorN\] section"),
