@@ -177,22 +177,25 @@ class Supervisor:
     def stop(self, grace: float = 30.0, announce: bool = True) -> None:
         """SIGTERM every live child (last started first), wait up to ``grace`` s, then SIGKILL.
 
-        A second Ctrl-C during the wait kills the remaining children at once.
+        A Ctrl-C (or SIGTERM) during the wait kills the remaining children at once and is raised
+        again once they are gone, so the caller ends as interrupted (exit 130), not as finished.
         """
         live = [c for c in reversed(self.children) if c.alive()]
         if announce and live:
             self.say(f"stopping {', '.join(c.name for c in live)}")
         for c in live:
             self._signal(c, signal.SIGTERM)
+        interrupted: BaseException | None = None
         try:
             deadline = time.monotonic() + grace
             while any(c.alive() for c in live) and time.monotonic() < deadline:
                 time.sleep(0.1)
-        except (KeyboardInterrupt, Stopped):
-            pass
+        except (KeyboardInterrupt, Stopped) as exc:
+            interrupted = exc
         for c in live:
             if c.alive():
-                self.say(f"{c.name} did not stop within {grace:.0f}s: killed")
+                why = "interrupted while stopping" if interrupted is not None else f"did not stop within {grace:.0f}s"
+                self.say(f"{c.name} {why}: killed")
                 self._signal(c, signal.SIGKILL)
         for c in self.children:
             try:
@@ -201,6 +204,8 @@ class Supervisor:
                 pass
             if c.reader is not None and c.reader.ident is not None:   # started (a signal may cut start())
                 c.reader.join(timeout=5)
+        if interrupted is not None:
+            raise interrupted
 
     @staticmethod
     def _signal(child: Child, sig: int) -> None:

@@ -92,7 +92,10 @@ def node_in_use(app: Any, nodename: str, timeout: float) -> bool:
     A second worker of that name would otherwise retry its declare for ever (RestartFreqExceeded).
     Other brokers: a ping to that name within ``timeout`` seconds."""
     if broker_kind(app.conf.broker_url or "") != BrokerKind.RABBITMQ:
-        return bool(app.control.ping(destination=[nodename], timeout=timeout, limit=1))
+        # an own connection, closed after: the app's pooled one would be inherited by the worker
+        # this process becomes, and its pool processes then never report UP after a restart (Redis)
+        with app.connection_for_write() as conn:
+            return bool(app.control.ping(destination=[nodename], timeout=timeout, limit=1, connection=conn))
 
     def held(chan: Any, conn: Any) -> bool:
         try:

@@ -202,5 +202,30 @@ def test_second_ctrl_c_while_stopping_kills_at_once() -> None:
     proc.send_signal(signal.SIGINT)
     rest = proc.communicate(timeout=20)[0]
     assert time.monotonic() - t0 < 10
-    assert "stubborn did not stop within 60s: killed" in rest
+    assert "stubborn interrupted while stopping: killed" in rest   # not "did not stop within 60s" after 0.5 s
+    assert rest.rstrip().endswith("interrupted")
+    assert wait_for(lambda: gone(pid), 5), f"child {pid} still running"
+
+
+STOP_PHASE_HARNESS = STUBBORN_HARNESS.replace(   # the work is done once the child is up: the with-block ends
+    "        sup.wait()\n",
+    "        import time\n"
+    "        while not sup.children[0].lines:\n"
+    "            time.sleep(0.05)\n"
+    "        print('stopping now', flush=True)\n")
+
+
+@pytest.mark.procs
+def test_ctrl_c_while_stopping_after_the_work_is_done_ends_as_interrupted() -> None:
+    """botsq demo: a Ctrl-C in its stop phase printed a false "did not stop within 30s", then "all
+    processed" and exit 0; the interrupt now reaches the caller (botsq demo: 130)."""
+    proc = subprocess.Popen([PY, "-c", STOP_PHASE_HARNESS], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdout is not None
+    pid = int(proc.stdout.readline().split()[-1])
+    assert "stopping now" in proc.stdout.readline()
+    assert "stopping stubborn" in proc.stdout.readline()          # the with-block ended: stop() waits
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=20)[0]
+    assert "stubborn interrupted while stopping: killed" in rest and "did not stop within" not in rest
+    assert rest.rstrip().endswith("interrupted")
     assert wait_for(lambda: gone(pid), 5), f"child {pid} still running"

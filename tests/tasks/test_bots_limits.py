@@ -38,6 +38,7 @@ def limits_ini(broker: str, smtp_port: int) -> str:
     return f"""
 [settings]
 maxruntime = 1
+sendreportiferror = True
 lock_heartbeat = 0.5
 lock_grace = 4
 
