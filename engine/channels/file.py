@@ -65,13 +65,18 @@ def copy_file(src: str | os.PathLike[str], dst: str) -> None:
                 if done or exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                     raise
                 while chunk := os.read(fd, _CHUNK):     # no sendfile between these file systems
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(out, view):]
+                    _write_all(out, chunk)
         finally:
             os.close(out)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """All of ``data`` to ``fd`` (os.write may write less than it was given)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _reason(exc: OSError) -> str:
@@ -148,9 +153,7 @@ class FileChannel(Channel):
                     while chunk := os.read(fd, _CHUNK):
                         h.update(chunk)
                         size += len(chunk)
-                        view = memoryview(chunk)
-                        while view:
-                            view = view[os.write(out, view):]
+                        _write_all(out, chunk)
                 finally:
                     os.close(out)
             finally:
