@@ -391,7 +391,8 @@ def test_a_job_over_two_lanes_a_default_run_the_monitor_and_beat_each_end_in_the
     wait_for(lambda: len(runs(cfg)) == before + 3 and all(r_["ended"] for r_ in runs(cfg)), 30, "three runs", procs)
     assert sorted((r_["lane"], r_["routes"]) for r_ in runs(cfg)[before:]) == [("default", ""), ("fast", ""),
                                                                               ("slow", "")]
-    assert sorted(os.listdir(env.root / "data/out")) == ["x.edi", "y.edi", "z.edi"]
+    # four z.edi from four routes into one out-folder: none overwrites another (README "Channels")
+    assert sorted(os.listdir(env.root / "data/out")) == ["x.edi", "y.edi", "z.edi", "z_1.edi", "z_2.edi", "z_3.edi"]
     assert runs(cfg)[-1]["received"] + runs(cfg)[-2]["received"] + runs(cfg)[-3]["received"] == 4
 
     monitor = dirmonitor(env.root, env.configdir, broker)
