@@ -12,6 +12,7 @@ Bots stand-in of the tests (tests/bots_standin.py), against floors measured in t
 
     .venv/bin/python bench/bots_overhead.py                 # 200 jobs, 20 wall-time rounds
     .venv/bin/python bench/bots_overhead.py --jobs 50 --rounds 10
+    .venv/bin/python bench/bots_overhead.py --only b --rounds 40    # one of the two
 """
 from __future__ import annotations
 
@@ -156,12 +157,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--only", choices=("a", "b"), help="measure only (a) or only (b)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="botsq-bench-bots-") as tmp:
-        via, direct = walltime(Path(tmp) / "wall", args.rounds)
-        print(f"(b) wall time, median of {args.rounds}: bots-engine through botsq {statistics.median(via):.0f} ms, "
-              f"stand-in directly {statistics.median(direct):.0f} ms, botsq adds "
-              f"{statistics.median(via) - statistics.median(direct):.0f} ms")
+        if args.only != "a":
+            via, direct = walltime(Path(tmp) / "wall", args.rounds)
+            print(f"(b) wall time, median of {args.rounds}: bots-engine through botsq {statistics.median(via):.0f} ms, "
+                  f"stand-in directly {statistics.median(direct):.0f} ms, botsq adds "
+                  f"{statistics.median(via) - statistics.median(direct):.0f} ms")
+        if args.only == "b":
+            return 0
         broker, drop = rabbit_vhost()
         try:
             builtin = latency(Path(tmp) / "builtin", broker, False, args.jobs)

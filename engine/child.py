@@ -11,7 +11,6 @@ of how they are tied to the process that started them.
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import shutil
@@ -62,6 +61,7 @@ def parent_death_signal() -> Callable[[], Any] | None:
     """A pre-exec hook making the child die (SIGTERM) with the thread that started it (Linux
     ``PR_SET_PDEATHSIG``); None where the call does not exist. Resolved here, not in the forked
     child: the child only makes the system call."""
+    import ctypes          # only where setpriv is missing
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):

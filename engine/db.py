@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine.errors import DatabaseError, one_line
 from engine.log import mask_url
 from engine.models import Base
+from engine.sqlite import SQLITE_PRAGMAS
 
 _engines: dict[str, Engine] = {}
 _makers: dict[str, sessionmaker[Session]] = {}
@@ -29,11 +30,8 @@ _lock = threading.Lock()
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
     cur = dbapi_conn.cursor()
-    # WAL lets the monitor, CLI and a running engine read while the engine writes.
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.execute("PRAGMA foreign_keys=ON")
+    for pragma in SQLITE_PRAGMAS:
+        cur.execute(pragma)
     cur.close()
 
 

@@ -14,7 +14,8 @@ directory monitor's heartbeat file (:mod:`ops.dirmonitor.heartbeat`).
 
 Claiming is race-safe on SQLite and PostgreSQL: a free lease is taken by inserting its row (a
 second inserter gets a key conflict); a dead holder's row is taken over by an update conditional
-on its token and heartbeat, so of two claimants noticing the same death only one wins.
+on its token and heartbeat, so of two claimants noticing the same death only one wins. The
+statements are plain SQL (:mod:`engine.dbapi`): taking a lease never imports SQLAlchemy.
 """
 from __future__ import annotations
 
@@ -22,20 +23,13 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-
-from sqlalchemy.orm import Session
-
-from engine.db import session_scope
-from engine.errors import database_error
-from engine.models import Lease as LeaseRow
-from engine.models import iso_utc, utcnow
+from engine import dbapi
+from engine.states import iso_utc, utcnow
 
 
 def hostname() -> str:
@@ -108,19 +102,16 @@ class Holder:
         return ((now or utcnow()) - self.heartbeat).total_seconds()
 
 
-@contextmanager
-def _session(url: str) -> Iterator[Session]:
-    """A session on the lease table; any database failure is a one-line DatabaseError."""
-    try:
-        with session_scope(url) as s:
-            yield s
-    except SQLAlchemyError as exc:
-        raise database_error(url, exc) from None
+_COLUMNS = "name, token, host, pid, started, heartbeat, run_id"
+_SELECT = f"SELECT {_COLUMNS} FROM leases WHERE name = :name"
 
 
-def _holder(row: LeaseRow, grace: float, now: datetime) -> Holder:
-    return Holder(row.name, row.token, row.host, row.pid, row.started, row.heartbeat, row.run_id,
-                  holder_alive(row.host, row.pid, row.heartbeat, grace, now))
+def _holder(row: tuple[Any, ...], grace: float, now: datetime) -> Holder:
+    name, token, host, pid, started, heartbeat, run_id = row
+    started, heartbeat = dbapi.as_datetime(started), dbapi.as_datetime(heartbeat)
+    assert started is not None and heartbeat is not None
+    return Holder(name, token, host, int(pid), started, heartbeat, run_id,
+                  holder_alive(host, int(pid), heartbeat, grace, now))
 
 
 class Lease:
@@ -135,10 +126,10 @@ class Lease:
         return refresh(self.url, self.name, self.token)
 
     def set_run(self, run_id: int) -> None:
-        """Name the engine run holding the lease (``botsq status`` shows it)."""
-        with _session(self.url) as s:
-            s.execute(update(LeaseRow).where(LeaseRow.name == self.name, LeaseRow.token == self.token)
-                      .values(run_id=run_id))
+        """Name the engine run holding the lease (``botsq status`` shows it); DatabaseError."""
+        dbapi.transact(self.url, lambda tx: tx.execute(
+            "UPDATE leases SET run_id = :run_id WHERE name = :name AND token = :token",
+            {"run_id": run_id, "name": self.name, "token": self.token}))
 
     def release(self) -> None:
         """Give the lease up (only while it is still ours); DatabaseError."""
@@ -157,58 +148,59 @@ class Claim:
 def read(url: str, name: str, grace: float) -> Holder | None:
     """The current holder of lease ``name``, or None when it is free. DatabaseError when the
     database cannot be used."""
-    with _session(url) as s:
-        row = s.get(LeaseRow, name)
-        return _holder(row, grace, utcnow()) if row is not None else None
+    rows = dbapi.transact(url, lambda tx: tx.execute(_SELECT, {"name": name}).rows, write=False)
+    return _holder(rows[0], grace, utcnow()) if rows else None
 
 
 def acquire(url: str, name: str, grace: float, *, token: str | None = None) -> Claim:
     """Take lease ``name``, or name the live holder. A given ``token`` that already holds the
     lease refreshes it (a holder asking again). DatabaseError when the database cannot be used."""
     token = token or uuid.uuid4().hex
-    me_host, me_pid = hostname(), os.getpid()
-    for _attempt in range(5):
+    me = {"name": name, "token": token, "host": hostname(), "pid": os.getpid()}
+
+    def attempt(tx: dbapi.Transaction) -> Claim | None:
         now = utcnow()
+        rows = tx.execute(_SELECT, {"name": name}).rows
+        if not rows:
+            tx.execute(f"INSERT INTO leases ({_COLUMNS}) VALUES (:name, :token, :host, :pid, :now, :now, NULL)",
+                       {**me, "now": now})
+            return Claim(Lease(url, name, token, now))
+        found = _holder(rows[0], grace, now)
+        if found.token == token:
+            tx.execute("UPDATE leases SET heartbeat = :now WHERE name = :name AND token = :token",
+                       {"name": name, "token": token, "now": now})
+            return Claim(Lease(url, name, token, found.started), found)
+        if found.alive:
+            return Claim(None, found)
+        # the dead holder's row, exactly as read (its stored heartbeat): of two claimants only one wins
+        n = tx.execute("UPDATE leases SET token = :token, host = :host, pid = :pid, started = :now, "
+                       "heartbeat = :now, run_id = NULL "
+                       "WHERE name = :name AND token = :old_token AND heartbeat = :old_heartbeat",
+                       {**me, "now": now, "old_token": rows[0][1], "old_heartbeat": rows[0][5]}).rowcount
+        return Claim(Lease(url, name, token, now), found) if n == 1 else None
+
+    for _attempt in range(5):
         try:
-            with session_scope(url) as s:
-                row = s.get(LeaseRow, name)
-                if row is None:
-                    s.add(LeaseRow(name=name, token=token, host=me_host, pid=me_pid, started=now, heartbeat=now,
-                                   run_id=None))
-                    s.flush()
-                    return Claim(Lease(url, name, token, now))
-                found = _holder(row, grace, now)
-                if row.token == token:
-                    row.heartbeat = now
-                    return Claim(Lease(url, name, token, row.started), found)
-                if found.alive:
-                    return Claim(None, found)
-                n = s.execute(update(LeaseRow)
-                              .where(LeaseRow.name == name, LeaseRow.token == row.token,
-                                     LeaseRow.heartbeat == row.heartbeat)
-                              .values(token=token, host=me_host, pid=me_pid, started=now, heartbeat=now,
-                                      run_id=None)).rowcount
-                if n == 1:
-                    return Claim(Lease(url, name, token, now), found)
-        except IntegrityError:
+            claim = dbapi.transact(url, attempt)
+        except dbapi.Conflict:
             continue                       # another claimant inserted the row first: look again
-        except SQLAlchemyError as exc:
-            raise database_error(url, exc) from None
+        if claim is not None:
+            return claim
     return Claim(None, read(url, name, grace))
 
 
 def refresh(url: str, name: str, token: str) -> bool:
     """Heartbeat of lease ``name`` held with ``token``; False when it is not (any more) ours.
     DatabaseError."""
-    with _session(url) as s:
-        return s.execute(update(LeaseRow).where(LeaseRow.name == name, LeaseRow.token == token)
-                         .values(heartbeat=utcnow())).rowcount == 1
+    return dbapi.transact(url, lambda tx: tx.execute(
+        "UPDATE leases SET heartbeat = :now WHERE name = :name AND token = :token",
+        {"now": utcnow(), "name": name, "token": token}).rowcount) == 1
 
 
 def release(url: str, name: str, token: str) -> None:
     """Delete lease ``name`` if ``token`` still holds it; DatabaseError."""
-    with _session(url) as s:
-        s.execute(delete(LeaseRow).where(LeaseRow.name == name, LeaseRow.token == token))
+    dbapi.transact(url, lambda tx: tx.execute("DELETE FROM leases WHERE name = :name AND token = :token",
+                                              {"name": name, "token": token}))
 
 
 class Heartbeat:

@@ -18,7 +18,7 @@ from engine.config import Config
 from engine.config.lanes import DEFAULT_LANE
 from engine.errors import DatabaseError, one_line
 from engine.lease import Holder
-from engine.models import utcnow
+from engine.states import utcnow
 
 
 def lease_name(lane: str = DEFAULT_LANE) -> str:

@@ -10,54 +10,19 @@ is missing on first use.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from enum import StrEnum
+from datetime import datetime
 
 from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from engine.config.engine import EngineKind
 from engine.config.lanes import DEFAULT_LANE, MAX_LANE_LENGTH
+# the states and the clock live without SQLAlchemy (bots-engine with kind = bots never imports it); re-exported here
+from engine.states import CommStatus, InStatus, OutStatus, RunStatus, iso_utc, utcnow  # noqa: F401
 
 
 class Base(DeclarativeBase):
     pass
-
-
-class RunStatus(StrEnum):
-    """``Run.status``."""
-    RUNNING = "running"
-    OK = "ok"
-    ERRORS = "errors"          # ran, with file or communication errors (exit 2)
-    CRASHED = "crashed"        # its process died; recorded by the run that recovered it
-    FAILED = "failed"          # stopped by a system error or a signal
-    KILLED = "killed"          # a Bots engine child that died by a signal (the hard time limit, or a kill)
-    LOCKED = "locked"          # a Bots engine child that found Bots locked (exit 3): nothing ran, the job waits
-
-
-class InStatus(StrEnum):
-    """``Incoming.status``."""
-    RECEIVED = "received"      # archived and recorded, not yet processed
-    DONE = "done"
-    ERROR = "error"            # a file error
-    COMMERROR = "commerror"    # could not be fetched; still at the partner
-
-
-class OutStatus(StrEnum):
-    """``Outgoing.status``: the translation result (an output exists)."""
-    OK = "ok"
-
-
-class CommStatus(StrEnum):
-    """``Outgoing.commstatus``: the delivery."""
-    PENDING = "pending"
-    SENT = "sent"
-    FAILED = "failed"
-
-
-def utcnow() -> datetime:
-    """Now, naive UTC: the one clock of every tracking column (leases included)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 class Run(Base):
@@ -249,11 +214,6 @@ class EngineState(Base):
 
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text, default="")
-
-
-def iso_utc(dt: datetime | None) -> str | None:
-    """A naive UTC time as ISO 8601 with its offset (``2026-01-31T12:00:00+00:00``), for output."""
-    return dt.replace(tzinfo=timezone.utc).isoformat(timespec="seconds") if dt else None
 
 
 class EmptySighting(Base):

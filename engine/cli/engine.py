@@ -29,7 +29,7 @@ from engine.config import Config, add_config_argument, load_config
 from engine.errors import ConfigError, DatabaseError, ExitCode, Terminated, UsageError, one_line
 from engine.log import get_logger, register_secrets
 from engine.progress import ProgressBar
-from engine.run import ENGINE_COMMANDS, run_engine
+from engine.run import ENGINE_COMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +70,7 @@ def _main() -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     if cfg.engine.is_bots:
         return _run_bots(cfg, args)
+    from engine.run import run_engine      # the ORM comes with it: kind = bots (above) runs without
     bar = ProgressBar()
     bar.clear_for_logs(logging.getLogger("botsq.engine"))
     try:

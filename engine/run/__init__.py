@@ -14,8 +14,21 @@
 Every file is tracked and none is lost: a run that dies half-way leaves records saying how far
 each file got, and the next run finishes them before it does anything else.
 """
+from __future__ import annotations
+
+from typing import Any
+
 from engine.run.selection import ENGINE_COMMANDS, LanePart, lane_plan, normalise_commands, select_routes
-from engine.run.session import RunResult, run_engine
+
+
+def __getattr__(name: str) -> Any:
+    # run_engine and RunResult come with the ORM (session -> tracking -> SQLAlchemy); imported on first
+    # use so that what needs only the selection rules (bots-engine with kind = bots) does not pay it
+    if name in ("run_engine", "RunResult"):
+        from engine.run.session import RunResult, run_engine
+        return {"run_engine": run_engine, "RunResult": RunResult}[name]
+    raise AttributeError(f"module 'engine.run' has no attribute {name!r}")
+
 
 __all__ = ["run_engine", "RunResult", "ENGINE_COMMANDS", "normalise_commands", "select_routes", "lane_plan",
            "LanePart"]
