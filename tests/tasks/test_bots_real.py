@@ -216,10 +216,13 @@ def site(module_vhost: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         [jobqueue]
         enabled = True
         broker = {module_vhost}
+        ; the bots-dirmonitor test's own config dir: a worker runs jobs of the config dirs it lists only
+        configdirs = {root / "dm" / "config"}
         """))
     worker = Worker(env, module_vhost).wait_ready()
     try:
-        yield SimpleNamespace(env=env, broker=module_vhost, worker=worker, bots=bots, route=route)
+        yield SimpleNamespace(env=env, broker=module_vhost, worker=worker, bots=bots, route=route,
+                              dmroot=root / "dm")
     finally:
         worker.stop()
         bots.cleanup()
@@ -320,11 +323,10 @@ def test_bots_own_config_dir_with_the_engine_lines_added_is_a_botsq_config_dir(
     assert len(site.bots.translated(tag)) == 1
 
 
-def test_a_bots_dirmonitor_section_queues_the_route_and_bots_translates_the_file(
-        site: SimpleNamespace, tmp_path: Path) -> None:
+def test_a_bots_dirmonitor_section_queues_the_route_and_bots_translates_the_file(site: SimpleNamespace) -> None:
     # Bots' own [dirmonitorN] keys (path, filemask, recursive, route) on the route's in-folder, in a
     # botsq config dir of its own (no routes.toml): bots-dirmonitor queues the route, the worker runs Bots.
-    env = Env(tmp_path).write(textwrap.dedent(f"""
+    env = Env(site.dmroot).write(textwrap.dedent(f"""
         [settings]
         maxruntime = 10
         whencleanup = never
