@@ -8,7 +8,8 @@ Bots stand-in of the tests (tests/bots_standin.py), against floors measured in t
     a Python stand-in would add: Bots' own start-up is Bots' cost, not botsq's) - for the built-in
     engine the start of its run record (lock taken, run recorded); p50/p90;
 (b) wall time of ``bots-engine -c DIR`` through botsq (lock, run record, child, record) against the
-    stand-in called directly with the same arguments: median of N, rounds alternated.
+    stand-in called directly with the same arguments: median of N, rounds alternated; beside them the
+    floor of any Python wrapper (an interpreter that only imports the stdlib modules one needs).
 
     .venv/bin/python bench/bots_overhead.py                 # 200 jobs, 20 wall-time rounds
     .venv/bin/python bench/bots_overhead.py --jobs 50 --rounds 10
@@ -135,11 +136,17 @@ def latency(root: Path, broker: str, bots: bool, n: int) -> list[float]:
     return out
 
 
-def walltime(root: Path, rounds: int) -> tuple[list[float], list[float]]:
+# The least any Python wrapper around a child costs: the interpreter's start and the stdlib modules such a
+# wrapper needs (its command line, bots.ini, a log, the lock's database, the child, a heartbeat thread).
+WRAPPER_FLOOR = "import argparse, configparser, logging, sqlite3, subprocess, threading"
+
+
+def walltime(root: Path, rounds: int) -> tuple[list[float], list[float], list[float]]:
+    """(through botsq, the stand-in directly, the Python wrapper floor) in ms, rounds alternated."""
     cdir = root / "config"
     cdir.mkdir(parents=True)
     (cdir / "bots.ini").write_text(f"[engine]\nkind = bots\ncommand = {sys.executable} {STANDIN}\n")
-    via, direct = [], []
+    via, direct, floor = [], [], []
     for i in range(rounds + 2):
         t0 = time.perf_counter()
         subprocess.run([str(BIN / "bots-engine"), "-c", str(cdir)], check=True, capture_output=True, cwd=root)
@@ -147,10 +154,13 @@ def walltime(root: Path, rounds: int) -> tuple[list[float], list[float]]:
         subprocess.run([sys.executable, str(STANDIN), "--new", f"-c{cdir}"], check=True, capture_output=True,
                        cwd=root)
         t2 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", WRAPPER_FLOOR], check=True, capture_output=True, cwd=root)
+        t3 = time.perf_counter()
         if i >= 2:
             via.append((t1 - t0) * 1000)
             direct.append((t2 - t1) * 1000)
-    return via, direct
+            floor.append((t3 - t2) * 1000)
+    return via, direct, floor
 
 
 def main() -> int:
@@ -161,10 +171,13 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="botsq-bench-bots-") as tmp:
         if args.only != "a":
-            via, direct = walltime(Path(tmp) / "wall", args.rounds)
+            via, direct, floor = walltime(Path(tmp) / "wall", args.rounds)
+            added = statistics.median(via) - statistics.median(direct)
             print(f"(b) wall time, median of {args.rounds}: bots-engine through botsq {statistics.median(via):.0f} ms, "
-                  f"stand-in directly {statistics.median(direct):.0f} ms, botsq adds "
-                  f"{statistics.median(via) - statistics.median(direct):.0f} ms")
+                  f"stand-in directly {statistics.median(direct):.0f} ms, botsq adds {added:.0f} ms; "
+                  f"a Python process only importing what a wrapper needs ({WRAPPER_FLOOR[7:]}) "
+                  f"{statistics.median(floor):.0f} ms, so botsq's own code adds "
+                  f"{added - statistics.median(floor):.0f} ms")
         if args.only == "b":
             return 0
         broker, drop = rabbit_vhost()

@@ -28,7 +28,6 @@ from engine.cli.common import ArgumentParser, run_cli
 from engine.config import Config, add_config_argument, load_config
 from engine.errors import ConfigError, DatabaseError, ExitCode, Terminated, UsageError, one_line
 from engine.log import get_logger, register_secrets
-from engine.progress import ProgressBar
 from engine.run import ENGINE_COMMANDS
 
 
@@ -70,6 +69,7 @@ def _main() -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     if cfg.engine.is_bots:
         return _run_bots(cfg, args)
+    from engine.progress import ProgressBar
     from engine.run import run_engine      # the ORM comes with it: kind = bots (above) runs without
     bar = ProgressBar()
     bar.clear_for_logs(logging.getLogger("botsq.engine"))

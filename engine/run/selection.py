@@ -3,10 +3,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from engine.config import Config, Route
+from engine.config import Config
 from engine.config.lanes import DEFAULT_LANE
 from engine.errors import UsageError
+
+if TYPE_CHECKING:
+    from engine.config import Route
 
 # Bots' order: a run does them in this order, whatever order they were given in
 ENGINE_COMMANDS = ("automaticretrycommunication", "resend", "rereceive", "new", "cleanup")
