@@ -214,16 +214,22 @@ class DirMonitor:
     debounce: float = 0.5                 # seconds ready files coalesce into one job
     polling: bool = False                 # no inotify (network shares): settle on size and mtime
     rescan: float = 60.0                  # seconds between safety rescans
+    # Bots' bare [dirmonitor] process_existing (default True): files already in the folder when the
+    # monitor starts queue a job; False leaves them for the job the next arriving file queues
+    process_existing: bool = True
 
 
 # A watched folder is "dirmonitor" plus a non-empty suffix, as Bots reads it (bots/dirmonitor.py:
 # ``section.startswith('dirmonitor') and section[len('dirmonitor'):]``); a bare [dirmonitor] holds
-# Bots' monitor settings (process_existing, log_level, ...) and is left to Bots.
+# Bots' monitor settings: process_existing is honoured for every folder, the rest (log_level, ...) is
+# left to Bots.
 _MONITOR = re.compile(r"dirmonitor.+")
 
 
 def read_dirmonitors(ini: Mapping[str, IniSection], resolve: Resolve) -> tuple[DirMonitor, ...]:
     monitors = []
+    general = ini.get("dirmonitor")
+    existing = general.get("process_existing", bool, True) if general is not None else True
     for name in sorted(n for n in ini if _MONITOR.fullmatch(n)):
         ms = ini[name]
         path = ms.get("path", str, "")
@@ -233,7 +239,7 @@ def read_dirmonitors(ini: Mapping[str, IniSection], resolve: Resolve) -> tuple[D
             name=name, path=resolve(path), filemask=ms.get("filemask", str, "*") or "*",
             route=ms.get("route", str, ""), recursive=ms.get("recursive", bool, False), priority=ms.priority(),
             debounce=ms.get("debounce", float, 0.5), polling=ms.get("polling", bool, False),
-            rescan=ms.get("rescan", float, 60.0),
+            rescan=ms.get("rescan", float, 60.0), process_existing=existing,
         )
         if mon.debounce < 0:
             raise ConfigError(f"{ms.where('debounce')}: must be 0 or more seconds")

@@ -203,6 +203,17 @@ class Arrivals:
                 counted += self.ready(w, path, now, sig)
         return counted
 
+    def known(self, w: Watch) -> int:
+        """Note every matching file in the folder as counted, as it is now, without queueing a job
+        (``[dirmonitor] process_existing = False``); how many. A file that changes later counts then."""
+        noted = 0
+        for path in self._walk(w, w.root):
+            sig = signature(path)
+            if sig is not None:
+                w.done[path] = sig
+                noted += 1
+        return noted
+
     def rescans(self, now: float) -> float:
         """The periodic rescans, and one of every folder after an inotify overflow; seconds until the next."""
         if self.watching.overflow.is_set():

@@ -53,7 +53,9 @@ class Monitor:
     # ------------------------------------------------------------------ the loop
     def initialize(self, now: float | None = None) -> None:
         """Watch every folder (UsageError when one cannot be watched), then count the files already
-        waiting - after the watches, so nothing falls in between."""
+        waiting - after the watches, so nothing falls in between; with Bots' ``[dirmonitor]
+        process_existing = False`` they are only noted (as counted), so that neither the start nor a
+        rescan queues a job for them: the next file that arrives does, as in Bots."""
         now = time.monotonic() if now is None else now
         self.watching.listen_for_overflow(True)
         for w in self.watches:
@@ -64,10 +66,15 @@ class Monitor:
                           w.mon.name, w.root, " (recursive)" if w.readers.recursive else "", w.mon.filemask,
                           w.mon.route or "(default run)", w.mon.priority, w.mon.debounce, kind)
         for w in self.watches:
-            n = self.arrivals.rescan(w, now)
+            if w.mon.process_existing:
+                n = self.arrivals.rescan(w, now)
+                if n:
+                    self.log.info("[%s] %d file(s) already waiting", w.mon.name, n)
+            else:
+                n = self.arrivals.known(w)
+                self.log.info("[%s] %d file(s) already waiting left for the next job ([dirmonitor] "
+                              "process_existing = False)", w.mon.name, n)
             w.next_rescan = now + w.mon.rescan
-            if n:
-                self.log.info("[%s] %d file(s) already waiting", w.mon.name, n)
         self.write_heartbeat()
         self._next_heartbeat = now + HEARTBEAT_EVERY
         self._next_supervise = now + SUPERVISE_EVERY

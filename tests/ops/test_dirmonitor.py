@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.errors import ConfigError
 from engine.readiness import open_for_writing
 from ops.dirmonitor.monitor import Monitor
 
@@ -184,6 +185,37 @@ def test_files_already_waiting_trigger_a_job_at_start(monitor):
     mon, rec, root = monitor(before=before)
     rec.wait(lambda: rec.files() == {"old1.edi", "old2.edi"})
     assert len(rec.calls) == 1
+
+
+@pytest.mark.parametrize("kind", ["builtin", "bots"])
+def test_process_existing_false_leaves_waiting_files_for_the_next_arrival(monitor, kind, tmp_path):
+    """Bots' bare [dirmonitor] process_existing = False: files there at start queue nothing, not even
+    at a rescan; the next file to arrive queues the route (whose run takes the old files too)."""
+    def before(root: Path) -> None:
+        for name in ("old1.edi", "old2.edi"):
+            (root / "data/in" / name).write_bytes(b"x")
+            os.utime(root / "data/in" / name, (time.time() - 60, time.time() - 60))
+
+    engine = ""
+    if kind == "bots":
+        standin = tmp_path / "bots-engine"
+        standin.write_text("#!/bin/sh\nexit 0\n")
+        standin.chmod(0o755)
+        engine = f"[engine]\nkind = bots\ncommand = {standin}\n"
+    text = ini(rescan=0.3) + engine + "[dirmonitor]\nprocess_existing = False\n"
+    mon, rec, root = monitor(ini_text=text, before=before)
+    time.sleep(1.2)                                      # past the start and a few rescans
+    assert rec.calls == []
+    (root / "data/in/new.edi").write_bytes(b"x")
+    rec.wait(lambda: rec.files() == {"new.edi"})
+    time.sleep(0.8)
+    assert len(rec.calls) == 1
+
+
+def test_process_existing_must_be_true_or_false(make_env):
+    env = make_env(ini=ini() + "[dirmonitor]\nprocess_existing = sometimes\n", routes=ROUTES)
+    with pytest.raises(ConfigError, match=r"\[dirmonitor\] process_existing"):
+        env.config()
 
 
 def test_unchanged_files_are_not_queued_again_by_rescans(monitor):
