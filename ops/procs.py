@@ -181,12 +181,12 @@ class Supervisor:
         again once they are gone, so the caller ends as interrupted (exit 130), not as finished.
         """
         live = [c for c in reversed(self.children) if c.alive()]
-        if announce and live:
-            self.say(f"stopping {', '.join(c.name for c in live)}")
-        for c in live:
-            self._signal(c, signal.SIGTERM)
         interrupted: BaseException | None = None
-        try:
+        try:              # from the announcement on: a Ctrl-C right after it must still end the children
+            if announce and live:
+                self.say(f"stopping {', '.join(c.name for c in live)}")
+            for c in live:
+                self._signal(c, signal.SIGTERM)
             deadline = time.monotonic() + grace
             while any(c.alive() for c in live) and time.monotonic() < deadline:
                 time.sleep(0.1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import _posixsubprocess
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -46,10 +47,37 @@ def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on 127.0.0.1 now, for a server a test starts a moment later. Taken below the
+    kernel's ephemeral range: a port the kernel picked (bind to port 0) can be handed to any outgoing
+    connection on this busy machine - a broker or database client - before the server binds it
+    ("Address already in use"); and never the same port twice in one test session."""
+    low = max(1024, min(20000, _EPHEMERAL_LOW - 2000))
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(low, _EPHEMERAL_LOW)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {low}..{_EPHEMERAL_LOW - 1}")
 
 
 def bin_path(name: str) -> str:
