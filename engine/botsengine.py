@@ -53,7 +53,7 @@ from typing import IO
 from engine import dbapi
 from engine.child import start_tied, stop_group
 from engine.config import Config
-from engine.config.engine import EngineKind, engine_problem
+from engine.config.engine import EngineKind, bots_console_problem, engine_problem
 from engine.config.lanes import DEFAULT_LANE
 from engine.errors import ConfigError, DatabaseError, ExitCode, one_line
 from engine.lease import Holder, hostname
@@ -115,10 +115,9 @@ class OutputReader:
         for key, pattern in SUMMARY_LINES:
             m = pattern.search(line)
             if m:
-                if key == "received":          # a new report starts (Bots prints one per run)
-                    self.counts.clear()
-                    self.summary.clear()
-                self.counts[key] = int(m.group(1))
+                # one Bots process may print several reports (a crash recovery's, then the run's):
+                # the run record counts what the whole process did
+                self.counts[key] = self.counts.get(key, 0) + int(m.group(1))
                 self.summary.append(line.strip())
                 break
         m = UNKNOWN_ROUTE.search(line)
@@ -139,11 +138,16 @@ def bots_argv(cfg: Config, commands: Sequence[str], routes: Sequence[str]) -> li
             *dict.fromkeys(routes)]
 
 
-def check_bots_engine(cfg: Config) -> None:
-    """ConfigError (one line naming the key) when ``[engine] kind = bots`` cannot be started."""
+def check_bots_engine(cfg: Config, log: Logger | None = None) -> None:
+    """ConfigError (one line naming the key) when ``[engine] kind = bots`` cannot be started; a
+    warning to ``log`` when Bots' console lines, which botsq reads, are off
+    (:func:`engine.config.engine.bots_console_problem`)."""
     problem = engine_problem(cfg.engine, cfg.configdir)
     if problem:
         raise ConfigError(problem)
+    warning = bots_console_problem(cfg.engine, cfg.configdir)
+    if warning and log is not None:
+        log.warning("%s", warning)
 
 
 class BotsEngineRun:
@@ -173,6 +177,7 @@ class BotsEngineRun:
             if got.crashed is not None:
                 self.log.warning("%s: botsq's engine lock of %s (run %s) was stale; taking over", self.label,
                                  got.crashed.describe(), got.crashed.run_id)
+                self._record_crashed(got.crashed)
             result = self._run_child()
         finally:
             lock.release()
@@ -261,6 +266,26 @@ class BotsEngineRun:
                        {"run_id": run_id, "name": lock.lease.name, "token": token})
             return run_id
         return dbapi.transact(self.cfg.database_url, insert)
+
+    def _record_crashed(self, dead: Holder) -> None:
+        """The run of a dead lock holder (its process killed, its host gone silent) never recorded
+        its end: it is recorded ``crashed`` by this run, which took the lock over (as the built-in
+        engine's recovery does). Bots' own crash recovery does the files (its next run)."""
+        if dead.run_id is None:
+            return
+        message = (f"run {dead.run_id}: crashed - its process ({dead.describe()}) ended without recording an end; "
+                   f"the engine lock was taken over by run {self.run_id}")
+        try:
+            n = dbapi.transact(self.cfg.database_url, lambda tx: tx.execute(
+                "UPDATE runs SET status = :crashed, ended = :now, message = :message "
+                "WHERE id = :id AND status = :running",
+                {"crashed": str(RunStatus.CRASHED), "now": utcnow(), "message": message, "id": dead.run_id,
+                 "running": str(RunStatus.RUNNING)})).rowcount
+        except DatabaseError as exc:
+            self.log.error("%s: could not record run %s as crashed: %s", self.label, dead.run_id, one_line(exc))
+            return
+        if n:
+            self.log.warning("%s: %s", self.label, message)
 
     def _finish(self, status: RunStatus, code: int, what: str, child_exit: int | None,
                 sig: int | None) -> BotsResult:

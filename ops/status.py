@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from beat_schedule import load_jobs
 from engine.config import DEFAULT_LANE, Config, add_config_argument, load_config
-from engine.config.engine import engine_problem
+from engine.config.engine import bots_console_problem, engine_problem
 from engine.db import get_engine, session_scope
 from engine.errors import ConfigError, DatabaseError, UsageError
 from engine.log import mask_url, redact, redact_data, register_secrets
@@ -105,7 +105,8 @@ def check_engine(cfg: Config) -> dict[str, Any]:
     """``[engine]``: the kind, and for a Bots engine the command line and whether it can be started."""
     problem = engine_problem(cfg.engine, cfg.configdir)
     return {"kind": str(cfg.engine.kind), "command": shlex.join(cfg.engine.command) if cfg.engine.is_bots else None,
-            "healthy": problem is None, "problem": problem}
+            "healthy": problem is None, "problem": problem,
+            "warning": bots_console_problem(cfg.engine, cfg.configdir)}
 
 
 def check_lock(cfg: Config) -> dict[str, Any]:
@@ -237,6 +238,8 @@ def render(report: dict[str, Any]) -> str:
     else:
         lines.append(f"  engine    {_ok(eng['healthy']):4}  {eng['kind']}: "
                      + (eng["command"] if eng["healthy"] else eng["problem"]))
+        if eng.get("warning"):
+            lines.append(f"            warn  {eng['warning']}")
     br = report["broker"]
     if br.get("enabled") is False:
         lines.append("  broker    -     job queue disabled ([jobqueue] enabled = False)")

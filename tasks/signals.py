@@ -120,7 +120,7 @@ def check_engine(sender: Any = None, **_: Any) -> None:
     ``celery -A tasks worker`` as ``bots-jobqueueserver``. SystemExit passes Celery's signal dispatch."""
     app = getattr(sender, "app", None) or current_app
     try:
-        check_bots_engine(worker_config(app))
+        check_bots_engine(worker_config(app), worker_log(app))
     except ConfigError as exc:
         print(f"celery worker: error: {redact(str(exc))}", file=sys.stderr, flush=True)
         worker_log(app).error("worker not started: %s", one_line(exc))

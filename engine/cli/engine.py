@@ -26,6 +26,7 @@ from types import FrameType
 from engine.botsengine import run_bots_engine
 from engine.cli.common import ArgumentParser, run_cli
 from engine.config import Config, add_config_argument, load_config
+from engine.config.engine import bots_console_problem
 from engine.errors import ConfigError, DatabaseError, ExitCode, Terminated, UsageError, one_line
 from engine.log import get_logger, register_secrets
 from engine.run import ENGINE_COMMANDS
@@ -104,6 +105,10 @@ def _run_bots(cfg: Config, args: EngineArgs) -> int:
         log = get_logger("botsq-engine", cfg.directories.logging, console=False)
     except OSError as exc:
         raise ConfigError(f"{cfg.directories.logging}: cannot write the log: {exc.strerror or exc}") from None
+    warning = bots_console_problem(cfg.engine, cfg.configdir)
+    if warning:
+        log.warning("%s", warning)
+        print(f"bots-engine: warning: {warning}", file=sys.stderr, flush=True)
     try:
         result = run_bots_engine(cfg, args.commands or ["new"], args.routes, log=log, echo=sys.stdout)
     except Terminated:

@@ -16,6 +16,7 @@ exists is :func:`engine_problem`'s to say (at the start of a worker and of ``bot
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from enum import StrEnum
@@ -80,12 +81,83 @@ def engine_problem(engine: EngineSettings, configdir: Path) -> str | None:
             return f"{engine.where} command: {program}: not found"
         if os.path.isdir(program) or not os.access(program, os.X_OK):
             return f"{engine.where} command: {program}: not executable"
-    elif shutil.which(program) is None:
-        return f"{engine.where} command: {program}: not found on PATH"
+        found = program
+    else:
+        found = shutil.which(program) or ""
+        if not found:
+            return f"{engine.where} command: {program}: not found on PATH"
+    if _is_botsq_engine(found):
+        return (f"{engine.where} command: {program} is botsq's own bots-engine ({found}), not the Bots "
+                f"installation's: name that one by its path (e.g. /opt/bots/venv/bin/bots-engine)")
+    script = _interpreter_script(engine.command)
+    if script is not None:
+        path = script if os.path.isabs(script) else os.path.join(configdir.parent, script)
+        if not os.path.isfile(path):
+            return f"{engine.where} command: {script}: not found (the script {program} is to run)"
     bots_dir = engine.configdir or configdir
     if not bots_dir.is_dir():
         return f"{engine.where} configdir: {bots_dir}: no such directory"
     return None
 
 
-__all__ = ["EngineKind", "EngineSettings", "read_engine", "engine_problem"]
+# an interpreter running Bots' script: "python2 /opt/bots/bots-engine.py" (Bots 3.x), "python3.11 ..."
+_INTERPRETER = re.compile(r"(python|pypy)[0-9.]*")
+# the line pip writes into every console script of botsq's bots-engine
+_BOTSQ_ENTRY = b"from engine.cli.engine import main"
+
+
+def _interpreter_script(command: tuple[str, ...]) -> str | None:
+    """The script of an ``interpreter script ...`` command (its first argument that is not an
+    option), or None: no interpreter, or one started with ``-m``/``-c`` (no script file)."""
+    if not _INTERPRETER.fullmatch(os.path.basename(command[0])):
+        return None
+    args = iter(command[1:])
+    for arg in args:
+        if arg.startswith(("-m", "-c")):
+            return None
+        if arg in ("-X", "-W"):             # options whose value is the next argument
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _is_botsq_engine(path: str) -> bool:
+    """Is this program botsq's own ``bots-engine`` (a bare ``bots-engine`` found first on PATH in
+    botsq's virtual environment: it would run itself, find its own lock and report Bots locked)?"""
+    try:
+        with open(path, "rb") as fh:
+            return _BOTSQ_ENTRY in fh.read(4096)
+    except OSError:
+        return False
+
+
+def bots_console_problem(engine: EngineSettings, configdir: Path) -> str | None:
+    """Why botsq cannot read a Bots run's outcome from its console lines, as one line, or None.
+
+    botsq reads Bots' summary ("N files received/processed in run.", logged at INFO) and an unknown
+    route (logged CRITICAL, Bots exit 0) from the child's console; Bots prints them only with its
+    ``[settings] log_console`` on (Bots' default) at ``log_console_level`` INFO or lower (bots/botsinit.py).
+    Read from Bots' bots.ini in its config dir; nothing is said when that file cannot be read."""
+    if not engine.is_bots:
+        return None
+    import configparser
+    ini_path = (engine.configdir or configdir) / "bots.ini"
+    parser = configparser.RawConfigParser(strict=False)
+    try:
+        if not parser.read(ini_path, encoding="utf-8"):
+            return None
+        on = parser.getboolean("settings", "log_console", fallback=True)
+        level = parser.get("settings", "log_console_level", fallback="INFO").strip().upper()
+    except (configparser.Error, ValueError, UnicodeDecodeError):
+        return None
+    if not on:
+        return (f"{ini_path}: [settings] log_console = False: botsq sees no Bots summary and no unknown-route "
+                f"line, so a route Bots does not know is recorded as ok; set it True")
+    if level not in ("DEBUG", "INFO"):
+        return (f"{ini_path}: [settings] log_console_level = {level}: Bots' summary (logged at INFO) does not "
+                f"reach botsq, so runs are recorded without file counts; set INFO")
+    return None
+
+
+__all__ = ["EngineKind", "EngineSettings", "read_engine", "engine_problem", "bots_console_problem"]

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -158,22 +159,54 @@ def test_botsq_lock_held_gives_exit_3_and_starts_nothing(bots_env):
         got.lock.release()
 
 
-def test_sigterm_of_bots_engine_stops_the_child_and_records_it(bots_env):
-    env = bots_env()
+def _hanging_bots_engine(env) -> tuple[subprocess.Popen[str], dict]:
+    """botsq's bots-engine running a Bots engine that hangs; the process and the child's start."""
     proc = subprocess.Popen([bin_path("bots-engine"), "-c", str(env.configdir), "hang"], cwd=env.root,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while not standin_started(env.configdir) and time.monotonic() < deadline:
         time.sleep(0.05)
     [start] = standin_started(env.configdir)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 1 and "terminated" in err
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{start['pid']}").exists() and time.monotonic() < deadline:
+    return proc, start
+
+
+def _gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not Path(f"/proc/{start['pid']}").exists(), "the Bots engine child outlived bots-engine"
+    return not Path(f"/proc/{pid}").exists()
+
+
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGTERM, 1, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_sigterm_or_ctrl_c_of_bots_engine_stops_the_child_and_records_it(bots_env, sig, code, said):
+    """The Bots child runs in its own process group (a terminal's Ctrl-C reaches only botsq's
+    bots-engine): botsq stops it and records the run killed."""
+    env = bots_env()
+    proc, start = _hanging_bots_engine(env)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == code and said in err, err
+    assert _gone(start["pid"]), "the Bots engine child outlived bots-engine"
     assert runs(env)[0]["status"] == "killed"
+
+
+def test_a_killed_bots_engine_run_is_recorded_crashed_by_the_next_run(bots_env):
+    """kill -9 of botsq's bots-engine (or of the worker running a job): the child dies with it
+    (tied to its parent) and the run record stays 'running' until the next run takes the stale lock
+    over and records it crashed."""
+    env = bots_env()
+    proc, start = _hanging_bots_engine(env)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert _gone(start["pid"]), "the Bots engine child outlived a killed bots-engine"
+    [killed] = runs(env)
+    assert killed["status"] == "running"
+    r = env.run()
+    assert r.returncode == 0, r.stderr
+    after = {run["id"]: run for run in runs(env)}
+    assert after[killed["id"]]["status"] == "crashed" and after[killed["id"]]["ended"]
+    assert f"taken over by run {killed['id'] + 1}" in after[killed["id"]]["message"]
+    assert after[killed["id"] + 1]["status"] == "ok"
 
 
 # --------------------------------------------------------------------------- bad config
@@ -186,6 +219,9 @@ def test_sigterm_of_bots_engine_stops_the_child_and_records_it(bots_env):
     (f"[engine]\nkind = bots\ncommand = {STANDIN}\nconfigdir = /nonexistent/bots/config\n",
      "[engine] configdir: /nonexistent/bots/config: no such directory"),
     ("[engine]\nkind = bot\n", "[engine] kind: expected one of builtin, bots"),
+    (f"[engine]\nkind = bots\ncommand = {sys.executable} -u /nonexistent/bots-engine.py\n",
+     "[engine] command: /nonexistent/bots-engine.py: not found (the script"),
+    (f"[engine]\nkind = bots\ncommand = {bin_path('bots-engine')}\n", "is botsq's own bots-engine"),
 ])
 def test_bad_engine_config_is_one_line_exit_1(make_env, engine, expected):
     env = make_env(ini=BOTS_OWN_KEYS + engine, routes=None)
@@ -196,11 +232,29 @@ def test_bad_engine_config_is_one_line_exit_1(make_env, engine, expected):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("settings, said", [
+    ("log_console = False", "[settings] log_console = False: botsq sees no Bots summary"),
+    ("log_console_level = ERROR", "[settings] log_console_level = ERROR: Bots' summary"),
+])
+def test_bots_console_off_is_warned_by_bots_engine_and_status(make_env, settings, said):
+    """Bots prints its summary and an unknown route only to its console: off, botsq would record a
+    route Bots does not know as ok - it says so (bots-engine, botsq status), and still runs."""
+    env = make_env(ini=BOTS_OWN_KEYS.replace("log_console = True", settings) + engine_section(), routes=None)
+    r = env.run()
+    assert r.returncode == 0
+    assert f"bots-engine: warning: {env.configdir / 'bots.ini'}: {said}" in r.stderr, r.stderr
+    st = botsq(env, "status", "--json")
+    assert said in json.loads(st.stdout)["engine"]["warning"]
+    fine = make_env(ini=BOTS_OWN_KEYS + engine_section(), routes=None)
+    assert "warning" not in fine.run().stderr
+
+
 def test_status_reports_engine_kind_and_command_health(make_env, bots_env):
     env = bots_env()
     r = botsq(env, "status", "--json")
     data = json.loads(r.stdout)
-    assert data["engine"] == {"kind": "bots", "command": data["engine"]["command"], "healthy": True, "problem": None}
+    assert data["engine"] == {"kind": "bots", "command": data["engine"]["command"], "healthy": True, "problem": None,
+                              "warning": None}
     bad = make_env(ini=BOTS_OWN_KEYS + "[engine]\nkind = bots\ncommand = /nonexistent/bots-engine\n", routes=None)
     r = botsq(bad, "status", "--json")
     assert r.returncode == 1

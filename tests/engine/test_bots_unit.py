@@ -73,5 +73,17 @@ def test_output_reader_counts_bots_summary_and_unknown_routes():
     assert r.tail[-1] == "\ufffd\ufffd not utf-8"
 
 
+def test_output_reader_sums_the_reports_of_one_bots_process():
+    """Bots' crash recovery prints a report of its own before the run's: the record counts both."""
+    r = OutputReader(logging.getLogger("test.bots"), "bots-engine")
+    for line in [b"INFO     Bots Report; type: crashrecovery\n", b"    1 files received/processed in run.\n",
+                 b"    1 files without errors,\n", b"    1 files send in run.\n",
+                 b"INFO     Bots Report; type: new\n", b"    2 files received/processed in run.\n",
+                 b"    1 files without errors,\n", b"    1 files with errors,\n", b"    0 files send in run.\n"]:
+        r.feed(line)
+    assert r.counts == {"received": 3, "processed": 2, "file_errors": 1, "sent": 1}
+    assert len(r.summary) == 7
+
+
 def test_locked_waits_grow_and_are_capped():
     assert [locked_wait_seconds(n, 1.0, 60.0) for n in (1, 2, 3, 6, 7, 20)] == [1, 2, 4, 32, 60, 60]

@@ -158,7 +158,7 @@ def test_botsq_status_shows_the_bots_engine_and_its_health(bq, tmp_path):
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["engine"] == {"kind": "bots", "command": shlex.join(shlex.split(STANDIN_COMMAND)),
-                                "healthy": True, "problem": None}
+                                "healthy": True, "problem": None, "warning": None}
     assert report["healthy"] and report["workers"]["ok"]
     # the same queue and worker, but a config whose Bots engine cannot start: unhealthy, exit 1, one line
     script = tmp_path / "bots-engine"
