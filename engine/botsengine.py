@@ -154,8 +154,9 @@ class BotsEngineRun:
     """One run of the Bots engine; see the module's docstring."""
 
     def __init__(self, cfg: Config, commands: Sequence[str], routes: Sequence[str], log: Logger,
-                 label: str, echo: IO[str] | None) -> None:
+                 label: str, echo: IO[str] | None, locked_run: int | None = None, tries: int = 1) -> None:
         self.cfg, self.log = cfg, log
+        self.locked_run, self.tries = locked_run, tries
         self.routes = list(dict.fromkeys(routes))
         self.commands = normalise_commands(commands)
         self.argv = bots_argv(cfg, self.commands, self.routes)
@@ -237,13 +238,16 @@ class BotsEngineRun:
             names = ", ".join(r.unknown_routes)
             return self._finish(RunStatus.FAILED, ExitCode.SYSTEM,
                                 f"Bots has no (active) route {names}: nothing ran for it (Bots exit 0)", code, None)
+        waited = f" (try {self.tries}: Bots was locked before)" if self.tries > 1 else ""
         if code == ExitCode.OK:
-            return self._finish(RunStatus.OK, ExitCode.OK, "ok", code, None)
+            return self._finish(RunStatus.OK, ExitCode.OK, "ok" + waited, code, None)
         if code == ExitCode.RUN_ERRORS:
-            return self._finish(RunStatus.ERRORS, ExitCode.RUN_ERRORS, "ran, with errors (Bots exit 2)", code, None)
+            return self._finish(RunStatus.ERRORS, ExitCode.RUN_ERRORS, "ran, with errors (Bots exit 2)" + waited,
+                                code, None)
         if code == ExitCode.LOCKED:
+            tries = f" (try {self.tries})" if self.tries > 1 else ""
             return self._finish(RunStatus.LOCKED, ExitCode.LOCKED, "Bots is locked (exit 3: another Bots engine "
-                                "runs, or Bots is recovering); nothing ran", code, None)
+                                f"runs, or Bots is recovering); nothing ran{tries}", code, None)
         last = next((line for line in reversed(r.tail) if line.strip()), "")
         detail = f": {last.strip()}" if last else ""
         return self._finish(RunStatus.FAILED, ExitCode.SYSTEM, f"failed (Bots exit {code}){detail}", code, None)
@@ -260,8 +264,15 @@ class BotsEngineRun:
         token = lock.lease.token
 
         def insert(tx: dbapi.Transaction) -> int:
-            run_id = int(tx.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({dbapi.placeholders(row)}) "
-                                    f"RETURNING id", row).rows[0][0])
+            run_id = None
+            if self.locked_run is not None:     # a job trying again after Bots was locked: the same record
+                reused = tx.execute(f"UPDATE runs SET {', '.join(f'{k} = :{k}' for k in row)}, ended = NULL, "
+                                    f"returncode = NULL, exit_signal = NULL WHERE id = :id AND status = :locked",
+                                    {**row, "id": self.locked_run, "locked": str(RunStatus.LOCKED)}).rowcount
+                run_id = self.locked_run if reused == 1 else None
+            if run_id is None:
+                run_id = int(tx.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({dbapi.placeholders(row)}) "
+                                        f"RETURNING id", row).rows[0][0])
             tx.execute("UPDATE leases SET run_id = :run_id WHERE name = :name AND token = :token",
                        {"run_id": run_id, "name": lock.lease.name, "token": token})
             return run_id
@@ -336,14 +347,35 @@ def _signal_name(sig: int) -> str:
 
 
 def run_bots_engine(cfg: Config, commands: Sequence[str] = ("new",), routes: Sequence[str] = (), *,
-                    log: Logger, label: str = "bots-engine", echo: IO[str] | None = None) -> BotsResult:
+                    log: Logger, label: str = "bots-engine", echo: IO[str] | None = None,
+                    locked_run: int | None = None, tries: int = 1) -> BotsResult:
     """One run of the Bots engine of ``cfg`` (``[engine] kind = bots``) under botsq's engine lock.
 
     ``log`` gets the child's lines prefixed with ``label`` (a job: ``job <id> | bots-engine``);
     ``echo``: a stream the lines are also printed to (``bots-engine`` run by hand). Raises ConfigError
     (the engine cannot be started), UsageError (an unknown run option) or DatabaseError; the child's
-    outcome is the result (see the module's table), never an exception."""
-    return BotsEngineRun(cfg, commands, routes, log, label, echo).execute()
+    outcome is the result (see the module's table), never an exception.
+
+    ``locked_run``, ``tries``: a job trying again after Bots was locked (exit 3) - the record of
+    that ``locked`` run is used again (one record per wait, its message counting the tries)."""
+    return BotsEngineRun(cfg, commands, routes, log, label, echo, locked_run, tries).execute()
+
+
+def bots_port_held(port: int | None) -> bool:
+    """Is a Bots engine running on this host: is Bots' port bound on 127.0.0.1? Bots' own test
+    (bots/botslib.py ``check_if_other_engine_is_running`` binds it for the whole run); the probe
+    binds it for a moment. False when the port is unknown."""
+    if port is None:
+        return False
+    import socket
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.bind(("127.0.0.1", port))
+    except OSError:
+        return True
+    finally:
+        probe.close()
+    return False
 
 
 LOCKED_WAIT_LONGEST = 60.0      # seconds: the longest wait between two tries of a job that finds Bots locked
@@ -355,6 +387,6 @@ def locked_wait_seconds(attempt: int, first: float = 1.0, longest: float = LOCKE
     return min(longest, first * (2 ** max(0, attempt - 1)))
 
 
-__all__ = ["run_bots_engine", "BotsResult", "bots_argv", "check_bots_engine", "locked_wait_seconds",
+__all__ = ["run_bots_engine", "BotsResult", "bots_argv", "check_bots_engine", "locked_wait_seconds", "bots_port_held",
            "LOCKED_WAIT_LONGEST", "TAIL_LINES",
            "SUMMARY_LINES", "UNKNOWN_ROUTE"]

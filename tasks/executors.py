@@ -14,13 +14,15 @@ from typing import Any
 from celery import Task
 from celery.backends.base import DisabledBackend
 
-from engine.botsengine import locked_wait_seconds, run_bots_engine
+from engine.botsengine import bots_port_held, locked_wait_seconds, run_bots_engine
 from engine.child import start_tied
 from engine.config import Config
+from engine.config.engine import bots_port
 from engine.errors import ExitCode, one_line
 from engine.lease import Heartbeat
 from engine.report import send_report
 from engine.run import run_engine
+from engine.states import RunStatus
 from tasks.jobs import COMMAND_TASK, Job
 from tasks.registry import StartedJobs
 
@@ -133,12 +135,17 @@ def run_bots_job(task: Task, cfg: Config, job: Job, log: logging.Logger,
     first = min(1.0, max(0.1, cfg.settings.lock_heartbeat / 2))
     waiting_since: float | None = None
     attempt = 0
+    locked_run: int | None = None
+    port = bots_port(cfg.engine, cfg.configdir)
     while True:
         if watch is not None:
             watch.restart()
-        res = run_bots_engine(cfg, job.commands, job.routes, log=log, label=label)
+        res = run_bots_engine(cfg, job.commands, job.routes, log=log, label=label, locked_run=locked_run,
+                              tries=attempt + 1)
         if res.exit_code != ExitCode.LOCKED:
             break
+        if res.status == RunStatus.LOCKED:
+            locked_run = res.run_id
         attempt += 1
         now = time.monotonic()
         if waiting_since is None:
@@ -152,12 +159,23 @@ def run_bots_job(task: Task, cfg: Config, job: Job, log: logging.Logger,
             send_report(cfg, f"job {job.describe()} given up", msg + f"\nconfig {job.configdir}\n", log)
             return {"exit_code": res.exit_code, "run_id": res.run_id, "message": msg, "counts": res.counts,
                     "gave_up": True}
-        time.sleep(locked_wait_seconds(attempt, first))
+        _wait_for_bots(locked_wait_seconds(attempt, first), port)
     if waiting_since is not None:
         log.info("job %s: the engine is free after %.1f s (%d tries); ran", task_id,
                  time.monotonic() - waiting_since, attempt + 1)
     return {"exit_code": res.exit_code, "run_id": res.run_id, "message": res.message, "counts": res.counts,
             "status": res.status, "command_line": res.command_line}
+
+
+def _wait_for_bots(seconds: float, port: int | None, poll: float = 0.5) -> None:
+    """Wait ``seconds`` before trying a locked Bots again - less when Bots' port was held (a Bots
+    engine ran) and is free now: then the next try comes within ``poll`` seconds of its end."""
+    deadline = time.monotonic() + seconds
+    held = bots_port_held(port)
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(poll, left))
+        if held and not bots_port_held(port):
+            return
 
 
 def run_command_job(cfg: Config, job: Job, task_id: str, log: logging.Logger) -> dict[str, Any]:

@@ -19,11 +19,14 @@ What it does is chosen by route name (several may be given; the first that match
 * otherwise: Bots' report lines with ``BOTS_STANDIN_RECEIVED`` (default 3) files, exit 0.
 
 When the file ``BOTS_STANDIN_LOCKFILE`` names exists it exits 3 at once, printing nothing (Bots
-finding its port taken). ``BOTS_STANDIN_FAIL_ARG=1``: exits 1 unless it got one ``-c<dir>``.
+finding its mutex taken). ``BOTS_STANDIN_PORT``: binds 127.0.0.1 at that port for the whole run,
+as Bots does with ``[settings] port``, and exits 3 when it is taken (another Bots engine runs).
+``BOTS_STANDIN_FAIL_ARG=1``: exits 1 unless it got one ``-c<dir>``.
 """
 import json
 import os
 import signal
+import socket
 import sys
 import time
 
@@ -47,6 +50,14 @@ def main(argv):
     if lockfile and os.path.exists(lockfile):
         record(configdir, "locked", argv=argv)
         return 3
+    port = os.environ.get("BOTS_STANDIN_PORT")
+    if port:
+        engine_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)    # held until the process ends
+        try:
+            engine_socket.bind(("127.0.0.1", int(port)))
+        except OSError:
+            record(configdir, "locked", argv=argv)
+            return 3
     record(configdir, "start", argv=argv, options=options, routes=routes)
     print(f"INFO     Run {', '.join(o[2:] for o in options) or 'new'}.", flush=True)
     code = run(routes)

@@ -141,15 +141,11 @@ def bots_console_problem(engine: EngineSettings, configdir: Path) -> str | None:
     Read from Bots' bots.ini in its config dir; nothing is said when that file cannot be read."""
     if not engine.is_bots:
         return None
-    import configparser
     ini_path = (engine.configdir or configdir) / "bots.ini"
-    parser = configparser.RawConfigParser(strict=False)
     try:
-        if not parser.read(ini_path, encoding="utf-8"):
-            return None
-        on = parser.getboolean("settings", "log_console", fallback=True)
-        level = parser.get("settings", "log_console_level", fallback="INFO").strip().upper()
-    except (configparser.Error, ValueError, UnicodeDecodeError):
+        on = _bots_setting(ini_path, "log_console", True)
+        level = str(_bots_setting(ini_path, "log_console_level", "INFO")).strip().upper()
+    except (ValueError, OSError, UnicodeDecodeError):
         return None
     if not on:
         return (f"{ini_path}: [settings] log_console = False: botsq sees no Bots summary and no unknown-route "
@@ -160,4 +156,35 @@ def bots_console_problem(engine: EngineSettings, configdir: Path) -> str | None:
     return None
 
 
-__all__ = ["EngineKind", "EngineSettings", "read_engine", "engine_problem", "bots_console_problem"]
+BOTS_DEFAULT_PORT = 28081     # Bots' [settings] port default (bots/botslib.py check_if_other_engine_is_running)
+
+
+def _bots_setting(ini_path: Path, key: str, default: bool | int | str) -> bool | int | str:
+    """``[settings] key`` of Bots' own bots.ini, typed like ``default`` as Bots reads it (configparser);
+    ``default`` when the file, the section or the key is missing. ValueError for a bad value."""
+    import configparser                 # only for a Bots installation's engine
+    parser = configparser.RawConfigParser(strict=False)
+    try:
+        if not parser.read(ini_path, encoding="utf-8") or not parser.has_option("settings", key):
+            return default
+    except configparser.Error as exc:
+        raise ValueError(str(exc)) from None
+    if isinstance(default, bool):
+        return parser.getboolean("settings", key)
+    if isinstance(default, int):
+        return parser.getint("settings", key)
+    return parser.get("settings", key)
+
+
+def bots_port(engine: EngineSettings, configdir: Path) -> int | None:
+    """The port a running Bots engine binds on 127.0.0.1 (Bots' ``[settings] port``, default 28081),
+    read from Bots' bots.ini; None when it cannot be read."""
+    try:
+        port = _bots_setting((engine.configdir or configdir) / "bots.ini", "port", BOTS_DEFAULT_PORT)
+    except (ValueError, OSError, UnicodeDecodeError):
+        return None
+    return int(port) if 0 < int(port) < 65536 else None
+
+
+__all__ = ["EngineKind", "EngineSettings", "read_engine", "engine_problem", "bots_console_problem", "bots_port",
+           "BOTS_DEFAULT_PORT"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,16 +16,16 @@ from types import SimpleNamespace
 import pytest
 
 from bots_helpers import BOTS_OWN_KEYS, engine_section, standin_events, standin_started
-from conftest import Env
+from conftest import Env, free_port
 from queue_helpers import Worker, botsq, in_process, job2queue, jobqueue_log, purge, wait_for
 from tasks.registry import StartedJobs
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.redis]
 
 
-def bots_queue_ini(broker: str, command: str | None = None) -> str:
+def bots_queue_ini(broker: str, command: str | None = None, port: int = 28081) -> str:
     engine = engine_section() if command is None else engine_section(command)
-    return BOTS_OWN_KEYS + engine + f"""
+    return BOTS_OWN_KEYS.replace("port = 28081", f"port = {port}") + engine + f"""
 [jobqueue]
 enabled = True
 broker = {broker}
@@ -38,13 +39,14 @@ stale_after = 1
 def bq(request, tmp_path_factory):
     broker = request.getfixturevalue("rabbit_url" if request.param == "rabbitmq" else "redis_url")
     root = tmp_path_factory.mktemp(f"bots-{request.param}")
-    env = Env(root).write(bots_queue_ini(broker))
+    port = free_port()                         # Bots' [settings] port: the stand-in binds it as Bots does
+    env = Env(root).write(bots_queue_ini(broker, port=port))
     lockfile = root / "bots.lock"
-    saved = {k: os.environ.get(k) for k in ("BOTS_STANDIN_LOCKFILE", "BOTS_STANDIN_SLEEP")}
-    os.environ.update(BOTS_STANDIN_LOCKFILE=str(lockfile), BOTS_STANDIN_SLEEP="4")
+    saved = {k: os.environ.get(k) for k in ("BOTS_STANDIN_LOCKFILE", "BOTS_STANDIN_SLEEP", "BOTS_STANDIN_PORT")}
+    os.environ.update(BOTS_STANDIN_LOCKFILE=str(lockfile), BOTS_STANDIN_SLEEP="4", BOTS_STANDIN_PORT=str(port))
     purge(env, broker)
     worker = Worker(env, broker).wait_ready()
-    yield SimpleNamespace(kind=request.param, broker=broker, env=env, worker=worker, lockfile=lockfile)
+    yield SimpleNamespace(kind=request.param, broker=broker, env=env, worker=worker, lockfile=lockfile, port=port)
     worker.stop()
     for k, v in saved.items():
         if v is None:
@@ -91,8 +93,28 @@ def test_bots_locked_exit_3_waits_with_backoff_then_runs(bq):
              and e["event"] == "locked"]
     gaps = [b - a for a, b in zip(tries, tries[1:])]
     assert gaps == sorted(gaps) or gaps[-1] > gaps[0], gaps          # waits grow: no busy loop
-    assert all(r["status"] == "locked" for r in ended_runs(bq, route) if r["id"] != run["id"])
+    assert [r["id"] for r in ended_runs(bq, route)] == [run["id"]]    # one record for the wait and the run
+    assert f"(try {len(tries) + 1}: Bots was locked before)" in run["message"], run["message"]
     assert "waits for the engine" in jobqueue_log(bq.env)
+
+
+def test_a_job_waiting_for_bots_port_tries_again_as_soon_as_the_port_is_free(bq):
+    """Bots' [settings] port held (Bots run by hand, as Bots' own engine checks it): the job does not
+    sleep out its growing wait - it tries again within a poll of the port's release."""
+    route = f"port{time.monotonic_ns()}"
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", bq.port))
+        queue(bq, "bots-engine", route)
+        wait_for(lambda: [e for e in standin_events(bq.env.configdir)
+                          if e["event"] == "locked" and e["argv"][-1:] == [route]], 60, "a locked try", bq.worker)
+        # the waits double from 0.25 s: after 17 s the next try would come at ~31.75 s without the probe
+        time.sleep(17)
+        released = time.time()
+    [run] = wait_for(lambda: [r for r in ended_runs(bq, route) if r["status"] == "ok"], 60, "the run after the port",
+                     bq.worker)
+    [start] = [e for e in standin_started(bq.env.configdir) if e["argv"][-1:] == [route]]
+    assert start["time"] - released < 8, start["time"] - released
+    assert [r["id"] for r in ended_runs(bq, route)] == [run["id"]]
 
 
 def test_unknown_route_is_a_failed_job(bq):
