@@ -165,6 +165,25 @@ def test_interval_and_clock_set_back():
     assert daily.is_due(now + timedelta(days=1)).next == pytest.approx(13 * 3600)
 
 
+def test_upcoming_counts_from_the_last_run_as_beat_does():
+    now = utc(2026, 12, 1, 6, 33, 31)
+    every20 = ZonedCron(seconds=20, timezone="Europe/Amsterdam")
+    last = now - timedelta(seconds=10)
+    # the tester's case: sent at 07:33:21 local, shown at 07:33:31: next is last + 20 s, not now + 20 s
+    assert every20.upcoming(last, now, 3) == [last + timedelta(seconds=20 * k) for k in (1, 2, 3)]
+    every20.nowfun = lambda: now
+    assert every20.is_due(last) == (False, 10.0)
+    # overdue (beat was down): one make-up run now, then counted from it
+    assert every20.upcoming(now - timedelta(minutes=5), now, 2) == [now, now + timedelta(seconds=20)]
+    assert every20.is_due(now - timedelta(minutes=5)).is_due
+    # a last run in the future (clock set back) counts from now
+    assert every20.upcoming(now + timedelta(hours=1), now, 1) == [now + timedelta(seconds=20)]
+    daily = ZonedCron(cron="0 1 * * *", timezone="UTC")
+    assert daily.upcoming(now - timedelta(hours=1), now, 2) == [utc(2026, 12, 2, 1), utc(2026, 12, 3, 1)]
+    assert daily.upcoming(now - timedelta(days=2), now, 2) == [now, utc(2026, 12, 2, 1)]
+    assert daily.upcoming(now, now, 0) == []
+
+
 def test_schedule_pickles_and_compares():
     import pickle
 
