@@ -369,6 +369,27 @@ def test_unknown_route_or_command_is_a_config_error(make_env, job, err):
     assert "\n" not in str(info.value)
 
 
+def test_a_relative_config_dir_in_a_schedule_job_is_the_environment_folders(make_env, tmp_path, monkeypatch):
+    """README's own example line (``-Cconfigprod``) means the same to beat under systemd and to
+    ``botsq schedule`` typed in any shell (tester finding 12)."""
+    from beat_schedule import build_schedule
+
+    job = "python3 /usr/local/bin/bots-engine.py --new -Cconfigprod r1"
+    ini = f"[jobqueue]\nenabled = True\nconfigdirs = configprod\n[schedule.prod]\ncadence = hourly\njob = {job}\n"
+    env = make_env(ini=ini, routes=ROUTES2)
+    prod = env.root / "configprod"
+    prod.mkdir()
+    for name in ("bots.ini", "routes.toml"):
+        (prod / name).write_text((env.configdir / name).read_text())
+    monkeypatch.chdir(tmp_path)                       # not the environment folder
+    assert build_schedule(env.config())["prod"]["kwargs"]["configdir"] == str(prod)
+    env.write(ini=ini.replace("-Cconfigprod", "-Cconfigprd"))
+    with pytest.raises(ConfigError) as info:
+        build_schedule(env.config())
+    assert str(info.value) == (f"{env.configdir / 'bots.ini'}: [schedule.prod] job: config dir {env.root}/configprd "
+                               f"does not exist (a relative one is read from the environment folder {env.root})")
+
+
 @pytest.mark.parametrize("demo", [False, True])
 def test_botsq_init_writes_the_default_schedule_and_it_validates(tmp_path, demo):
     from engine.cli.init import init_environment
