@@ -66,7 +66,7 @@ def load_jobs(cfg: Config, validate: bool = True) -> list[ScheduledJob]:
                           argv=list(entry.argv), priority=entry.priority, entry=entry)
         if validate:
             try:
-                sj.job = job_from_argv(cfg, sj.argv)
+                sj.job = job_from_argv(cfg, sj.argv, from_config=True)
             except UsageError as exc:           # JobError: the route or command is refused
                 raise ConfigError(f"{entry.where('job')}: {one_line(exc)}") from None
             sj.task, sj.kwargs = sj.job.task, sj.job.kwargs

@@ -318,6 +318,18 @@ def count_runs(url: str, flt: RunFilter = RunFilter()) -> int:
         return int(s.scalar(select(func.count()).select_from(Run).where(*flt.where())) or 0)
 
 
+def run_totals(url: str, since: datetime, until: datetime | None = None) -> dict[str, int]:
+    """The files the runs started from ``since`` to ``until`` (naive UTC; None: now) counted:
+    ``{"received", "sent", "errors"}`` (errors: file plus communication errors). For an engine
+    whose file records botsq does not have (``[engine] kind = bots``: the counts of Bots' summary
+    lines, kept in each run's record)."""
+    with session_scope(url) as s:
+        row = s.execute(select(func.sum(Run.received), func.sum(Run.sent),
+                               func.sum(Run.file_errors + Run.comm_errors))
+                        .where(*_within(Run.started, since, until))).one()
+    return {"received": int(row[0] or 0), "sent": int(row[1] or 0), "errors": int(row[2] or 0)}
+
+
 def run_detail(url: str, run_id: int, files: int = 200) -> dict[str, Any] | None:
     """A run's record plus its first ``files`` incoming and outgoing files and its failed files
     (``incoming``, ``outgoing``, ``errors``: as_dict rows), or None."""

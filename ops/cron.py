@@ -234,13 +234,28 @@ class ZonedCron(BaseSchedule):
     def remaining_estimate(self, last_run_at: datetime) -> timedelta:
         return self.next_after(last_run_at) - self.now()
 
-    def is_due(self, last_run_at: datetime) -> schedstate:
-        """Due when the first slot after ``last_run_at`` has come; one make-up run, never more."""
-        now = self.now()
-        last = _aware(last_run_at)
+    def first_due(self, last_run_at: datetime, now: datetime) -> datetime:
+        """The instant beat sends the job next (aware, UTC): the first slot after ``last_run_at``, or
+        ``now`` when that slot has passed (one make-up run, never more). A last run more than 60 s
+        after ``now`` (the clock was set back) counts from ``now``. An interval job's next run is
+        thus its last run + the interval, not now + the interval."""
+        now, last = _aware(now), _aware(last_run_at)
         if last > now + timedelta(seconds=60):      # the clock was set back: start counting afresh
             last = now
-        nxt = self.next_after(last)
-        if nxt <= now:
+        return max(self.next_after(last), now)
+
+    def upcoming(self, last_run_at: datetime, now: datetime, count: int) -> list[datetime]:
+        """The next ``count`` instants beat sends the job, given its last run: :meth:`first_due`,
+        then each slot after the one before (a make-up run at ``now`` counts from ``now``, as
+        :meth:`is_due` does). ``botsq schedule`` shows these."""
+        first = self.first_due(last_run_at, now)
+        return [first, *self.next_runs(first, count - 1)] if count > 0 else []
+
+    def is_due(self, last_run_at: datetime) -> schedstate:
+        """Due when the first slot after ``last_run_at`` has come (:meth:`first_due`); the second
+        value is the seconds until beat should look again."""
+        now = self.now()
+        first = self.first_due(last_run_at, now)
+        if first <= now:
             return schedstate(True, max((self.next_after(now) - now).total_seconds(), 0.0))
-        return schedstate(False, (nxt - now).total_seconds())
+        return schedstate(False, (first - now).total_seconds())

@@ -42,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     except (DatabaseError, SQLAlchemyError):    # the schedule prints without the database
         pass
     count = max(1, args.count)
+    # a job that never ran counts, as beat counts it, from when the running beat took its lock;
+    # with no beat running, from now (beat starting now)
+    since = datetime.fromtimestamp(holder["acquired_at"], UTC) if holder and holder.get("alive") else now
     rows = []
     for job in jobs:
         last = state.get(job.name)
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             "name": job.name, "cadence": job.describe(), "priority": job.priority, "job": shlex.join(job.argv),
             "task": job.task, "kwargs": job.kwargs,
             "last_run": last.isoformat() if last else None,
-            "next_runs": [t.isoformat() for t in job.schedule.next_runs(now, count)],
+            "next_runs": [t.isoformat() for t in job.schedule.upcoming(last or since, now, count)],
         })
     if args.json:
         print(json.dumps({"timezone": tzname, "jobs": rows,

@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from celery.beat import ScheduleEntry, Scheduler
@@ -129,12 +130,14 @@ class BotsScheduler(Scheduler):
         return False
 
     def _reload_state(self) -> None:
-        """Take last runs from the database (the other beat may have run jobs meanwhile)."""
+        """Take last runs from the database (the other beat may have run jobs meanwhile). A job
+        that never ran counts from now, when this beat took the lock: ``botsq schedule`` counts it
+        from the lock holder's ``acquired_at``, so both show the same next run."""
         assert self.store is not None
         state = self.store.load_state()
+        taken = datetime.now(UTC)
         for name, entry in self.data.items():
-            if name in state:
-                entry.last_run_at = state[name]
+            entry.last_run_at = state.get(name, taken)
 
     # ------------------------------------------------------------------ ticking
     def tick(self, *args: Any, **kwargs: Any) -> float:

@@ -263,12 +263,16 @@ def _is_engine_script(word: str) -> bool:
     return os.path.basename(word) in ENGINE_SCRIPTS
 
 
-def job_from_argv(cfg: Config, argv: list[str] | tuple[str, ...]) -> Job:
+def job_from_argv(cfg: Config, argv: list[str] | tuple[str, ...], from_config: bool = False) -> Job:
     """The job for a Bots-style COMMAND line, validated against its config; JobError if refused.
 
     * ``bots-engine [...]``, ``bots-engine.py [...]``, or an interpreter followed by a path ending
       in one of those (``python3 /usr/local/bin/bots-engine.py --new -Cconfigprod``): an engine job;
-      its own ``-c``/``-C``/``--configdir`` selects the job's config dir (default: ``cfg``'s).
+      its own ``-c``/``-C``/``--configdir`` selects the job's config dir (default: ``cfg``'s). A
+      relative one is resolved as a path typed in a shell is, against the current directory
+      (``bots-job2queue``); with ``from_config`` (a line written in bots.ini, ``[schedule.*] job``,
+      or sent by the web console) against the environment folder, as ``[jobqueue] configdirs``
+      are - so beat under systemd and ``botsq schedule`` in any shell read it alike.
     * a name in ``[jobqueue.commands]`` (arguments follow), or exactly the command line of one
       entry: a ``bots.command`` job.
     * anything else is refused.
@@ -277,9 +281,9 @@ def job_from_argv(cfg: Config, argv: list[str] | tuple[str, ...]) -> Job:
     if not argv or not argv[0]:
         raise JobError("no command given (expected bots-engine [OPTIONS] [ROUTE ...] or a [jobqueue.commands] name)")
     if _is_engine_script(argv[0]):
-        return _engine_job(cfg, argv[1:])
+        return _engine_job(cfg, argv[1:], from_config)
     if len(argv) >= 2 and _is_engine_script(argv[1]) and not argv[0].startswith("-"):
-        return _engine_job(cfg, argv[2:])
+        return _engine_job(cfg, argv[2:], from_config)
     commands = cfg.jobqueue.commands
     if argv[0] in commands:
         job = Job.command(cfg.configdir, argv[0], argv[1:])
@@ -294,14 +298,21 @@ def job_from_argv(cfg: Config, argv: list[str] | tuple[str, ...]) -> Job:
     return job
 
 
-def _engine_job(cfg: Config, args: list[str]) -> Job:
+def _engine_job(cfg: Config, args: list[str], from_config: bool) -> Job:
     if any(a in ("-h", "--help") for a in args):
         raise JobError("bots-engine --help is not a job")
     try:
         parsed = parse_engine_args(args)
     except UsageError as exc:
         raise JobError(f"bots-engine: {exc}") from None
-    configdir = resolve_configdir(parsed.configdir) if parsed.configdir else cfg.configdir
+    configdir = cfg.configdir
+    if parsed.configdir:
+        where = cfg.resolve(parsed.configdir) if from_config else resolve_configdir(parsed.configdir)
+        configdir = Path(os.path.normpath(where))
+        if not configdir.is_dir():      # said as it is, before the refusal's "another environment?" hint
+            relative = from_config and not Path(parsed.configdir).expanduser().is_absolute()
+            raise JobError(f"config dir {configdir} does not exist"
+                           + (f" (a relative one is read from the environment folder {cfg.envdir})" if relative else ""))
     job = Job.engine(configdir, parsed.commands, parsed.routes)
     check_trusted(cfg, job)             # refused here, with its reason, rather than by the worker
     validate(job, cfg)

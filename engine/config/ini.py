@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import math
 import os
 import re
 import shlex
@@ -75,9 +76,12 @@ def _to_int(raw: str, where: str) -> int:
 
 def _to_float(raw: str, where: str) -> float:
     try:
-        return float(raw.strip())
+        value = float(raw.strip())
     except ValueError:
-        raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
+        value = math.nan
+    if math.isnan(value):           # float() takes "nan", which passes no range check: not a number
+        raise ConfigError(f"{where}: expected a number, got {raw!r}")
+    return value
 
 
 def _to_list(raw: str, where: str) -> list[str]:

@@ -27,6 +27,22 @@ BROKER_SCHEMES: Mapping[str, str] = {
 Resolve = Callable[[str], Path]          # a config path -> an absolute path (relative: the environment folder)
 
 
+def positive(sec: IniSection, key: str, typ: type, default: Any, unit: str) -> Any:
+    """``key`` as ``typ``, ConfigError (one line) unless it is more than 0 (NaN is not)."""
+    value = sec.get(key, typ, default)
+    if not value > 0:
+        raise ConfigError(f"{sec.where(key)}: must be more than 0 {unit}, got {value}")
+    return value
+
+
+def not_negative(sec: IniSection, key: str, typ: type, default: Any, unit: str) -> Any:
+    """``key`` as ``typ``, ConfigError (one line) unless it is 0 or more (NaN is not)."""
+    value = sec.get(key, typ, default)
+    if not value >= 0:
+        raise ConfigError(f"{sec.where(key)}: must be 0 or more {unit}, got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """``[settings]``: the engine's limits and report choices."""
@@ -52,8 +68,9 @@ def read_settings(s: IniSection) -> Settings:
         sendreportifprocesserror=s.get("sendreportifprocesserror", bool, d.sendreportifprocesserror),
         whencleanup=s.choice("whencleanup", ("daily", "never"), d.whencleanup),
         maxsecondsperchannel=msc if msc and msc > 0 else None,
-        lock_heartbeat=s.get("lock_heartbeat", float, d.lock_heartbeat),
-        lock_grace=s.get("lock_grace", float, d.lock_grace),
+        # 0 would spin the heartbeat thread / count every lease holder as gone (two engines at once)
+        lock_heartbeat=positive(s, "lock_heartbeat", float, d.lock_heartbeat, "seconds"),
+        lock_grace=positive(s, "lock_grace", float, d.lock_grace, "seconds"),
     )
     for key in ("maxruntime", "maxdays", "maxfilesizeincoming"):
         if getattr(settings, key) <= 0:
@@ -186,6 +203,10 @@ def read_jobqueue(js: IniSection, cs: IniSection, ts: IniSection, settings: Sett
         raise ConfigError(f"{js.where('hardtimelimit')}: must be 0 (no limit) or more minutes")
     # above any run's length: a message must not be handed out again while its run goes on
     longest = max(settings.maxruntime, hardtimelimit) * 60
+    # 0 s to reach the broker fails every connection ("cannot be reached within 0 s"), 0 s of
+    # visibility hands every job out again at once: both must be more than 0
+    connect_timeout = positive(js, "connect_timeout", float, j.connect_timeout, "seconds")
+    visibility_timeout = positive(js, "visibility_timeout", float, float(max(3600, 2 * longest)), "seconds")
     return JobQueue(
         enabled=js.get("enabled", bool, j.enabled),
         broker=read_broker(js),
@@ -193,10 +214,10 @@ def read_jobqueue(js: IniSection, cs: IniSection, ts: IniSection, settings: Sett
         configdirs=tuple(configdirs),
         command_lanes=command_lanes,
         hardtimelimit=hardtimelimit,
-        max_retries=js.get("max_retries", int, j.max_retries),
-        connect_timeout=js.get("connect_timeout", float, j.connect_timeout),
-        stale_after=js.get("stale_after", float, j.stale_after),
-        visibility_timeout=js.get("visibility_timeout", float, float(max(3600, 2 * longest))),
+        max_retries=not_negative(js, "max_retries", int, j.max_retries, "redeliveries"),
+        connect_timeout=connect_timeout,
+        stale_after=not_negative(js, "stale_after", float, j.stale_after, "seconds"),
+        visibility_timeout=visibility_timeout,
         transport_options={key: guess_type(ts.get(key, str, "")) for key in ts.keys()},
     )
 

@@ -41,6 +41,14 @@ def current_user() -> WebUser | None:
     return console().users.get(name) if isinstance(name, str) else None
 
 
+def actor() -> str:
+    """Who acts, for the audit lines of web.log: ``'NAME' from ADDRESS`` (the logged-in user, as
+    the login line names them; an address alone would not tell two users behind one proxy apart)."""
+    user = current_user()
+    who = repr(user.name) if user is not None else "nobody logged in"
+    return f"{who} from {request.remote_addr or '?'}"
+
+
 def _keys(name: str) -> list[str]:
     return [f"user:{name}", f"addr:{request.remote_addr or '?'}"]
 

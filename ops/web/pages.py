@@ -10,12 +10,13 @@ buttons ``button[name=action]`` valued ``rereceive``/``resend``; ``form#run-form
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, send_file, url_for
 
 from ops.web import charts, params
+from ops.web.auth import actor
 from ops.web.context import console
 from ops.web.preview import preview
 from ops.web.queries import (
@@ -36,6 +37,7 @@ from ops.web.queries import (
     queue_report,
     route_lane,
     run_detail,
+    run_totals,
     run_log,
     stored_path,
     submit_job,
@@ -72,12 +74,17 @@ def dashboard() -> Any:
     now = datetime.now()
     buckets = con.activity.get(utcnow(), utc_offset_minutes())
     day, month = charts.hourly(buckets, now), charts.daily(buckets, now)
+    totals = {"day": day.totals, "month": month.totals}
+    if cfg.engine.is_bots:            # no file records of Bots' runs here: the counts of their summaries
+        since = utcnow()
+        totals = {"day": run_totals(cfg.database_url, since - timedelta(hours=24)),
+                  "month": run_totals(cfg.database_url, since - timedelta(days=30))}
     report, age = con.health.cached()
     if report is not None and age > HEALTH_FRESH:
         report = None                 # too old to show as now: the panel loads a fresh one at once
-    return render_template("dashboard.html", day=day, month=month, lanes=lanes(cfg),
-                           runs=list_runs(cfg.database_url, limit=LAST_RUNS), health=report, health_age=age,
-                           queue_enabled=cfg.jobqueue.enabled)
+    return render_template("dashboard.html", day=day, month=month, totals=totals, bots=cfg.engine.is_bots,
+                           lanes=lanes(cfg), runs=list_runs(cfg.database_url, limit=LAST_RUNS), health=report,
+                           health_age=age, queue_enabled=cfg.jobqueue.enabled)
 
 
 @bp.get("/partials/health")
@@ -188,7 +195,7 @@ def _mark(kind: str) -> Any:
         return redirect(back, 303)
     res = mark_files(con.cfg.database_url, MARK[kind], ids, flt, every=every, unmark=unmark)
     what = "incoming" if kind == "in" else "outgoing"
-    con.log.info("%s %s %d %s file(s) for %s%s", request.remote_addr, "unmarked" if unmark else "marked",
+    con.log.info("%s %s %d %s file(s) for %s%s", actor(), "unmarked" if unmark else "marked",
                  len(res.ids), what, MARK[kind], " (all matching the filter)" if every else "")
     text = (f"{len(res.ids)} {what} file{'s' if len(res.ids) != 1 else ''} "
             f"{'unmarked' if unmark else 'marked'} for {MARK[kind]}.")
@@ -244,7 +251,7 @@ def _download(kind: str, file_id: int) -> Any:
     path = stored_path(con.cfg.directories.botssys, rec) if rec else None
     if rec is None or path is None:
         abort(404, "No stored content for this file.")
-    con.log.info("%s downloaded %s file %d (%s)", request.remote_addr, kind, file_id, rec["filename"])
+    con.log.info("%s downloaded %s file %d (%s)", actor(), kind, file_id, rec["filename"])
     # always an attachment of an opaque type: a stored HTML file never renders in the console's origin
     return send_file(path, mimetype="application/octet-stream", as_attachment=True,
                      download_name=rec["filename"] or f"{kind}-{file_id}", max_age=0)
@@ -288,7 +295,7 @@ def _run_menu(code: int = 200, error: str | None = None, chosen: dict[str, Any] 
     chosen = chosen or {"command": request.args.get("command") or "new",
                         "routes": request.args.getlist("routes"), "priority": DEFAULT_PRIORITY}
     commands = [c for c in RUN_TITLES if c in ENGINE_COMMANDS]
-    return render_template("runmenu.html", commands=commands, titles=RUN_TITLES, help=RUN_HELP,
+    return render_template("runmenu.html", commands=commands, titles=RUN_TITLES, help=RUN_HELP, bots=cfg.engine.is_bots,
                            jobs=sorted(cfg.jobqueue.commands.items()), routes=routes, chosen=chosen, error=error,
                            queue_enabled=cfg.jobqueue.enabled, lanes=lanes(cfg), default_lane=DEFAULT_LANE), code
 
@@ -303,7 +310,8 @@ def run_submit() -> Any:
     con = console()
     cfg = con.cfg
     command = request.form.get("command", "")
-    routes = [r for r in dict.fromkeys(request.form.getlist("routes")) if r]
+    # ticked names, or (a Bots site: its routes are Bots') names typed in one field, spaces between
+    routes = list(dict.fromkeys(r for v in request.form.getlist("routes") for r in v.replace(",", " ").split()))
     chosen = {"command": command, "routes": routes, "priority": request.form.get("priority", "")}
     try:
         priority = params.integer(request.form, "priority", DEFAULT_PRIORITY, low=1, high=9) or DEFAULT_PRIORITY
@@ -311,6 +319,9 @@ def run_submit() -> Any:
         return _run_menu(400, f"Priority must be 1 (highest) to 9, not {chosen['priority'][:20]!r}.", chosen)
     chosen["priority"] = priority
     if command in ENGINE_COMMANDS:
+        option = next((r for r in routes if r.startswith("-")), None)
+        if option is not None:        # typed into the routes field: it would reach bots-engine as an option
+            return _run_menu(400, f"{option[:60]!r} is not a route name: choose the run option above.", chosen)
         argv = ["bots-engine", f"--{command}", *routes]
     elif command in cfg.jobqueue.commands:
         if routes:
@@ -322,9 +333,9 @@ def run_submit() -> Any:
     try:
         res = submit_job(cfg, argv, priority)
     except UsageError as exc:
-        con.log.warning("run menu: %s refused: %s", " ".join(argv), exc)
+        con.log.warning("run menu: %s by %s refused: %s", " ".join(argv), actor(), exc)
         return _run_menu(400, str(exc), chosen)
-    con.log.info("run menu: %s at priority %d by %s: %s", res.job, priority, request.remote_addr, res.status)
+    con.log.info("run menu: %s at priority %d by %s: %s", res.job, priority, actor(), res.status)
     if res.status == RegistrationStatus.DUPLICATE:
         flash({"text": f"Duplicate job, not added: {res.job} is already waiting (priority {res.priority}).",
                "category": "warning"})

@@ -41,6 +41,7 @@ from engine.records import (
     page_files,
     parse_when,
     run_detail,
+    run_totals,
     stored_path,
 )
 from engine.run import ENGINE_COMMANDS
@@ -55,7 +56,7 @@ __all__ = [
     "IN_STATUSES", "OUT_STATUSES", "RUN_STATUSES", "Bucket", "FileFilter", "FilterError", "RunFilter", "UsageError",
     "ENGINE_COMMANDS", "DEFAULT_LANE", "ActivityCache", "HealthCache", "Lane", "Submitted", "component_logger",
     "count_runs", "file_detail", "lanes", "list_runs", "mark_files", "page_files", "parse_when", "queue_report",
-    "redact", "redact_data", "register_secrets", "RegistrationStatus", "route_lane", "run_detail", "run_log", "stored_path", "submit_job", "utcnow",
+    "redact", "redact_data", "register_secrets", "RegistrationStatus", "route_lane", "run_detail", "run_log", "run_totals", "stored_path", "submit_job", "utcnow",
     "utc_offset_minutes",
 ]
 

@@ -96,6 +96,16 @@ def test_broker_override_from_environment(make_env, monkeypatch):
     ("[dirmonitor1]\npath = x\nroute = nope\n", r"\[dirmonitor1\] route: no route named 'nope'"),
     ("[dirmonitor1]\npath = x\ndebounce = -1\n", r"\[dirmonitor1\] debounce: must be 0 or more seconds"),
     ("[jobqueue]\nstale_after = soon\n", r"\[jobqueue\] stale_after: expected a number, got 'soon'"),
+    # a time that cannot work is refused, not met later as "cannot be reached within 0 s"
+    ("[jobqueue]\nconnect_timeout = 0\n", r"\[jobqueue\] connect_timeout: must be more than 0 seconds, got 0.0$"),
+    ("[jobqueue]\nconnect_timeout = -2\n", r"\[jobqueue\] connect_timeout: must be more than 0 seconds, got -2.0$"),
+    ("[jobqueue]\nconnect_timeout = nan\n", r"\[jobqueue\] connect_timeout: expected a number, got 'nan'$"),
+    ("[jobqueue]\nvisibility_timeout = 0\n", r"\[jobqueue\] visibility_timeout: must be more than 0 seconds"),
+    ("[jobqueue]\nstale_after = -1\n", r"\[jobqueue\] stale_after: must be 0 or more seconds, got -1.0$"),
+    ("[jobqueue]\nmax_retries = -1\n", r"\[jobqueue\] max_retries: must be 0 or more redeliveries, got -1$"),
+    ("[settings]\nlock_grace = 0\n", r"\[settings\] lock_grace: must be more than 0 seconds, got 0.0$"),
+    ("[settings]\nlock_heartbeat = -1\n", r"\[settings\] lock_heartbeat: must be more than 0 seconds"),
+    ("[jobqueue]\nhardtimelimit = NaN\n", r"\[jobqueue\] hardtimelimit: expected a number, got 'NaN'$"),
 ])
 def test_bad_ini_is_one_line_naming_file_and_key(make_env, ini, match):
     env = make_env(ini=ini, routes=ROUTES_OK)

@@ -165,6 +165,25 @@ def test_interval_and_clock_set_back():
     assert daily.is_due(now + timedelta(days=1)).next == pytest.approx(13 * 3600)
 
 
+def test_upcoming_counts_from_the_last_run_as_beat_does():
+    now = utc(2026, 12, 1, 6, 33, 31)
+    every20 = ZonedCron(seconds=20, timezone="Europe/Amsterdam")
+    last = now - timedelta(seconds=10)
+    # the tester's case: sent at 07:33:21 local, shown at 07:33:31: next is last + 20 s, not now + 20 s
+    assert every20.upcoming(last, now, 3) == [last + timedelta(seconds=20 * k) for k in (1, 2, 3)]
+    every20.nowfun = lambda: now
+    assert every20.is_due(last) == (False, 10.0)
+    # overdue (beat was down): one make-up run now, then counted from it
+    assert every20.upcoming(now - timedelta(minutes=5), now, 2) == [now, now + timedelta(seconds=20)]
+    assert every20.is_due(now - timedelta(minutes=5)).is_due
+    # a last run in the future (clock set back) counts from now
+    assert every20.upcoming(now + timedelta(hours=1), now, 1) == [now + timedelta(seconds=20)]
+    daily = ZonedCron(cron="0 1 * * *", timezone="UTC")
+    assert daily.upcoming(now - timedelta(hours=1), now, 2) == [utc(2026, 12, 2, 1), utc(2026, 12, 3, 1)]
+    assert daily.upcoming(now - timedelta(days=2), now, 2) == [now, utc(2026, 12, 2, 1)]
+    assert daily.upcoming(now, now, 0) == []
+
+
 def test_schedule_pickles_and_compares():
     import pickle
 
@@ -348,6 +367,27 @@ def test_unknown_route_or_command_is_a_config_error(make_env, job, err):
     with pytest.raises(ConfigError, match=err) as info:
         build_schedule(env.config())
     assert "\n" not in str(info.value)
+
+
+def test_a_relative_config_dir_in_a_schedule_job_is_the_environment_folders(make_env, tmp_path, monkeypatch):
+    """README's own example line (``-Cconfigprod``) means the same to beat under systemd and to
+    ``botsq schedule`` typed in any shell (tester finding 12)."""
+    from beat_schedule import build_schedule
+
+    job = "python3 /usr/local/bin/bots-engine.py --new -Cconfigprod r1"
+    ini = f"[jobqueue]\nenabled = True\nconfigdirs = configprod\n[schedule.prod]\ncadence = hourly\njob = {job}\n"
+    env = make_env(ini=ini, routes=ROUTES2)
+    prod = env.root / "configprod"
+    prod.mkdir()
+    for name in ("bots.ini", "routes.toml"):
+        (prod / name).write_text((env.configdir / name).read_text())
+    monkeypatch.chdir(tmp_path)                       # not the environment folder
+    assert build_schedule(env.config())["prod"]["kwargs"]["configdir"] == str(prod)
+    env.write(ini=ini.replace("-Cconfigprod", "-Cconfigprd"))
+    with pytest.raises(ConfigError) as info:
+        build_schedule(env.config())
+    assert str(info.value) == (f"{env.configdir / 'bots.ini'}: [schedule.prod] job: config dir {env.root}/configprd "
+                               f"does not exist (a relative one is read from the environment folder {env.root})")
 
 
 @pytest.mark.parametrize("demo", [False, True])

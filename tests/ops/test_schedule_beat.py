@@ -205,3 +205,45 @@ def test_beat_refuses_when_the_queue_is_disabled(published, make_env, monkeypatc
     with pytest.raises(SystemExit):
         scheduler()
     assert "[jobqueue] enabled" in (env.root / "botssys/logging/beat.log").read_text()
+
+
+def test_botsq_schedule_shows_the_next_runs_beat_sends(published, make_env, monkeypatch, capsys):
+    """Interval jobs count from their last run (or, never run, from when beat took the lock): the
+    tester saw now + interval where beat sent at last + interval."""
+    import argparse
+    import json
+
+    from ops import schedule as schedule_cmd
+
+    jobs = ("[schedule.ran]\ncadence = interval\nseconds = 20\njob = bots-engine r1\n"
+            "[schedule.fresh]\ncadence = interval\nseconds = 40\njob = bots-engine r2\n")
+    env = schedule_env(make_env, monkeypatch, jobs)
+    store = BeatStore(env.config().database_url)
+    store.save_run("ran", datetime.now(UTC) - timedelta(seconds=5), "added")
+    s = scheduler()
+    s.tick()
+    assert s.locked and published.sent == []
+    time.sleep(1.0)                                  # shown a moment later: now + interval would differ
+    schedule_cmd.run(argparse.Namespace(configdir=str(env.configdir), count=2, json=True))
+    shown = {j["name"]: [datetime.fromisoformat(t) for t in j["next_runs"]]
+             for j in json.loads(capsys.readouterr().out)["jobs"]}
+    for name, seconds in (("ran", 20), ("fresh", 40)):
+        beat_next = s.data[name].last_run_at + timedelta(seconds=seconds)
+        assert abs((shown[name][0] - beat_next).total_seconds()) < 0.1, name
+        assert shown[name][1] - shown[name][0] == timedelta(seconds=seconds)
+    s.close()
+
+
+def test_a_beat_taking_over_counts_a_never_run_job_from_then(published, make_env, monkeypatch):
+    """What ``botsq schedule`` assumes (the holder's acquired_at), not the idle beat's start."""
+    schedule_env(make_env, monkeypatch, "[schedule.slow]\ncadence = interval\nseconds = 3600\njob = bots-engine r1\n")
+    a, b = scheduler(), scheduler()
+    a.tick()
+    b.tick()
+    assert a.locked and not b.locked
+    time.sleep(0.5)
+    a.close()
+    taken = datetime.now(UTC)
+    b.tick()
+    assert b.locked and b.data["slow"].last_run_at >= taken and published.sent == []
+    b.close()

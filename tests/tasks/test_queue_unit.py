@@ -81,8 +81,37 @@ def test_the_engines_own_config_dir_is_part_of_the_job(env, tmp_path):
         assert job_from_argv(cfg, ["bots-engine", "-Cconfig"]).configdir == str(other.configdir)
     finally:
         os.chdir(old)
-    with pytest.raises(JobError, match="config dir does not exist"):
+    with pytest.raises(JobError, match="^config dir /nonexistent/config does not exist$"):
         job_from_argv(cfg, ["bots-engine", "-C/nonexistent/config"])
+
+
+def test_a_relative_config_dir_in_a_job_line_from_bots_ini_is_the_environment_folders(env, tmp_path, monkeypatch):
+    """[schedule.*] job = ... -Cconfigprod: read against the environment folder (as [jobqueue]
+    configdirs are), wherever beat or botsq schedule runs; typed in a shell: against the cwd."""
+    other = make_queue_env(tmp_path / "site", "memory://", extra="configdirs = configprod")
+    prod = other.root / "configprod"
+    prod.mkdir()
+    (prod / "bots.ini").write_text((other.configdir / "bots.ini").read_text())
+    cfg = other.config()
+    elsewhere = tmp_path / "shell"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    job = job_from_argv(cfg, ["python3", "/usr/local/bin/bots-engine.py", "--new", "-Cconfigprod"], from_config=True)
+    assert job.configdir == str(prod)
+    # the shell's rule for a line typed by hand: relative to where bots-job2queue runs
+    with pytest.raises(JobError, match=f"^config dir {elsewhere}/configprod does not exist$"):
+        job_from_argv(cfg, ["bots-engine", "-Cconfigprod"])
+    monkeypatch.chdir(other.root)
+    assert job_from_argv(cfg, ["bots-engine", "-Cconfigprod"]).configdir == str(prod)
+    # a missing config dir is said as such: no "another environment on this broker?" hint
+    with pytest.raises(JobError) as info:
+        job_from_argv(cfg, ["bots-engine", "-Cconfigtypo"], from_config=True)
+    assert str(info.value) == (f"config dir {other.root}/configtypo does not exist (a relative one is read from "
+                               f"the environment folder {other.root})")
+    # an existing one not listed keeps the refusal with its hint
+    (other.root / "configx").mkdir()
+    with pytest.raises(JobError, match="configx refused: .*another environment on this broker"):
+        job_from_argv(cfg, ["bots-engine", "-Cconfigx"], from_config=True)
 
 
 def test_a_job_runs_only_in_a_config_dir_the_queues_bots_ini_trusts(env, tmp_path):

@@ -35,12 +35,17 @@
       var prio = form.querySelector("select[name=priority]");
       var routes = Array.prototype.slice.call(form.querySelectorAll("input[name=routes]:checked"))
         .map(function (r) { return r.value; });
+      // a Bots site types its route names (Bots has them, not routes.toml): split as the server does
+      Array.prototype.forEach.call(form.querySelectorAll("input[name=routes][type=text]"), function (t) {
+        routes = routes.concat(t.value.split(/[\s,]+/).filter(function (w) { return w; }));
+      });
       var words = ["bots-job2queue", "-p" + (prio ? prio.value : "5")];
       if (cmd && cmd.dataset.job) { words.push(cmd.value); }
       else { words.push("bots-engine", "--" + (cmd ? cmd.value : "new")); words = words.concat(routes); }
       out.textContent = words.join(" ");
     }
     form.addEventListener("change", update);
+    form.addEventListener("input", update);
     update();
   }
 

@@ -1,6 +1,8 @@
-"""The web console's parts without a server: throttle, users, content preview, charts, the chart cache."""
+"""The web console's parts without a server: throttle, users, content preview, charts, the chart cache;
+a Bots site's pages through Flask's test client."""
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -137,3 +139,45 @@ def test_the_chart_cache_counts_old_hours_once_and_new_ones_each_time(make_env) 
     warm.settle()
     add(now - timedelta(days=4))
     assert sum(b.received for b in warm.get(now, 60).values()) == 6
+
+
+def test_a_bots_site_console_counts_runs_names_its_routes_and_the_user(make_env) -> None:  # type: ignore[no-untyped-def]
+    """[engine] kind = bots (tester finding 13): the dashboard counts Bots' run summaries instead of
+    showing zeros for file records botsq does not have; the run menu takes route names typed (Bots
+    has the routes); web.log names the user who queued or marked, not only the address."""
+    from bots_helpers import BOTS_OWN_KEYS, engine_section
+    from engine.config.webserver import load_webserver_settings
+    from engine.models import Run
+    from ops.web.app import create_app
+    from web_helpers import csrf_of
+
+    ini = (BOTS_OWN_KEYS.replace("[webserver]\nport = 8080\n", "[webserver]\nport = 8080\nusers = ops:ops-secret-pw\n")
+           + engine_section() + "\n[jobqueue]\nenabled = True\nbroker = memory://\n")
+    env = make_env(ini=ini, routes=None)
+    cfg = env.config()
+    now = utcnow()
+    with session_scope(cfg.database_url) as s:
+        for hours, received, sent, errors in ((1, 7, 6, 1), (5, 13, 13, 0), (24 * 3, 100, 90, 10)):
+            s.add(Run(kind="bots", started=now - timedelta(hours=hours), ended=now, status="ok", returncode=0,
+                      received=received, sent=sent, file_errors=errors))
+    app = create_app(cfg, load_webserver_settings(cfg, "127.0.0.1", 1))
+    client = app.test_client()
+    r = client.post("/login", data={"username": "ops", "password": "ops-secret-pw",
+                                    "csrf_token": csrf_of(client.get("/login").get_data(as_text=True))})
+    assert r.status_code == 303
+    page = client.get("/").get_data(as_text=True)
+    assert "Received · 24 h · runs" in page and "Sent · 24 h · runs" in page
+    values = re.findall(r'<span class="value">([^<]*)</span>', page)
+    assert values[:3] == ["20", "19", "1"]               # the runs of the last 24 h; 30 days below them
+    assert "120 in 30 days" in page and "109 in 30 days" in page
+    assert "botsq keeps no file records of Bots' runs" in page and "No files in this period" not in page
+    menu = client.get("/run").get_data(as_text=True)
+    assert "No routes in routes.toml" not in menu and "its routes are in Bots" in menu
+    r = client.post("/run", data={"command": "new", "routes": "myfirstroute  other", "priority": "2",
+                                  "csrf_token": csrf_of(menu)})
+    assert r.status_code == 303
+    r = client.post("/run", data={"command": "new", "routes": "--cleanup", "priority": "2",
+                                  "csrf_token": csrf_of(menu)})
+    assert r.status_code == 400 and "is not a route name" in r.get_data(as_text=True)
+    log = (env.root / "botssys" / "logging" / "web.log").read_text()
+    assert "run menu: bots-engine --new myfirstroute other at priority 2 by 'ops' from 127.0.0.1: added" in log
