@@ -289,6 +289,7 @@ def test_a_job_while_bots_is_locked_waits_and_runs_when_released(site: SimpleNam
     final = wait_for(lambda: [r for r in ended_runs(site, before) if r["returncode"] != 3], RUN_TIMEOUT,
                      "the run after the wait to be recorded", site.worker)
     assert [(r["status"], r["returncode"]) for r in final] == [("ok", 0)], final
+    assert [r["id"] for r in ended_runs(site, before)] == [final[0]["id"]]      # one record for the wait
 
 
 def test_botsq_bots_engine_runs_bots_directly_and_a_route_bots_does_not_know_exits_1(site: SimpleNamespace) -> None:
