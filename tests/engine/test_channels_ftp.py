@@ -97,6 +97,21 @@ def test_send_never_overwrites_and_leaves_no_temporary_file(tmp_path: Path, serv
         "free.edi": b"free"}
 
 
+def test_a_missing_stored_file_never_reaches_the_partner(tmp_path: Path, server: FtpServer, remote: Path,
+                                                         certs) -> None:
+    """The local file is opened before the partner is asked anything: its absence is no communication
+    error (the connection stays in use, no temporary name is left), and the next file goes out."""
+    src = tmp_path / "src"
+    src.write_bytes(b"there")
+    before = server.connections
+    with chan(tmp_path, server, certs) as ch:
+        with pytest.raises(FileNotFoundError):
+            ch.send(tmp_path / "gone", "gone.edi")
+        assert not ch.broken and not ch.leftovers
+        assert ch.send(src, "next.edi") == "next.edi"
+    assert os.listdir(remote) == ["next.edi"] and server.connections - before == 1
+
+
 def test_a_file_changed_since_the_listing_stays_for_the_next_run(tmp_path: Path, server: FtpServer, remote: Path,
                                                                  certs) -> None:
     (remote / "growing.edi").write_bytes(b"first part")
