@@ -24,6 +24,7 @@ import posixpath
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,6 +130,7 @@ class FtpServer(_Threaded):
         self.die_after_sent = die_after_sent   # > 0: the server goes down after serving that many files
         self.files_sent = 0
         self.connections = 0      # control connections accepted since start
+        self.commands: Counter[str] = Counter()   # commands received since start, by name (round trips)
         self.port = port or free_port()
         self._server = None
         self._thread: threading.Thread | None = None
@@ -188,7 +190,12 @@ class FtpServer(_Threaded):
                 os.remove(file)
             return base.ftp_RETR(handler, file)
 
+        def pre_process_command(handler, line, cmd, arg):  # type: ignore[no-untyped-def]
+            owner.commands[cmd] += 1
+            return base.pre_process_command(handler, line, cmd, arg)
+
         attrs["ftp_RETR"] = ftp_RETR
+        attrs["pre_process_command"] = pre_process_command
         return type("Handler", (base,), attrs)
 
     def start(self) -> "FtpServer":
