@@ -13,7 +13,8 @@ sent, and says nothing), ``stall_after`` (SFTP: the server stops reading its soc
 many bytes, as a partner that hangs mid-file), ``encoding`` (FTP: names sent in a Windows code
 page), ``refuse_read`` (names whose download is refused), ``gone_on_read`` (names removed the
 moment their download begins, as when another client took them since the listing); the SFTP
-server passes names as the bytes they are on its disk.
+server passes names as the bytes they are on its disk. ``FtpServer.commands`` counts the commands it
+received, by name (the round trips of a transfer).
 """
 from __future__ import annotations
 
