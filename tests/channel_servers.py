@@ -13,7 +13,8 @@ sent, and says nothing), ``stall_after`` (SFTP: the server stops reading its soc
 many bytes, as a partner that hangs mid-file), ``encoding`` (FTP: names sent in a Windows code
 page), ``refuse_read`` (names whose download is refused), ``gone_on_read`` (names removed the
 moment their download begins, as when another client took them since the listing); the SFTP
-server passes names as the bytes they are on its disk.
+server passes names as the bytes they are on its disk. ``FtpServer.commands`` counts the commands it
+received, by name (the round trips of a transfer).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import posixpath
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,6 +131,7 @@ class FtpServer(_Threaded):
         self.die_after_sent = die_after_sent   # > 0: the server goes down after serving that many files
         self.files_sent = 0
         self.connections = 0      # control connections accepted since start
+        self.commands: Counter[str] = Counter()   # commands received since start, by name (round trips)
         self.port = port or free_port()
         self._server = None
         self._thread: threading.Thread | None = None
@@ -188,7 +191,12 @@ class FtpServer(_Threaded):
                 os.remove(file)
             return base.ftp_RETR(handler, file)
 
+        def pre_process_command(handler, line, cmd, arg):  # type: ignore[no-untyped-def]
+            owner.commands[cmd] += 1
+            return base.pre_process_command(handler, line, cmd, arg)
+
         attrs["ftp_RETR"] = ftp_RETR
+        attrs["pre_process_command"] = pre_process_command
         return type("Handler", (base,), attrs)
 
     def start(self) -> "FtpServer":

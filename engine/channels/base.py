@@ -84,8 +84,8 @@ def unique_names(name: str, tries: int = MAX_NAME_TRIES) -> Iterator[str]:
     out-channel that names files (file, ftp, ftps, sftp): Bots appends to an existing file of
     that name instead (its ``{overwrite}`` replaces), which a delivery through a temporary name and
     a rename cannot do; a unique name loses nothing either."""
-    stem, ext = os.path.splitext(name)
     yield name
+    stem, ext = os.path.splitext(name)      # only when the name is taken (most sends stop above)
     for n in range(1, tries):
         yield f"{stem}_{n}{ext}"
 

@@ -14,6 +14,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from engine.channels.base import CommunicationError, FileGone, IncomingItem
 from engine.channels.remote import RemoteChannel
@@ -248,13 +249,16 @@ class FtpChannel(RemoteChannel):
             ftp.delete(item.ref)
 
     # ------------------------------------------------------------------ out-side
-    def put(self, src: Path, remote_name: str) -> None:
+    def put(self, data: BinaryIO, remote_name: str) -> int:
         ftp = self._transfer_conn()
-        with open(src, "rb") as f, ftp.transfercmd(f"STOR {remote_name}") as conn:
-            while buf := f.read(BLOCKSIZE):
+        sent = 0
+        with ftp.transfercmd(f"STOR {remote_name}") as conn:
+            while buf := data.read(BLOCKSIZE):
                 conn.sendall(buf)
+                sent += len(buf)
             _end_tls(conn)
         ftp.voidresp()           # 226: the server says it has the file; SIZE checks what it has
+        return sent
 
     def remote_size(self, remote_name: str) -> int | None:
         if not self.size_cmd:

@@ -13,9 +13,8 @@ import re
 import secrets
 import socket
 import ssl
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from engine.channels.base import (MAX_NAME_TRIES, Channel, CommunicationError, IncomingItem, Refused, safe_name,
                                   unique_names)
@@ -97,21 +96,9 @@ class RemoteChannel(Channel):
         """True when ``exc`` is the server's refusal, after which the connection is still in step."""
         return False
 
-    @contextmanager
-    def step(self, action: str) -> Iterator[None]:
+    def step(self, action: str) -> "_Step":
         """Turn the protocol's errors inside the block into a CommunicationError (no chained secrets)."""
-        try:
-            yield
-        except Refused:
-            raise
-        except CommunicationError:
-            self.broken = True
-            raise
-        except self.errors as exc:
-            if self.is_answer(exc):       # the partner said no to this request; the session goes on
-                raise self.error(action, exc, Refused) from None
-            self.broken = True
-            raise self.error(action, exc) from None
+        return _Step(self, action)
 
     # ------------------------------------------------------------------ connection
     def connected(self) -> bool:  # pragma: no cover - abstract
@@ -208,27 +195,27 @@ class RemoteChannel(Channel):
         partner could pick up half-written."""
         name = safe_name(filename)  # a template-made name never leaves the remote folder
         tmp = self.temp_name(name)
-        size = src.stat().st_size
-        with self.step(f"cannot send {name!r}"):
-            self.ensure_open()         # no connection: nothing was begun, nothing to clean up
-        try:
+        with open(src, "rb") as data:  # a missing stored file fails here, before the partner is asked anything
             with self.step(f"cannot send {name!r}"):
-                self.put(src, tmp)
-            with self.step(f"cannot send {name!r}: cannot check its size on the server"):
-                got = self.remote_size(tmp)
-            if got is not None and got != size:
-                raise self.error(f"cannot send {name!r}: the server holds {got} of the {size} bytes sent", None,
-                                 Refused)
-            return self._rename_unique(tmp, name)
-        except CommunicationError:
-            if self.broken:            # cannot clean up now: at the next connection of this run
-                self.leftovers.append(tmp)
-            else:                      # refused: leave no piece behind
-                try:
-                    self.remove_quietly(tmp)
-                except Exception:  # noqa: BLE001 - the upload's error is the one to report
+                self.ensure_open()         # no connection: nothing was begun, nothing to clean up
+            try:
+                with self.step(f"cannot send {name!r}"):
+                    sent = self.put(data, tmp)
+                with self.step(f"cannot send {name!r}: cannot check its size on the server"):
+                    got = self.remote_size(tmp)
+                if got is not None and got != sent:
+                    raise self.error(f"cannot send {name!r}: the server holds {got} of the {sent} bytes sent", None,
+                                     Refused)
+                return self._rename_unique(tmp, name)
+            except CommunicationError:
+                if self.broken:            # cannot clean up now: at the next connection of this run
                     self.leftovers.append(tmp)
-            raise
+                else:                      # refused: leave no piece behind
+                    try:
+                        self.remove_quietly(tmp)
+                    except Exception:  # noqa: BLE001 - the upload's error is the one to report
+                        self.leftovers.append(tmp)
+                raise
 
     def _rename_unique(self, tmp: str, name: str) -> str:
         """Rename the upload to the first of :func:`unique_names` that no file at the partner holds,
@@ -270,7 +257,9 @@ class RemoteChannel(Channel):
         """Does the remote folder hold something named ``remote_name`` (asked when a rename is refused)?"""
         raise NotImplementedError
 
-    def put(self, src: Path, remote_name: str) -> None:  # pragma: no cover - abstract
+    def put(self, data: BinaryIO, remote_name: str) -> int:  # pragma: no cover - abstract
+        """Upload the rest of the open file ``data`` as ``remote_name``; the number of bytes sent (what
+        the server's size must be)."""
         raise NotImplementedError
 
     def remote_size(self, remote_name: str) -> int | None:  # pragma: no cover - abstract
@@ -284,3 +273,30 @@ class RemoteChannel(Channel):
 
     def remove_quietly(self, remote_name: str) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class _Step:
+    """The context manager of :meth:`RemoteChannel.step`: a send passes through four of them per
+    file, so it is a class (a ``contextlib.contextmanager`` generator costs about twice as much)."""
+
+    __slots__ = ("channel", "action")
+
+    def __init__(self, channel: RemoteChannel, action: str) -> None:
+        self.channel, self.action = channel, action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if exc is None or isinstance(exc, Refused):
+            return False
+        ch = self.channel
+        if isinstance(exc, CommunicationError):
+            ch.broken = True
+            return False
+        if isinstance(exc, ch.errors):
+            if ch.is_answer(exc):       # the partner said no to this request; the session goes on
+                raise ch.error(self.action, exc, Refused) from None
+            ch.broken = True
+            raise ch.error(self.action, exc) from None
+        return False

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import paramiko
 from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR
@@ -290,15 +291,18 @@ class SftpChannel(RemoteChannel):
             sftp.remove(self._b(item.ref))
 
     # ------------------------------------------------------------------ out-side
-    def put(self, src: Path, remote_name: str) -> None:
+    def put(self, data: BinaryIO, remote_name: str) -> int:
         sftp = self._conn()
         dog = self.watchdog
-        with open(src, "rb") as f, sftp.open(self._b(remote_name), "wb") as remote:
+        sent = 0
+        with sftp.open(self._b(remote_name), "wb") as remote:
             remote.set_pipelined(True)
-            while buf := f.read(BLOCKSIZE):
+            while buf := data.read(BLOCKSIZE):
                 remote.write(buf)
+                sent += len(buf)
                 if dog is not None:
                     dog.progress()
+        return sent
 
     def remote_size(self, remote_name: str) -> int | None:
         return self._conn().stat(self._b(remote_name)).st_size

@@ -97,6 +97,41 @@ def test_send_never_overwrites_and_leaves_no_temporary_file(tmp_path: Path, serv
         "free.edi": b"free"}
 
 
+def test_a_missing_stored_file_never_reaches_the_partner(tmp_path: Path, server: FtpServer, remote: Path,
+                                                         certs) -> None:
+    """The local file is opened before the partner is asked anything: its absence is no communication
+    error (the connection stays in use, no temporary name is left), and the next file goes out."""
+    src = tmp_path / "src"
+    src.write_bytes(b"there")
+    before = server.connections
+    with chan(tmp_path, server, certs) as ch:
+        with pytest.raises(FileNotFoundError):
+            ch.send(tmp_path / "gone", "gone.edi")
+        assert not ch.broken and not ch.leftovers
+        assert ch.send(src, "next.edi") == "next.edi"
+    assert os.listdir(remote) == ["next.edi"] and server.connections - before == 1
+
+
+def test_a_send_is_five_round_trips(tmp_path: Path, server: FtpServer, remote: Path, certs) -> None:
+    """What a delivery costs on the wire: PASV, STOR, SIZE, RNFR, RNTO per file, each needed by a
+    guarantee (a data connection, the upload to a temporary name, the server's size checked, the
+    rename); TYPE I and the listing of the folder once per connection. One command more per file
+    is one round trip more per file (bench/channels.py)."""
+    (remote / "there.edi").write_bytes(b"x")
+    src = tmp_path / "src"
+    src.write_bytes(b"z" * 2048)
+    with chan(tmp_path, server, certs) as ch:
+        before = server.commands.copy()
+        assert ch.send(src, "first.edi") == "first.edi"
+        first = server.commands - before
+        before = server.commands.copy()
+        for n in range(10):
+            ch.send(src, f"f{n}.edi")
+        per_ten = server.commands - before
+    assert first == {"TYPE": 1, "MLSD": 1, "PASV": 2, "STOR": 1, "SIZE": 1, "RNFR": 1, "RNTO": 1}
+    assert per_ten == {"PASV": 10, "STOR": 10, "SIZE": 10, "RNFR": 10, "RNTO": 10}
+
+
 def test_a_file_changed_since_the_listing_stays_for_the_next_run(tmp_path: Path, server: FtpServer, remote: Path,
                                                                  certs) -> None:
     (remote / "growing.edi").write_bytes(b"first part")

@@ -83,6 +83,21 @@ def test_round_trip_over_one_connection(tmp_path: Path, server: SftpServer, remo
     assert transport is not None and not transport.is_active()
 
 
+def test_a_missing_stored_file_never_reaches_the_partner(tmp_path: Path, server: SftpServer, remote: Path,
+                                                         known_hosts: Path) -> None:
+    """As for FTP: the local file is opened before the partner is asked anything."""
+    src = tmp_path / "src"
+    src.write_bytes(b"there")
+    with chan(tmp_path, server, known_hosts) as ch:
+        transport = ch.transport
+        with pytest.raises(FileNotFoundError):
+            ch.send(tmp_path / "gone", "gone.edi")
+        assert not ch.broken and not ch.leftovers
+        assert ch.send(src, "next.edi") == "next.edi"
+        assert ch.transport is transport          # the same connection
+    assert os.listdir(remote) == ["next.edi"]
+
+
 def test_a_file_changed_since_the_listing_stays_for_the_next_run(tmp_path: Path, server: SftpServer, remote: Path,
                                                                  known_hosts: Path) -> None:
     (remote / "growing.edi").write_bytes(b"first part")
