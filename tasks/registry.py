@@ -5,10 +5,16 @@ on first use, SQLite and PostgreSQL alike):
 
 :class:`PendingRegistry` - tables ``jobqueue_pending`` and ``jobqueue_skip``: one row per *waiting*
     job identity (:attr:`tasks.jobs.Job.key`, unique) naming the message (task id) that stands for
-    it. A submission adds the row before it publishes; a unique-key conflict means "an identical
-    job is waiting": discard the new one, or - when it asks for a higher priority - point the row
-    at the new message and mark the old one superseded (Bots raises the waiting job's priority
-    the same way). Superseded messages are dropped unrun.
+    it. A submission adds the row before it publishes, *unconfirmed*, and confirms it once the
+    broker has the message (:meth:`PendingRegistry.confirm`; a failed publish takes it back,
+    :meth:`PendingRegistry.remove`). A unique-key conflict with a confirmed row means "an
+    identical job is waiting": discard the new one, or - when it asks for a higher priority -
+    point the row at the new message and mark the old one superseded (Bots raises the waiting
+    job's priority the same way). A conflict with an *unconfirmed* row is never a duplicate: its
+    message may never reach the broker (a publish that fails later, a publisher killed). The new
+    job waits until the row settles (milliseconds), or takes it over when it does not within
+    ``UNCONFIRMED_WAIT`` (at the higher of both priorities; the old message, should it arrive
+    after all, is superseded). Superseded messages are dropped unrun.
 :class:`StartedJobs` - table ``jobqueue_started``: one row per message the worker started:
     attempts, holder (host, pid, heartbeat), state. It makes a redelivered message harmless: a job
     that finished is not run again (RabbitMQ's consumer timeout, Redis' visibility timeout), one
@@ -50,6 +56,10 @@ from tasks.jobs import Job
 KEEP_FINISHED = timedelta(days=2)   # started-job rows kept after they end (redeliveries come sooner)
 QueueDepth = Callable[[], "int | None"]   # messages waiting in the queue, asked only when it matters
 T = TypeVar("T")
+# seconds an identical job waits for an unconfirmed entry to settle before it takes the entry over: a
+# publish normally settles in milliseconds (one broker round trip); one that fails takes its entry back
+# itself; only a hung or killed publisher makes a job wait this long (the takeover is safe either way)
+UNCONFIRMED_WAIT = 2.0
 SKIP_REASONS = {   # jobqueue_skip.reason -> why the worker drops that message unrun
     "raised": "superseded by a copy queued at a higher priority",
     "unconfirmed": "superseded by an identical job queued before the broker had confirmed this one",
@@ -221,54 +231,71 @@ class PendingRegistry(_Store):
         change of a row is a compare-and-set on its task id).
 
         An identical confirmed entry makes it a duplicate (or, asked at a higher priority, raises
-        that entry); an identical *unconfirmed* entry is taken over: the new message stands for the
-        job, at the higher of both priorities (the publisher sends it at :attr:`Registration.priority`),
-        and the old message is superseded. ``queue_depth`` returns the number of messages waiting in
-        the queue; it is asked only when an identical entry is older than ``stale_after``, to tell a
-        stale one.
+        that entry). An identical *unconfirmed* entry is no ground for either: its publish is under
+        way, and may still fail. ``add`` waits for it to settle - confirmed (then as above), or taken
+        back (then this job is added) - and when the same unconfirmed entry is still there after
+        :data:`UNCONFIRMED_WAIT` seconds (its publisher hangs or was killed) takes it over: the new
+        message stands for the job, at the higher of both priorities (the publisher sends it at
+        :attr:`Registration.priority`), and the old message is superseded. ``queue_depth`` returns
+        the number of messages waiting in the queue; it is asked only when an identical entry is
+        older than ``stale_after``, to tell a stale one.
         """
         key = job.key
+        seen: tuple[str, float] | None = None       # the unconfirmed entry waited for, and since when (monotonic)
+        delay = 0.002
+        while True:
+            take = seen[0] if seen is not None and time.monotonic() - seen[1] >= UNCONFIRMED_WAIT else None
+            out = self._transaction(lambda s: self._add(s, job, key, task_id, priority, queue_depth, take))
+            if isinstance(out, Registration):
+                return out
+            if seen is None or seen[0] != out:      # a new unconfirmed entry (another publisher took over)
+                seen = (out, time.monotonic())
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
-        def add(s: Session) -> Registration:
-            now = utcnow()
-            row = s.get(PendingJob, key)
-            if row is None:
-                s.add(PendingJob(key=key, task_id=task_id, task=job.task, job=job.describe(),
-                                 kwargs=json.dumps(job.shown_kwargs), priority=priority, created=now, updated=now,
-                                 confirmed=False))
+    def _add(self, s: Session, job: Job, key: str, task_id: str, priority: int, queue_depth: QueueDepth | None,
+             take: str | None) -> Registration | str:
+        """One try of :meth:`add`: a Registration, or the task id of the unconfirmed entry to wait for
+        (``take``: the one waited for long enough, taken over)."""
+        now = utcnow()
+        row = s.get(PendingJob, key)
+        if row is None:
+            s.add(PendingJob(key=key, task_id=task_id, task=job.task, job=job.describe(),
+                             kwargs=json.dumps(job.shown_kwargs), priority=priority, created=now, updated=now,
+                             confirmed=False))
+            s.flush()
+            return Registration(RegistrationStatus.ADDED, task_id, priority)
+        old_id, old_priority = row.task_id, row.priority
+        if not row.confirmed:
+            if old_id != take:
+                return old_id
+            best = min(priority, old_priority)
+            n = s.execute(update(PendingJob).where(PendingJob.key == key, PendingJob.task_id == old_id)
+                          .values(task_id=task_id, priority=best, updated=now, confirmed=False)).rowcount
+            if n == 1:
+                s.add(SkippedMessage(task_id=old_id, key=key, reason="unconfirmed", created=now))
                 s.flush()
-                return Registration(RegistrationStatus.ADDED, task_id, priority)
-            old_id, old_priority = row.task_id, row.priority
-            if not row.confirmed:
-                best = min(priority, old_priority)
-                n = s.execute(update(PendingJob).where(PendingJob.key == key, PendingJob.task_id == old_id)
-                              .values(task_id=task_id, priority=best, updated=now, confirmed=False)).rowcount
-                if n == 1:
-                    s.add(SkippedMessage(task_id=old_id, key=key, reason="unconfirmed", created=now))
-                    s.flush()
-                    return Registration(RegistrationStatus.ADDED, task_id, best, previous=old_id,
-                                        previous_priority=old_priority, unconfirmed=True)
-                raise _Changed
-            if self._is_stale(row, now, queue_depth):
-                n = s.execute(update(PendingJob).where(PendingJob.key == key, PendingJob.task_id == old_id)
-                              .values(task_id=task_id, priority=priority, created=now, updated=now,
-                                      confirmed=False)).rowcount
-                if n == 1:
-                    return Registration(RegistrationStatus.ADDED, task_id, priority, previous=old_id,
-                                        previous_priority=old_priority, stale=True)
-                raise _Changed
-            if priority < old_priority:
-                n = s.execute(update(PendingJob).where(PendingJob.key == key, PendingJob.task_id == old_id)
-                              .values(task_id=task_id, priority=priority, updated=now, confirmed=False)).rowcount
-                if n == 1:
-                    s.add(SkippedMessage(task_id=old_id, key=key, reason="raised", created=now))
-                    s.flush()
-                    return Registration(RegistrationStatus.RAISED, task_id, priority, previous=old_id,
-                                        previous_priority=old_priority)
-                raise _Changed
-            return Registration(RegistrationStatus.DUPLICATE, old_id, old_priority)
-
-        return self._transaction(add)
+                return Registration(RegistrationStatus.ADDED, task_id, best, previous=old_id,
+                                    previous_priority=old_priority, unconfirmed=True)
+            raise _Changed
+        if self._is_stale(row, now, queue_depth):
+            n = s.execute(update(PendingJob).where(PendingJob.key == key, PendingJob.task_id == old_id)
+                          .values(task_id=task_id, priority=priority, created=now, updated=now,
+                                  confirmed=False)).rowcount
+            if n == 1:
+                return Registration(RegistrationStatus.ADDED, task_id, priority, previous=old_id,
+                                    previous_priority=old_priority, stale=True)
+            raise _Changed
+        if priority < old_priority:
+            n = s.execute(update(PendingJob).where(PendingJob.key == key, PendingJob.task_id == old_id)
+                          .values(task_id=task_id, priority=priority, updated=now, confirmed=False)).rowcount
+            if n == 1:
+                s.add(SkippedMessage(task_id=old_id, key=key, reason="raised", created=now))
+                s.flush()
+                return Registration(RegistrationStatus.RAISED, task_id, priority, previous=old_id,
+                                    previous_priority=old_priority)
+            raise _Changed
+        return Registration(RegistrationStatus.DUPLICATE, old_id, old_priority)
 
     def confirm(self, job: Job, task_id: str) -> bool:
         """The broker has message ``task_id``: its entry now makes identical jobs duplicates. False
