@@ -27,15 +27,19 @@ Why each setting (see README, "The job queue"):
 """
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
 from celery.app.amqp import AMQP
+from kombu.utils.objects import cached_property
 from celery.signals import before_task_publish, task_failure, task_revoked, worker_init, worker_process_init, worker_ready
 
 from engine.botsengine import LOCKED_WAIT_LONGEST
 from engine.config import Config, load_config
-from engine.log import redact
+from engine.errors import ExitCode, one_line
+from engine.log import mask_url, redact
 from tasks import priority as prio
 from tasks import signals
 from tasks.broker import QUEUE, engine_queue
@@ -105,11 +109,36 @@ def settings(cfg: Config) -> dict[str, Any]:
     }
 
 
-class RedactingAMQP(AMQP):
-    """Celery's message builder, with the task's ``argsrepr``/``kwargsrepr`` (what events, and so
-    Flower and ``celery events``, show of a task's arguments) redacted: a ``${VAR}`` value in a job's
-    arguments never leaves the publisher in readable form but inside the body the worker needs.
-    Every publish passes here (bots-job2queue, beat, the monitor, ``celery call``, Flower)."""
+class BotsqAMQP(AMQP):
+    """Celery's message builder and sender, with two additions. Every publish passes here
+    (bots-job2queue, beat, the monitor, ``celery call``, Flower).
+
+    * The task's ``argsrepr``/``kwargsrepr`` (what events, and so Flower and ``celery events``, show
+      of a task's arguments) redacted: a ``${VAR}`` value in a job's arguments never leaves the
+      publisher in readable form but inside the body the worker needs.
+    * How each publish ended goes to :func:`tasks.signals.publish_settled` (Celery signals only a
+      publish that worked, ``after_task_publish``): a registration made for it is confirmed, or
+      taken back when the message did not reach the broker. Under Celery's ``celery call`` a failed
+      publish then ends the command in one line, exit 1, instead of kombu's traceback.
+    """
+
+    @cached_property
+    def send_task_message(self) -> Callable[..., Any]:
+        send = self._create_task_sender()
+        broker_url = self.app.conf.broker_url or ""
+
+        def send_task_message(producer: Any, name: str, message: Any, **kwargs: Any) -> Any:
+            task_id = str(message.headers.get("id"))
+            try:
+                sent = send(producer, name, message, **kwargs)
+            except BaseException as exc:
+                signals.publish_settled(task_id, broker_url, exc)
+                _celery_call_failed(name, broker_url, exc)
+                raise
+            signals.publish_settled(task_id, broker_url)
+            return sent
+
+        return send_task_message
 
     def as_task_v2(self, *args: Any, **kwargs: Any) -> Any:
         message = super().as_task_v2(*args, **kwargs)
@@ -121,6 +150,25 @@ class RedactingAMQP(AMQP):
                 if isinstance(message.sent_event.get(key), str):
                     message.sent_event[key] = redact(message.sent_event[key])
         return message
+
+
+def _celery_call_failed(name: str, broker_url: str, exc: BaseException) -> None:
+    """Under Celery's own ``celery call`` command, a failed publish ends the command: one line on
+    stderr, exit 1 (click's ``Exit``, which Celery's CLI turns into the exit code). Anywhere else
+    (Flower, botsq's own commands) it returns and the caller handles the error.
+
+    Celery's CLI (click) is looked up among the loaded modules rather than imported: only that CLI
+    loads ``celery.bin.call``, and the other publishers are spared its import."""
+    cli, click = sys.modules.get("celery.bin.call"), sys.modules.get("click")
+    if cli is None or click is None or not isinstance(exc, Exception):
+        return
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or ctx.command is not getattr(cli, "call", None):
+        return
+    reason = redact(one_line(exc)) if str(exc).strip() else type(exc).__name__
+    print(f"celery call: error: cannot publish {name} to broker {mask_url(broker_url)}: {reason}; nothing was "
+          f"queued", file=sys.stderr, flush=True)
+    raise click.exceptions.Exit(ExitCode.SYSTEM) from None
 
 
 def _connect_signals() -> None:
@@ -138,7 +186,7 @@ def _connect_signals() -> None:
 def make_app(cfg: Config) -> Celery:
     """A new app for ``cfg``, its signals connected and both tasks registered (use :func:`app_for`)."""
     _connect_signals()
-    app = Celery("botsq", set_as_current=False, amqp=RedactingAMQP)
+    app = Celery("botsq", set_as_current=False, amqp=BotsqAMQP)
     app.conf.update(settings(cfg))
     register_tasks(app)
     return app

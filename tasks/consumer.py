@@ -1,6 +1,7 @@
 """The worker's consumer: Celery's, plus a line in ``jobqueue.log`` for every message it refuses
 (not JSON, a pickled body, an unknown task, no task header). Celery already drops such a
-message and keeps serving; this makes the reason visible where the queue's operators look.
+message and keeps serving; this makes the reason visible where the queue's operators look, and
+removes the message's registry entry (:func:`tasks.registration.forget_dropped`).
 
 Also the tasks' request class (:class:`Request`): no ack on a channel the broker has closed.
 """
@@ -14,7 +15,8 @@ from celery.worker.consumer import Consumer as _CeleryConsumer
 from celery.worker.request import Request as _CeleryRequest
 
 from engine.errors import one_line
-from tasks.context import worker_log
+from tasks.context import worker_config, worker_log
+from tasks.registration import forget_dropped
 
 
 def _describe(message: Any) -> str:
@@ -39,6 +41,12 @@ class Consumer(_CeleryConsumer):
                                        f": {detail}" if detail else "")
         except Exception:  # noqa: BLE001 - logging must not stop the consumer
             pass
+        task_id = (getattr(message, "headers", None) or {}).get("id")
+        if task_id:         # a publisher registered it (celery call --serializer pickle): the entry goes too
+            try:
+                forget_dropped(worker_config(self.app), str(task_id))
+            except Exception:  # noqa: BLE001 - the entry then ages out
+                pass
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         self._log("cannot decode the body", message, exc)

@@ -4,8 +4,9 @@ the worker forwards the parts of a message that belong to other lanes through he
 A job is split by lane (:func:`tasks.jobs.split_job`); each part is registered in the pending-key
 registry (:func:`tasks.registration.register`: a duplicate of a waiting job is not published, one
 at a higher priority raises it) and published to its lane's queue with its Bots priority in the
-message header. If a publish fails, that part's registry entry is taken back and QueueError says
-which lanes were queued before it.
+message header; once the broker has it (publisher confirms on RabbitMQ) the entry is confirmed
+(:meth:`tasks.registry.PendingRegistry.confirm`). If a publish fails, that part's registry entry is
+taken back and QueueError says which lanes were queued before it.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.config import Config
+from engine.errors import DatabaseError, one_line
 from engine.log import mask_url
 from tasks import priority as prio
 from tasks.broker import QueueError, connect, engine_queue, queue_depth
@@ -112,7 +114,7 @@ def _publish_part(app: Any, cfg: Config, conn: Any, job: Job, priority: int, log
     try:
         # the Queue itself, not its name: declared with x-max-priority even when the app's task_queues
         # were made before this lane existed (a long-running beat or monitor)
-        app.send_task(job.task, kwargs=job.kwargs, task_id=task_id, headers={prio.PRIORITY_HEADER: priority},
+        app.send_task(job.task, kwargs=job.kwargs, task_id=task_id, headers={prio.PRIORITY_HEADER: reg.priority},
                       queue=queue, connection=conn, retry=True,
                       retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1})
     except Exception as exc:  # noqa: BLE001
@@ -124,4 +126,8 @@ def _publish_part(app: Any, cfg: Config, conn: Any, job: Job, priority: int, log
         queued = "; ".join(p.describe() for p in before)
         raise QueueError(f"cannot publish to broker {mask_url(app.conf.broker_url)}: {reason}"
                          + (f" (already queued: {queued})" if queued else "")) from None
-    return LaneSubmit(lane, job, reg.status, task_id, priority)
+    try:
+        PendingRegistry(cfg).confirm(job, task_id)
+    except DatabaseError as exc:     # the job is queued; its entry only stays takeable (never a lost job)
+        log.warning("queued %s (%s), but its registry entry could not be confirmed: %s", task_id, job, one_line(exc))
+    return LaneSubmit(lane, job, reg.status, task_id, reg.priority)

@@ -5,10 +5,16 @@ on first use, SQLite and PostgreSQL alike):
 
 :class:`PendingRegistry` - tables ``jobqueue_pending`` and ``jobqueue_skip``: one row per *waiting*
     job identity (:attr:`tasks.jobs.Job.key`, unique) naming the message (task id) that stands for
-    it. A submission adds the row before it publishes; a unique-key conflict means "an identical
-    job is waiting": discard the new one, or - when it asks for a higher priority - point the row
-    at the new message and mark the old one superseded (Bots raises the waiting job's priority
-    the same way). Superseded messages are dropped unrun.
+    it. A submission adds the row before it publishes, *unconfirmed*, and confirms it once the
+    broker has the message (:meth:`PendingRegistry.confirm`; a failed publish takes it back,
+    :meth:`PendingRegistry.remove`). A unique-key conflict with a confirmed row means "an
+    identical job is waiting": discard the new one, or - when it asks for a higher priority -
+    point the row at the new message and mark the old one superseded (Bots raises the waiting
+    job's priority the same way). A conflict with an *unconfirmed* row is never a duplicate: its
+    message may never reach the broker (a publish that fails later, a publisher killed). The new
+    job waits until the row settles (milliseconds), or takes it over when it does not within
+    ``UNCONFIRMED_WAIT`` (at the higher of both priorities; the old message, should it arrive
+    after all, is superseded). Superseded messages are dropped unrun.
 :class:`StartedJobs` - table ``jobqueue_started``: one row per message the worker started:
     attempts, holder (host, pid, heartbeat), state. It makes a redelivered message harmless: a job
     that finished is not run again (RabbitMQ's consumer timeout, Redis' visibility timeout), one
@@ -33,7 +39,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import DateTime, Integer, String, Text, delete, func, select, update
+from sqlalchemy import Boolean, DateTime, Integer, String, Text, delete, func, select, true, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -50,6 +56,14 @@ from tasks.jobs import Job
 KEEP_FINISHED = timedelta(days=2)   # started-job rows kept after they end (redeliveries come sooner)
 QueueDepth = Callable[[], "int | None"]   # messages waiting in the queue, asked only when it matters
 T = TypeVar("T")
+# seconds an identical job waits for an unconfirmed entry to settle before it takes the entry over: a
+# publish normally settles in milliseconds (one broker round trip); one that fails takes its entry back
+# itself; only a hung or killed publisher makes a job wait this long (the takeover is safe either way)
+UNCONFIRMED_WAIT = 2.0
+SKIP_REASONS = {   # jobqueue_skip.reason -> why the worker drops that message unrun
+    "raised": "superseded by a copy queued at a higher priority",
+    "unconfirmed": "superseded by an identical job queued before the broker had confirmed this one",
+}
 
 
 class RegistrationStatus(StrEnum):
@@ -85,6 +99,9 @@ class PendingJob(Base):
     priority: Mapped[int] = mapped_column(Integer)          # Bots 1..9
     created: Mapped[datetime] = mapped_column(DateTime)     # first queued (naive UTC)
     updated: Mapped[datetime] = mapped_column(DateTime)     # last raise / takeover
+    # the broker has the row's message (publisher confirm): only then does the row make a later identical
+    # job a duplicate. Rows of databases made before this column count as confirmed (server default).
+    confirmed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=true())
 
 
 class SkippedMessage(Base):
@@ -170,6 +187,7 @@ class Registration:
     previous: str | None = None         # raised / stale takeover: the message it replaced
     previous_priority: int | None = None
     stale: bool = False                 # the replaced entry's message was gone
+    unconfirmed: bool = False           # the replaced entry's message had not reached the broker (yet)
 
 
 @dataclass(frozen=True)
@@ -182,6 +200,7 @@ class Waiting:
     priority: int
     created: datetime
     age: float                          # seconds since first queued
+    confirmed: bool = True              # the broker confirmed its message (False: a publish under way or failed)
 
     @property
     def lane(self) -> str:
@@ -191,11 +210,12 @@ class Waiting:
     def as_dict(self) -> dict[str, Any]:
         return {"task_id": self.task_id, "task": self.task, "job": self.job, "lane": self.lane, "kwargs": self.kwargs,
                 "priority": self.priority, "queued": self.created.isoformat(timespec="seconds") + "Z",
-                "age_s": round(self.age, 1)}
+                "age_s": round(self.age, 1), "confirmed": self.confirmed}
 
 
 class PendingRegistry(_Store):
-    """Waiting jobs by identity: ``add`` / ``remove`` / ``forget`` / ``cleanup(now)``."""
+    """Waiting jobs by identity: ``add`` / ``confirm`` / ``remove`` / ``forget`` / ``forget_message`` /
+    ``cleanup(now)``."""
 
     def _is_stale(self, row: PendingJob, now: datetime, queue_depth: QueueDepth | None) -> bool:
         if queue_depth is None or (now - row.updated).total_seconds() < self.cfg.jobqueue.stale_after:
@@ -207,49 +227,96 @@ class PendingRegistry(_Store):
         return depth == 0
 
     def add(self, job: Job, task_id: str, priority: int, queue_depth: QueueDepth | None = None) -> Registration:
-        """Record a job about to be published (race-free: the key is unique).
+        """Record a job about to be published, unconfirmed (race-free: the key is unique; every
+        change of a row is a compare-and-set on its task id).
 
-        ``queue_depth`` returns the number of messages waiting in the queue; it is asked only when
-        an identical entry is older than ``stale_after``, to tell a stale one.
+        An identical confirmed entry makes it a duplicate (or, asked at a higher priority, raises
+        that entry). An identical *unconfirmed* entry is no ground for either: its publish is under
+        way, and may still fail. ``add`` waits for it to settle - confirmed (then as above), or taken
+        back (then this job is added) - and when the same unconfirmed entry is still there after
+        :data:`UNCONFIRMED_WAIT` seconds (its publisher hangs or was killed) takes it over: the new
+        message stands for the job, at the higher of both priorities (the publisher sends it at
+        :attr:`Registration.priority`), and the old message is superseded. ``queue_depth`` returns
+        the number of messages waiting in the queue; it is asked only when an identical entry is
+        older than ``stale_after``, to tell a stale one.
         """
         key = job.key
+        seen: tuple[str, float] | None = None       # the unconfirmed entry waited for, and since when (monotonic)
+        delay = 0.002
+        while True:
+            take = seen[0] if seen is not None and time.monotonic() - seen[1] >= UNCONFIRMED_WAIT else None
+            out = self._transaction(lambda s: self._add(s, job, key, task_id, priority, queue_depth, take))
+            if isinstance(out, Registration):
+                return out
+            if seen is None or seen[0] != out:      # a new unconfirmed entry (another publisher took over)
+                seen = (out, time.monotonic())
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
-        def add(s: Session) -> Registration:
-            now = utcnow()
-            row = s.get(PendingJob, key)
-            if row is None:
-                s.add(PendingJob(key=key, task_id=task_id, task=job.task, job=job.describe(),
-                                 kwargs=json.dumps(job.shown_kwargs), priority=priority, created=now, updated=now))
+    def _add(self, s: Session, job: Job, key: str, task_id: str, priority: int, queue_depth: QueueDepth | None,
+             take: str | None) -> Registration | str:
+        """One try of :meth:`add`: a Registration, or the task id of the unconfirmed entry to wait for
+        (``take``: the one waited for long enough, taken over)."""
+        now = utcnow()
+        row = s.get(PendingJob, key)
+        if row is None:
+            s.add(PendingJob(key=key, task_id=task_id, task=job.task, job=job.describe(),
+                             kwargs=json.dumps(job.shown_kwargs), priority=priority, created=now, updated=now,
+                             confirmed=False))
+            s.flush()
+            return Registration(RegistrationStatus.ADDED, task_id, priority)
+        old_id, old_priority = row.task_id, row.priority
+        if not row.confirmed:
+            if old_id != take:
+                return old_id
+            best = min(priority, old_priority)
+            n = s.execute(update(PendingJob).where(PendingJob.key == key, PendingJob.task_id == old_id)
+                          .values(task_id=task_id, priority=best, updated=now, confirmed=False)).rowcount
+            if n == 1:
+                s.add(SkippedMessage(task_id=old_id, key=key, reason="unconfirmed", created=now))
                 s.flush()
-                return Registration(RegistrationStatus.ADDED, task_id, priority)
-            old_id, old_priority = row.task_id, row.priority
-            if self._is_stale(row, now, queue_depth):
-                n = s.execute(update(PendingJob).where(PendingJob.key == key, PendingJob.task_id == old_id)
-                              .values(task_id=task_id, priority=priority, created=now, updated=now)).rowcount
-                if n == 1:
-                    return Registration(RegistrationStatus.ADDED, task_id, priority, previous=old_id,
-                                        previous_priority=old_priority, stale=True)
-                raise _Changed
-            if priority < old_priority:
-                n = s.execute(update(PendingJob).where(PendingJob.key == key, PendingJob.task_id == old_id)
-                              .values(task_id=task_id, priority=priority, updated=now)).rowcount
-                if n == 1:
-                    s.add(SkippedMessage(task_id=old_id, key=key, reason="raised", created=now))
-                    s.flush()
-                    return Registration(RegistrationStatus.RAISED, task_id, priority, previous=old_id,
-                                        previous_priority=old_priority)
-                raise _Changed
-            return Registration(RegistrationStatus.DUPLICATE, old_id, old_priority)
+                return Registration(RegistrationStatus.ADDED, task_id, best, previous=old_id,
+                                    previous_priority=old_priority, unconfirmed=True)
+            raise _Changed
+        if self._is_stale(row, now, queue_depth):
+            n = s.execute(update(PendingJob).where(PendingJob.key == key, PendingJob.task_id == old_id)
+                          .values(task_id=task_id, priority=priority, created=now, updated=now,
+                                  confirmed=False)).rowcount
+            if n == 1:
+                return Registration(RegistrationStatus.ADDED, task_id, priority, previous=old_id,
+                                    previous_priority=old_priority, stale=True)
+            raise _Changed
+        if priority < old_priority:
+            n = s.execute(update(PendingJob).where(PendingJob.key == key, PendingJob.task_id == old_id)
+                          .values(task_id=task_id, priority=priority, updated=now, confirmed=False)).rowcount
+            if n == 1:
+                s.add(SkippedMessage(task_id=old_id, key=key, reason="raised", created=now))
+                s.flush()
+                return Registration(RegistrationStatus.RAISED, task_id, priority, previous=old_id,
+                                    previous_priority=old_priority)
+            raise _Changed
+        return Registration(RegistrationStatus.DUPLICATE, old_id, old_priority)
 
-        return self._transaction(add)
+    def confirm(self, job: Job, task_id: str) -> bool:
+        """The broker has message ``task_id``: its entry now makes identical jobs duplicates. False
+        when the entry no longer names it (taken over, or already claimed by the worker)."""
+        def confirm(s: Session) -> bool:
+            return s.execute(update(PendingJob).where(PendingJob.key == job.key, PendingJob.task_id == task_id)
+                             .values(confirmed=True)).rowcount > 0
+
+        return self._transaction(confirm)
 
     def remove(self, job: Job, reg: Registration) -> None:
-        """Undo :meth:`add` after the publish failed (nothing is left behind)."""
+        """Undo :meth:`add` after the publish failed (nothing is left behind): a raise or a takeover
+        of an unconfirmed entry gives the entry back to the message it had (which is no longer
+        superseded), an added entry goes."""
         def remove(s: Session) -> None:
-            if reg.status == RegistrationStatus.RAISED and reg.previous:
-                s.execute(update(PendingJob).where(PendingJob.key == job.key, PendingJob.task_id == reg.task_id)
-                          .values(task_id=reg.previous, priority=reg.previous_priority))
-                s.execute(delete(SkippedMessage).where(SkippedMessage.task_id == reg.previous))
+            if reg.previous and (reg.status == RegistrationStatus.RAISED or reg.unconfirmed):
+                n = s.execute(update(PendingJob).where(PendingJob.key == job.key, PendingJob.task_id == reg.task_id)
+                              .values(task_id=reg.previous, priority=reg.previous_priority,
+                                      confirmed=not reg.unconfirmed)).rowcount
+                if n:
+                    s.execute(delete(SkippedMessage).where(SkippedMessage.task_id == reg.previous))
             elif reg.status == RegistrationStatus.ADDED:
                 s.execute(delete(PendingJob).where(PendingJob.key == job.key, PendingJob.task_id == reg.task_id))
 
@@ -260,6 +327,16 @@ class PendingRegistry(_Store):
         def forget(s: Session) -> bool:
             n = s.execute(delete(PendingJob).where(PendingJob.key == key, PendingJob.task_id == task_id)).rowcount
             n += s.execute(delete(SkippedMessage).where(SkippedMessage.task_id == task_id)).rowcount
+            return n > 0
+
+        return self._transaction(forget)
+
+    def forget_message(self, task_id: str) -> bool:
+        """Drop the entry of message ``task_id`` whatever job it is for: the worker dropped the message
+        unrun before it could name its job (rejected, not decodable); True if one was removed."""
+        def forget(s: Session) -> bool:
+            n = s.execute(delete(PendingJob).where(PendingJob.task_id == task_id)).rowcount
+            s.execute(delete(SkippedMessage).where(SkippedMessage.task_id == task_id))
             return n > 0
 
         return self._transaction(forget)
@@ -296,7 +373,7 @@ class PendingRegistry(_Store):
         with session_scope(self.url) as s:
             rows = s.scalars(select(PendingJob).order_by(PendingJob.priority, PendingJob.updated)).all()
             return [Waiting(r.key, r.task_id, r.task, r.job, json.loads(r.kwargs or "{}"), r.priority, r.created,
-                            (now - r.created).total_seconds()) for r in rows]
+                            (now - r.created).total_seconds(), bool(r.confirmed)) for r in rows]
 
     def count(self) -> int:
         with session_scope(self.url) as s:
@@ -358,8 +435,10 @@ class StartedJobs(_Store):
                              st.attempts)
             n = s.execute(delete(PendingJob).where(PendingJob.key == job.key, PendingJob.task_id == task_id)).rowcount
             if n == 0:
-                if s.execute(delete(SkippedMessage).where(SkippedMessage.task_id == task_id)).rowcount:
-                    return Begin(BeginAction.SKIP, "superseded by a copy queued at a higher priority")
+                skipped = s.get(SkippedMessage, task_id)
+                if skipped is not None:
+                    s.delete(skipped)
+                    return Begin(BeginAction.SKIP, SKIP_REASONS.get(skipped.reason, "superseded"))
                 other = s.get(PendingJob, job.key)
                 if other is not None:
                     return Begin(BeginAction.SKIP, f"an identical job is waiting ({other.task_id})")

@@ -3,7 +3,8 @@ allow-listed command from ``[jobqueue.commands]``) - and the steps every job goe
 
 1. its kwargs are checked (unknown ones, positional args, unknown route or command, a config dir
    the worker does not serve - :func:`tasks.jobs.check_trusted`: the message is rejected with the
-   reason in one line in ``jobqueue.log`` and on the console; the worker carries on);
+   reason in one line in ``jobqueue.log`` and on the console, and its registry entry goes; the
+   worker carries on);
 2. :meth:`tasks.registry.StartedJobs.begin` records the start and claims its registry entry, in
    one commit, before anything else - a superseded or already-run message is skipped here, and a
    message whose worker died is run again at most ``1 + [jobqueue] max_retries`` times;
@@ -37,6 +38,7 @@ from tasks.jobs import (COMMAND_TASK, ENGINE_TASK, Job, JobError, check_trusted,
                         validate)
 from tasks.outcomes import GiveUp, RejectMessage, RetryLater, SkipMessage
 from tasks.publish import publish
+from tasks.registration import forget_dropped
 from tasks.registry import Begin, BeginAction, JobState, StartedJobs
 
 DB_RETRY_SECONDS = 30       # a job that cannot reach the database (or read its config) is tried again after this
@@ -140,7 +142,17 @@ def _identify(task: Task, base: Config, name: str, args: Any, kwargs: Any,
         return place(cfg, job), cfg
     except (JobError, ConfigError) as exc:
         log.error("rejected %s[%s] %s: %s", name, task.request.id, _short(kwargs), one_line(exc))
+        _forget(base, str(task.request.id), log)
         raise RejectMessage(one_line(exc)) from None
+
+
+def _forget(base: Config, task_id: str, log: logging.Logger) -> None:
+    """A message rejected before it claimed its registry entry takes the entry with it: no listing
+    shows a job that will never run."""
+    try:
+        forget_dropped(base, task_id)
+    except DatabaseError as exc:
+        log.warning("rejected %s: its registry entry stays until the stale sweep: %s", task_id, one_line(exc))
 
 
 def _bots_priority(task: Task) -> int | None:

@@ -12,15 +12,22 @@ Publishing side (every process that sends a job with the ``tasks`` app: ``bots-j
   and Flower see it) and registered here (:func:`tasks.registration.register`). A publish cannot be
   vetoed from a signal, so a duplicate of a waiting job is marked instead: its ``expires`` is set in
   the past and the worker drops it unrun, visibly (``jobqueue.log``, and "revoked (expired)" in Flower).
+* :func:`publish_settled` learns how such a publish ended (from :class:`tasks.celeryapp.BotsqAMQP`,
+  which wraps Celery's sender; Celery has no signal for a failed publish): sent, the entry is
+  confirmed; failed (broker down or restarting), the entry is taken back at once - in Flower,
+  which carries on, as in ``celery call``, whose process then ends - so a job sent again is not
+  a duplicate of a message that never reached the broker.
 
 Worker side: pooled database connections are not shared with forked pool processes; stale
 registry entries are swept when the worker starts; dropped, revoked, failed and malformed
-messages are written to ``jobqueue.log`` with the reason.
+messages are written to ``jobqueue.log`` with the reason, and their registry entries go
+(:func:`tasks.registration.forget_dropped`).
 """
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Any
 
 from celery import current_app
@@ -36,11 +43,17 @@ from engine.config import Config
 from tasks.broker import queue_depth, queue_name
 from tasks.context import config_for, configdir_of, queue_logger, worker_config, worker_log
 from tasks.jobs import TASKS, Job, JobError, message_lane, place
-from tasks.registration import register
-from tasks.registry import JobState, PendingRegistry, RegistrationStatus, StartedJobs, forget_tables
+from engine.log import mask_url
+from tasks.registration import forget_dropped, register
+from tasks.registry import (JobState, PendingRegistry, Registration, RegistrationStatus, StartedJobs,
+                            forget_tables)
 
 PAST = "2000-01-01T00:00:00+00:00"      # an ``expires`` that has passed: the worker drops the message
 _fallback = logging.getLogger("botsq.jobqueue")
+# registrations made by before_publish whose publish has not ended yet, by task id (Flower publishes
+# from several threads): publish_settled confirms or takes back each one
+_unsettled: dict[str, tuple[Config, Job, Registration, logging.Logger]] = {}
+_unsettled_lock = threading.Lock()
 
 
 def _body_parts(body: Any) -> tuple[Any, Any]:
@@ -73,7 +86,7 @@ def before_publish(sender: str | None = None, body: Any = None, headers: dict | 
     if carried is not None:
         return          # submit() registered it already
     try:
-        _register_sent(app, sender, body, headers, bots)
+        _register_sent(app, sender, body, headers, properties, bots)
     except Exception:  # noqa: BLE001 - never break a publish; the job runs without dedup
         _fallback.exception("job queue: could not register %s[%s]; it is sent without dedup",
                             sender, headers.get("id"))
@@ -84,7 +97,7 @@ def all_lanes_depth(app: Any, cfg: Config) -> int:
     return sum(queue_depth(app, queue=queue_name(lane)) for lane in cfg.lanes)
 
 
-def _register_sent(app: Any, sender: str, body: Any, headers: dict, bots: int) -> None:
+def _register_sent(app: Any, sender: str, body: Any, headers: dict, properties: dict, bots: int) -> None:
     args, kwargs = _body_parts(body)
     try:
         job = Job.from_message(sender, args, kwargs, configdir_of(app))
@@ -104,6 +117,32 @@ def _register_sent(app: Any, sender: str, body: Any, headers: dict, bots: int) -
         return
     if reg.status == RegistrationStatus.DUPLICATE:
         headers["expires"] = PAST
+        return
+    if reg.priority != bots:    # it took over an unconfirmed entry of a higher priority: it is sent at that one
+        properties["priority"] = prio.to_broker(reg.priority, prio.broker_kind(app.conf.broker_url or ""))
+        headers[prio.PRIORITY_HEADER] = reg.priority
+    with _unsettled_lock:
+        _unsettled[task_id] = (cfg, job, reg, log)
+
+
+def publish_settled(task_id: str, broker_url: str, error: BaseException | None = None) -> None:
+    """A publish ended (``error``: how it failed). A registration :func:`before_publish` made for it is
+    confirmed, or - the message did not reach the broker - taken back and logged; never raises."""
+    with _unsettled_lock:
+        held = _unsettled.pop(task_id, None)
+    if held is None:
+        return          # not registered here (submit's own, a duplicate, another task)
+    cfg, job, reg, log = held
+    try:
+        if error is None:
+            PendingRegistry(cfg).confirm(job, task_id)
+            return
+        PendingRegistry(cfg).remove(job, reg)
+        log.error("not added: %s: publish of %s to %s failed: %s (its registry entry was taken back)", job,
+                  task_id, mask_url(broker_url), one_line(error) if str(error).strip() else type(error).__name__)
+    except Exception as exc:  # noqa: BLE001 - an unconfirmed entry never makes a later job a duplicate
+        log.warning("registry entry of %s (%s) not %s: %s", task_id, job, "confirmed" if error is None
+                    else "taken back", one_line(exc))
 
 
 # --------------------------------------------------------------------------- worker side
@@ -194,25 +233,35 @@ def on_revoked(sender: Any = None, request: Any = None, terminated: bool = False
         log.info("dropped unrun %s (%s): duplicate of a waiting job, or expired", task_id, what)
     else:
         log.warning("revoked %s (%s)%s", task_id, what, " while running" if terminated else "")
-    if job is not None:
-        try:
-            PendingRegistry(config_for(job.configdir)).forget(job.key, str(task_id))
-        except Exception:  # noqa: BLE001 - the entry then ages out
-            pass
+    try:
+        forget_dropped(worker_config(app), str(task_id), job)
+    except Exception:  # noqa: BLE001 - the entry then ages out
+        pass
 
 
 def on_failure(sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
                args: Any = None, kwargs: Any = None, **_: Any) -> None:
-    """``task_failure``: a job killed by its time limit or with its worker is recorded as failed."""
+    """``task_failure``: a failed message is not run again, so its registry entry goes (one is left
+    when the job failed before it started: the worker's config or database unusable through every
+    retry) - except after a lost worker, whose message the broker delivers again; a job killed by its
+    time limit or with its worker is recorded as failed."""
     if getattr(sender, "name", None) not in TASKS:
         return
-    if not isinstance(exception, (TimeLimitExceeded, WorkerLostError)):
-        return      # failures inside the task are logged by the task itself
     app = sender.app
+    try:
+        job: Job | None = Job.from_message(sender.name, args or (), kwargs or {}, configdir_of(app))
+    except Exception:  # noqa: BLE001 - a message that names no job: forgotten by its id alone
+        job = None
+    if not isinstance(exception, WorkerLostError):
+        try:
+            forget_dropped(worker_config(app), str(task_id), job)
+        except Exception:  # noqa: BLE001 - the entry then ages out
+            pass
+    if not isinstance(exception, (TimeLimitExceeded, WorkerLostError)) or job is None:
+        return      # failures inside the task are logged by the task itself
     reason = f"{type(exception).__name__}: {exception}"
     worker_log(app).error("job %s failed: %s", task_id, reason)
     try:
-        job = Job.from_message(sender.name, args or (), kwargs or {}, configdir_of(app))
         StartedJobs(config_for(job.configdir)).finish(str(task_id), JobState.FAILED, reason)
     except Exception:  # noqa: BLE001 - the start record then ages out
         pass

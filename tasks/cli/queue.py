@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         lane = data["lanes"][0]
         print(f"queue {lane['queue']} at {data['broker']}: {len(data['waiting'])} waiting job(s) in the registry, "
               + _at_broker(data, lane["broker_messages"]))
-        _jobs(data["running"], data["waiting"])
+        _jobs(data["running"], data["waiting"], data["config"])
         return code
     print(f"lanes at {data['broker']}: {len(data['waiting'])} waiting job(s) in the registry, "
           + _at_broker(data, data["broker_messages"]))
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
                 + ("" if lock["alive"] else " (gone)")) if lock["held"] else "lock free"
         msgs = "?" if lane["broker_messages"] is None else lane["broker_messages"]
         print(f"lane {lane['lane']} (queue {lane['queue']}): {lane['waiting']} waiting, {msgs} at the broker, {held}")
-        _jobs(lane["running"], [w for w in data["waiting"] if w["lane"] == lane["lane"]])
+        _jobs(lane["running"], [w for w in data["waiting"] if w["lane"] == lane["lane"]], data["config"])
     return code
 
 
@@ -120,7 +120,17 @@ def _at_broker(data: dict[str, Any], msgs: int | None) -> str:
             else f"broker not reachable ({data.get('broker_error')})")
 
 
-def _jobs(running: list[dict[str, Any]], waiting: list[dict[str, Any]]) -> None:
+def _whose(w: dict[str, Any], own: str) -> str:
+    """What the JOB column adds to a waiting job: the config dir of a job that is not the queue's own
+    (another environment on this database), and a publish the broker has not confirmed."""
+    configdir = (w.get("kwargs") or {}).get("configdir")
+    notes = [f"config {configdir}"] if configdir and configdir != own else []
+    if not w.get("confirmed", True):
+        notes.append("publish not confirmed by the broker")
+    return f"  ({'; '.join(notes)})" if notes else ""
+
+
+def _jobs(running: list[dict[str, Any]], waiting: list[dict[str, Any]], own: str) -> None:
     for r in running:
         state = "running" if r["alive"] else "running? (no heartbeat)"
         print(f"  {state:<8} {_age(r['running_s']):>6}  {r['task_id'][:8]}  {r['job']}"
@@ -128,6 +138,6 @@ def _jobs(running: list[dict[str, Any]], waiting: list[dict[str, Any]]) -> None:
     if waiting:
         print(f"  {'PRIO':<4} {'AGE':>6}  {'ID':<8}  JOB")
         for w in waiting:
-            print(f"  p{w['priority']:<3} {_age(w['age_s']):>6}  {w['task_id'][:8]}  {w['job']}")
+            print(f"  p{w['priority']:<3} {_age(w['age_s']):>6}  {w['task_id'][:8]}  {w['job']}{_whose(w, own)}")
     elif not running:
         print("  (no jobs)")

@@ -125,12 +125,13 @@ def test_the_result_of_a_split_submit_says_what_each_lane_got(env):
 
 def test_the_publish_handler_places_a_celery_call_in_its_lane_and_writes_the_lane_into_it(env, monkeypatch):
     from tasks.celeryapp import app_for
-    from tasks.signals import PAST, before_publish
+    from tasks.signals import PAST, before_publish, publish_settled
 
     monkeypatch.setenv("BOTSQ_BROKER_URL", "memory://")
     app_for(env.config())
     kwargs = {"routes": ["slow"]}
     before_publish(sender="bots.engine", body=([], kwargs, {}), headers={"id": "c1"}, properties={})
+    publish_settled("c1", "memory://")                      # the broker has it
     assert kwargs["lane"] == "slow"
     (waiting,) = PendingRegistry(env.config()).waiting()
     assert (waiting.lane, waiting.task_id) == ("slow", "c1")

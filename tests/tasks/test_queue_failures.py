@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
-from queue_helpers import (Worker, ended, events, in_process, jobqueue_log, make_queue_env, purge, started,
-                           wait_for)
+from queue_helpers import (Worker, botsq, celery_call, ended, events, in_process, job2queue, jobqueue_log,
+                           make_queue_env, purge, started, wait_for)
 from tasks.registry import StartedJobs
 
 
@@ -260,3 +260,88 @@ def test_rabbitmq_restart_with_50_jobs_waiting_runs_all_in_priority_order(rabbit
     workers.append(w)
     wait_for(lambda: len(ended(env)) == 50, 120, "all 50 jobs", w)
     assert started(env) == [name for _p, _i, name in sorted(jobs)]
+
+
+# --------------------------------------------------------------------------- the registry and lost messages
+
+def _long_stale_after(env) -> None:
+    """stale_after of an hour: only the confirm rule, not the stale sweep, may let a job through."""
+    ini = env.configdir / "bots.ini"
+    ini.write_text(ini.read_text().replace("stale_after = 1", "stale_after = 3600"))
+
+
+@pytest.mark.rabbitmq
+def test_a_failed_publish_leaves_no_entry_and_the_same_job_sent_again_runs(rabbit_env, rabbit_url):
+    """Finding 2 (broker restarting): a celery call / Flower publish that fails after the publish handler
+    registered it, and a publisher killed between registering and publishing, must not make the same job
+    sent a moment later a duplicate of a message the broker never got."""
+    from conftest import free_port
+    from tasks.celeryapp import app_for
+    from tasks.jobs import Job, split_job
+    from tasks.registry import PendingRegistry
+
+    env, _cfg, workers = rabbit_env
+    _long_stale_after(env)
+    cfg = in_process(env, rabbit_url)
+    down = f"amqp://guest:guest@127.0.0.1:{free_port()}/{rabbit_url.rsplit('/', 1)[1]}"
+    kwargs = {"name": "rec", "args": ["once"]}
+
+    r = celery_call(env, down, "bots.command", kwargs)          # the CLI: its process ends
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert re.search(r"^celery call: error: cannot publish bots.command to broker amqp://guest:\*\*\*@127\.0\.0\.1:"
+                     r"\d+/\S+: \[Errno 111\] Connection refused; nothing was queued$", r.stderr, re.M), r.stderr
+    assert "its registry entry was taken back" in jobqueue_log(env)
+    assert PendingRegistry(cfg).count() == 0
+
+    app = app_for(in_process(env, down))                        # in-process, as Flower: it carries on
+    with pytest.raises(Exception, match="Connection refused"):
+        app.send_task("bots.command", kwargs={"name": "rec", "args": ["flower"]})
+    assert PendingRegistry(cfg).count() == 0
+
+    w = Worker(env, rabbit_url).wait_ready()
+    workers.append(w)
+    for job_kwargs in (kwargs, {"name": "rec", "args": ["flower"]}):
+        r = celery_call(env, rabbit_url, "bots.command", job_kwargs)
+        assert r.returncode == 0, r.stderr
+    wait_for(lambda: sorted(ended(env)) == ["flower", "once"], 30, "both jobs sent again to run", w)
+
+    # a publisher killed after registering, before its message reached the broker: an entry never confirmed
+    [part] = split_job(cfg, Job.command(cfg.configdir, "rec", ["killed"]))    # as job2queue registers it
+    PendingRegistry(cfg).add(part, "never-sent", 5)
+    r = job2queue(env, rabbit_url, "rec", "killed")
+    assert r.returncode == 0, r.stderr + r.stdout              # added (exit 0), not a duplicate (exit 4)
+    wait_for(lambda: "killed" in ended(env), 30, "the job queued again to run", w)
+    assert "took over registry entry never-sent" in jobqueue_log(env)
+    wait_for(lambda: PendingRegistry(cfg).count() == 0, 10, "no entry left")
+
+
+@pytest.mark.rabbitmq
+def test_a_rejected_message_leaves_no_registry_entry_and_the_queue_names_its_config_dir(rabbit_env, rabbit_url,
+                                                                                          tmp_path):
+    """Finding 9: another environment on the same broker and database queues jobs this worker refuses;
+    until then botsq queue names their config dir, after it no entry is left."""
+    from tasks.registry import PendingRegistry
+
+    env, _cfg, workers = rabbit_env
+    _long_stale_after(env)
+    cfg = in_process(env, rabbit_url)
+    other = make_queue_env(tmp_path / "other", rabbit_url)
+    _long_stale_after(other)
+    ini = other.configdir / "bots.ini"
+    ini.write_text(ini.read_text() + f"\n[database]\nurl = {cfg.database_url}\n")
+    for argv in (("rec", "theirs"), ("bots-engine", "--new")):
+        r = job2queue(other, rabbit_url, *argv)
+        assert r.returncode == 0, r.stderr + r.stdout
+    assert PendingRegistry(cfg).count() == 2
+    r = botsq(env, rabbit_url, "queue")
+    assert r.stdout.count(f"(config {other.configdir})") == 2, r.stdout
+
+    w = Worker(env, rabbit_url).wait_ready()
+    workers.append(w)
+    wait_for(lambda: jobqueue_log(env).count(" refused") >= 2, 30, "both jobs rejected", w)
+    assert f"config dir {other.configdir} refused" in jobqueue_log(env)
+    wait_for(lambda: PendingRegistry(cfg).count() == 0, 10, "the rejected jobs' entries to go", w)
+    r = botsq(env, rabbit_url, "queue")
+    assert "0 waiting job(s) in the registry" in r.stdout and "(no jobs)" in r.stdout, r.stdout
+    assert started(env) == []

@@ -188,10 +188,18 @@ def _job(cfg, name="x", *args):
     return Job.command(cfg.configdir, name, args)
 
 
+def _sent(cfg, job, task_id, priority, **kw):
+    """Register ``job`` as a publisher does whose message reached the broker: add, then confirm."""
+    reg = PendingRegistry(cfg).add(job, task_id, priority, **kw)
+    if reg.status != "duplicate":
+        assert PendingRegistry(cfg).confirm(job, task_id)
+    return reg
+
+
 def test_registry_adds_discards_raises_and_undoes(reg_cfg):
     cfg = reg_cfg
     a = _job(cfg, "rec", "a")
-    assert PendingRegistry(cfg).add(a, "id1", 5).status == "added"
+    assert _sent(cfg, a, "id1", 5).status == "added"
     dup = PendingRegistry(cfg).add(a, "id2", 5)
     assert (dup.status, dup.task_id, dup.priority) == ("duplicate", "id1", 5)
     assert PendingRegistry(cfg).add(a, "id3", 7).status == "duplicate"
@@ -199,7 +207,7 @@ def test_registry_adds_discards_raises_and_undoes(reg_cfg):
     assert (raised.status, raised.previous, raised.previous_priority) == ("raised", "id1", 5)
     assert [(w.task_id, w.priority, w.job) for w in PendingRegistry(cfg).waiting()] == [("id4", 2, "rec a")]
     PendingRegistry(cfg).remove(a, raised)                   # its publish failed: back to id1 at 5
-    assert [(w.task_id, w.priority) for w in PendingRegistry(cfg).waiting()] == [("id1", 5)]
+    assert [(w.task_id, w.priority, w.confirmed) for w in PendingRegistry(cfg).waiting()] == [("id1", 5, True)]
     b = _job(cfg, "rec", "b")
     added = PendingRegistry(cfg).add(b, "idb", 9)
     PendingRegistry(cfg).remove(b, added)
@@ -207,13 +215,68 @@ def test_registry_adds_discards_raises_and_undoes(reg_cfg):
     assert PendingRegistry(cfg).clear() == 1 and PendingRegistry(cfg).waiting() == []
 
 
+def test_an_unconfirmed_entry_never_makes_a_later_job_a_duplicate(reg_cfg, monkeypatch):
+    """A registration whose message has not reached the broker (a publish under way, failing, or a
+    publisher killed): an identical job waits for it to settle - confirmed: a duplicate; taken back:
+    added - and takes a hung one over at the higher priority; the old message is dropped unrun if it
+    arrives after all; a failed publish of the new one gives the entry back."""
+    import threading
+
+    monkeypatch.setattr(registry, "UNCONFIRMED_WAIT", 0.3)
+    cfg = reg_cfg
+    a = _job(cfg, "rec", "a")
+    PendingRegistry(cfg).add(a, "first", 5)
+    threading.Timer(0.1, PendingRegistry(cfg).confirm, (a, "first")).start()        # its publish succeeds
+    t0 = time.monotonic()
+    assert PendingRegistry(cfg).add(a, "second", 5).status == "duplicate"           # decided once settled
+    assert 0.1 <= time.monotonic() - t0 < 0.3
+    PendingRegistry(cfg).clear()
+    first = PendingRegistry(cfg).add(a, "first", 5)
+    threading.Timer(0.1, PendingRegistry(cfg).remove, (a, first)).start()           # its publish fails
+    assert PendingRegistry(cfg).add(a, "second", 5).status == "added"
+    PendingRegistry(cfg).clear()
+
+    assert PendingRegistry(cfg).add(a, "lost", 3).status == "added"          # never confirmed (a killed publisher)
+    [w] = PendingRegistry(cfg).waiting()
+    assert (w.task_id, w.confirmed, w.as_dict()["confirmed"]) == ("lost", False, False)
+    took = PendingRegistry(cfg).add(a, "again", 5)
+    assert (took.status, took.task_id, took.priority, took.previous, took.unconfirmed) == (
+        "added", "again", 3, "lost", True)                                    # sent at the higher priority (3)
+    PendingRegistry(cfg).remove(a, took)                                     # its publish failed as well
+    assert [(w.task_id, w.priority, w.confirmed) for w in PendingRegistry(cfg).waiting()] == [("lost", 3, False)]
+    took = PendingRegistry(cfg).add(a, "again2", 7)
+    assert (took.status, took.priority) == ("added", 3)
+    assert PendingRegistry(cfg).confirm(a, "lost") is False                  # the old publisher confirms late
+    assert PendingRegistry(cfg).confirm(a, "again2") is True
+    assert PendingRegistry(cfg).add(a, "dup", 5).status == "duplicate"       # confirmed: a duplicate again
+    late = StartedJobs(cfg).begin(a, "lost", 3)                              # the old message arrived after all
+    assert (late.action, late.reason) == ("skip", "superseded by an identical job queued before the broker had "
+                                                  "confirmed this one")
+    assert StartedJobs(cfg).begin(a, "again2", 3).action == "run"
+    assert PendingRegistry(cfg).count() == 0
+
+
+def test_a_dropped_message_takes_its_entry_by_task_id(reg_cfg, tmp_path):
+    from tasks.registration import forget_dropped
+
+    cfg = reg_cfg
+    a, b = _job(cfg, "rec", "a"), _job(cfg, "rec", "b")
+    _sent(cfg, a, "a1", 5)
+    _sent(cfg, b, "b1", 5)
+    assert PendingRegistry(cfg).forget_message("nosuch") is False
+    assert forget_dropped(cfg, "a1") is True
+    assert [w.task_id for w in PendingRegistry(cfg).waiting()] == ["b1"]
+    other = Job.engine(tmp_path / "elsewhere" / "config", ["new"])          # not served: its bots.ini is not read
+    assert forget_dropped(cfg, "b1", other) is True and PendingRegistry(cfg).count() == 0
+
+
 def test_registry_begin_claims_skips_superseded_and_fails_open(reg_cfg):
     cfg = reg_cfg
     a, b, c = _job(cfg, "rec", "a"), _job(cfg, "rec", "b"), _job(cfg, "rec", "c")
-    PendingRegistry(cfg).add(a, "a1", 5)
-    PendingRegistry(cfg).add(a, "a2", 1)                    # raise: a1 is superseded
+    _sent(cfg, a, "a1", 5)
+    _sent(cfg, a, "a2", 1)                                  # raise: a1 is superseded
     assert StartedJobs(cfg).begin(a, "a2", 3).action == "run"
-    assert PendingRegistry(cfg).add(a, "a3", 5).status == "added"       # identical while running: accepted
+    assert _sent(cfg, a, "a3", 5).status == "added"         # identical while running: accepted
     skip = StartedJobs(cfg).begin(a, "a1", 3)
     assert (skip.action, skip.reason) == ("skip", "superseded by a copy queued at a higher priority")
     assert StartedJobs(cfg).begin(a, "stray", 3).action == "skip"         # a3 waits: the stray copy is a duplicate
@@ -260,7 +323,7 @@ def test_registry_detects_stale_entries_and_sweeps(reg_cfg, monkeypatch):
 
     cfg = reg_cfg
     a = _job(cfg, "rec", "a")
-    PendingRegistry(cfg).add(a, "a1", 5)
+    _sent(cfg, a, "a1", 5)
     asked = []
 
     def depth(n):
@@ -292,7 +355,13 @@ def _flood(configdir: str, n: int, q) -> None:  # runs in a child process
     dispose_all()
     cfg = load_config(configdir)
     job = Job.command(cfg.configdir, "rec", ("same",))
-    q.put([PendingRegistry(cfg).add(job, f"{os.getpid()}-{i}", 5).status for i in range(n)])
+    out = []
+    for i in range(n):      # each a publisher: register, "publish", confirm
+        reg = PendingRegistry(cfg).add(job, f"{os.getpid()}-{i}", 5)
+        if reg.status != "duplicate":
+            PendingRegistry(cfg).confirm(job, reg.task_id)
+        out.append((reg.status, reg.task_id, reg.previous if reg.unconfirmed else None))
+    q.put(out)
 
 
 @pytest.mark.procs
@@ -302,10 +371,11 @@ def test_concurrent_registrations_leave_exactly_one_entry(reg_cfg):
     procs = [ctx.Process(target=_flood, args=(str(reg_cfg.configdir), 40, q)) for _ in range(4)]
     for p in procs:
         p.start()
-    results = [s for _ in procs for s in q.get(timeout=120)]
+    results = [r for _ in procs for r in q.get(timeout=120)]
     for p in procs:
         p.join(30)
-    assert results.count("added") == 1 and results.count("duplicate") == 4 * 40 - 1
+    statuses = [status for status, _tid, _prev in results]
+    assert statuses.count("added") == 1 and statuses.count("duplicate") == 4 * 40 - 1     # no takeover
     assert PendingRegistry(reg_cfg).count() == 1
 
 
@@ -313,7 +383,9 @@ def test_concurrent_registrations_leave_exactly_one_entry(reg_cfg):
 
 def test_publish_handler_fills_maps_and_marks_duplicates(env, monkeypatch):
     from tasks.celeryapp import app_for
-    from tasks.signals import PAST, before_publish
+    from tasks.signals import PAST, before_publish, publish_settled
+
+    monkeypatch.setattr(registry, "UNCONFIRMED_WAIT", 0.1)
 
     for broker, kind in (("amqp://guest:guest@127.0.0.1:1//", prio.BrokerKind.RABBITMQ), ("redis://127.0.0.1:1/0", prio.BrokerKind.REDIS)):
         monkeypatch.setenv("BOTSQ_BROKER_URL", broker)
@@ -323,14 +395,28 @@ def test_publish_handler_fills_maps_and_marks_duplicates(env, monkeypatch):
         props: dict = {}
         before_publish(sender="bots.command", body=body, headers={"id": f"{kind}-1"}, properties=props)
         assert props["priority"] == prio.to_broker(5, kind)           # none given: Bots 5
+        publish_settled(f"{kind}-1", broker)                           # the broker has it: confirmed
         headers = {"id": f"{kind}-2"}
         props = {"priority": 8}
         before_publish(sender="bots.command", body=body, headers=headers, properties=props)
         assert props["priority"] == prio.to_broker(8, kind) and headers["expires"] == PAST   # a duplicate
+        publish_settled(f"{kind}-2", broker)
         headers = {"id": f"{kind}-3"}
         props = {"priority": 2}
         before_publish(sender="bots.command", body=body, headers=headers, properties=props)
         assert props["priority"] == prio.to_broker(2, kind) and "expires" not in headers     # raised
+        publish_settled(f"{kind}-3", broker, OSError("Connection refused"))   # ... but never sent
+        assert [w.task_id for w in PendingRegistry(cfg).waiting() if w.job == f"rec {kind}"] == [f"{kind}-1"]
+        headers = {"id": f"{kind}-4"}
+        props = {"priority": 2}
+        before_publish(sender="bots.command", body=body, headers=headers, properties=props)
+        assert props["priority"] == prio.to_broker(2, kind) and "expires" not in headers     # raised again
+        headers, props = {"id": f"{kind}-5"}, {"priority": 6}          # -4's publisher hangs: after the wait
+        before_publish(sender="bots.command", body=body, headers=headers, properties=props)
+        assert "expires" not in headers                                  # it takes over, at -4's priority
+        assert props["priority"] == prio.to_broker(2, kind) and headers[prio.PRIORITY_HEADER] == 2
+        publish_settled(f"{kind}-4", broker)                           # -4's late confirm changes nothing
+        publish_settled(f"{kind}-5", broker)
         props = {"priority": 7}
         before_publish(sender="bots.command", body=body, headers={"id": "r", "retries": 1}, properties=props)
         assert props == {"priority": 7}                                # a worker's retry: already mapped
@@ -341,8 +427,8 @@ def test_publish_handler_fills_maps_and_marks_duplicates(env, monkeypatch):
         props = {}
         before_publish(sender="other.task", body=body, headers={"id": "o"}, properties=props)
         assert props == {}
-    assert [(w.job, w.task_id, w.priority) for w in PendingRegistry(cfg).waiting()] == [
-        ("rec rabbitmq", "rabbitmq-3", 2), ("rec redis", "redis-3", 2)]
+    assert [(w.job, w.task_id, w.priority, w.confirmed) for w in PendingRegistry(cfg).waiting()] == [
+        ("rec rabbitmq", "rabbitmq-5", 2, True), ("rec redis", "redis-5", 2, True)]
 
 
 def test_app_settings(env, monkeypatch):
