@@ -270,32 +270,35 @@ class PendingRegistry(_Store):
             if old_id != take:
                 return old_id
             best = min(priority, old_priority)
-            n = s.execute(update(PendingJob).where(PendingJob.key == key, PendingJob.task_id == old_id)
-                          .values(task_id=task_id, priority=best, updated=now, confirmed=False)).rowcount
-            if n == 1:
-                s.add(SkippedMessage(task_id=old_id, key=key, reason="unconfirmed", created=now))
-                s.flush()
-                return Registration(RegistrationStatus.ADDED, task_id, best, previous=old_id,
-                                    previous_priority=old_priority, unconfirmed=True)
-            raise _Changed
+            if not self._repoint(s, key, old_id, now, "unconfirmed", task_id=task_id, priority=best):
+                raise _Changed
+            return Registration(RegistrationStatus.ADDED, task_id, best, previous=old_id,
+                                previous_priority=old_priority, unconfirmed=True)
         if self._is_stale(row, now, queue_depth):
-            n = s.execute(update(PendingJob).where(PendingJob.key == key, PendingJob.task_id == old_id)
-                          .values(task_id=task_id, priority=priority, created=now, updated=now,
-                                  confirmed=False)).rowcount
-            if n == 1:
-                return Registration(RegistrationStatus.ADDED, task_id, priority, previous=old_id,
-                                    previous_priority=old_priority, stale=True)
-            raise _Changed
+            if not self._repoint(s, key, old_id, now, None, task_id=task_id, priority=priority, created=now):
+                raise _Changed
+            return Registration(RegistrationStatus.ADDED, task_id, priority, previous=old_id,
+                                previous_priority=old_priority, stale=True)
         if priority < old_priority:
-            n = s.execute(update(PendingJob).where(PendingJob.key == key, PendingJob.task_id == old_id)
-                          .values(task_id=task_id, priority=priority, updated=now, confirmed=False)).rowcount
-            if n == 1:
-                s.add(SkippedMessage(task_id=old_id, key=key, reason="raised", created=now))
-                s.flush()
-                return Registration(RegistrationStatus.RAISED, task_id, priority, previous=old_id,
-                                    previous_priority=old_priority)
-            raise _Changed
+            if not self._repoint(s, key, old_id, now, "raised", task_id=task_id, priority=priority):
+                raise _Changed
+            return Registration(RegistrationStatus.RAISED, task_id, priority, previous=old_id,
+                                previous_priority=old_priority)
         return Registration(RegistrationStatus.DUPLICATE, old_id, old_priority)
+
+    @staticmethod
+    def _repoint(s: Session, key: str, old_id: str, now: datetime, skip: str | None, **values: Any) -> bool:
+        """Point entry ``key`` at another message, unconfirmed, if it still names ``old_id`` (the
+        compare-and-set every change of an entry is); ``skip`` (a :data:`SKIP_REASONS` key): the old
+        message is to be dropped unrun. False when the entry changed meanwhile."""
+        n = s.execute(update(PendingJob).where(PendingJob.key == key, PendingJob.task_id == old_id)
+                      .values(updated=now, confirmed=False, **values)).rowcount
+        if n != 1:
+            return False
+        if skip is not None:
+            s.add(SkippedMessage(task_id=old_id, key=key, reason=skip, created=now))
+            s.flush()
+        return True
 
     def confirm(self, job: Job, task_id: str) -> bool:
         """The broker has message ``task_id``: its entry now makes identical jobs duplicates. False
