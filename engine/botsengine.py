@@ -261,8 +261,6 @@ class BotsEngineRun:
                "status": str(RunStatus.RUNNING), "command_line": redact(self.command_line), "received": 0,
                "processed": 0, "sent": 0, "file_errors": 0, "comm_errors": 0, "message": "", "summary": "",
                "output": ""}
-        token = lock.lease.token
-
         def insert(tx: dbapi.Transaction) -> int:
             run_id = None
             if self.locked_run is not None:     # a job trying again after Bots was locked: the same record
@@ -273,8 +271,7 @@ class BotsEngineRun:
             if run_id is None:
                 run_id = int(tx.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({dbapi.placeholders(row)}) "
                                         f"RETURNING id", row).rows[0][0])
-            tx.execute("UPDATE leases SET run_id = :run_id WHERE name = :name AND token = :token",
-                       {"run_id": run_id, "name": lock.lease.name, "token": token})
+            lock.lease.set_run(run_id, tx)
             return run_id
         return dbapi.transact(self.cfg.database_url, insert)
 

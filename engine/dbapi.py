@@ -28,7 +28,6 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from engine.errors import database_error
@@ -79,6 +78,8 @@ def transact(url: str, work: Callable[[Transaction], T], *, write: bool = True) 
     path = sqlite_path(url)
     if path is None:
         return _transact_sqlalchemy(url, work)
+    if not os.path.exists(path):            # a new database: engine.db makes it, its folder and its schema
+        _make_schema(url)
     try:
         return _transact_sqlite(path, work, write)
     except sqlite3.OperationalError as exc:
@@ -86,12 +87,16 @@ def transact(url: str, work: Callable[[Transaction], T], *, write: bool = True) 
             raise database_error(url, exc) from None
     except sqlite3.Error as exc:
         raise database_error(url, exc) from None
-    from engine.db import get_engine       # the schema's one place: creates or upgrades it (DatabaseError)
-    get_engine(url)
+    _make_schema(url)
     try:
         return _transact_sqlite(path, work, write)
     except sqlite3.Error as exc:
         raise database_error(url, exc) from None
+
+
+def _make_schema(url: str) -> None:
+    from engine.db import get_engine       # the schema's one place: creates or upgrades it (DatabaseError)
+    get_engine(url)
 
 
 class _SqliteTransaction:
@@ -115,7 +120,6 @@ class _Connections(threading.local):
     """This thread's SQLite connections, by file. A connection is kept open: closing the last one of
     a WAL database checkpoints and removes its WAL file, a cost per transaction otherwise."""
     def __init__(self) -> None:
-        self.pid = os.getpid()
         self.by_path: dict[str, sqlite3.Connection] = {}
 
 
@@ -136,9 +140,6 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 def _connection(path: str) -> sqlite3.Connection:
     conn = _local.by_path.get(path)
     if conn is None:
-        if not Path(path).exists():
-            # a new database: engine.db makes it, its folder and its schema
-            raise sqlite3.OperationalError(f"no such table: the database file {path} does not exist yet")
         conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=True)
         for pragma in SQLITE_PRAGMAS:
             conn.execute(pragma)

@@ -103,6 +103,8 @@ class Holder:
 
 _COLUMNS = "name, token, host, pid, started, heartbeat, run_id"
 _SELECT = f"SELECT {_COLUMNS} FROM leases WHERE name = :name"
+_BEAT = "UPDATE leases SET heartbeat = :now WHERE name = :name AND token = :token"
+_SET_RUN = "UPDATE leases SET run_id = :run_id WHERE name = :name AND token = :token"
 
 
 def _holder(row: tuple[Any, ...], grace: float, now: datetime) -> Holder:
@@ -124,11 +126,14 @@ class Lease:
         the database fails (a missed beat: the grace period covers a few)."""
         return refresh(self.url, self.name, self.token)
 
-    def set_run(self, run_id: int) -> None:
-        """Name the engine run holding the lease (``botsq status`` shows it); DatabaseError."""
-        dbapi.transact(self.url, lambda tx: tx.execute(
-            "UPDATE leases SET run_id = :run_id WHERE name = :name AND token = :token",
-            {"run_id": run_id, "name": self.name, "token": self.token}))
+    def set_run(self, run_id: int, tx: dbapi.Transaction | None = None) -> None:
+        """Name the engine run holding the lease (``botsq status`` shows it): in ``tx`` (the
+        transaction recording the run), else in one of its own. DatabaseError."""
+        params = {"run_id": run_id, "name": self.name, "token": self.token}
+        if tx is not None:
+            tx.execute(_SET_RUN, params)
+        else:
+            dbapi.transact(self.url, lambda t: t.execute(_SET_RUN, params))
 
     def release(self) -> None:
         """Give the lease up (only while it is still ours); DatabaseError."""
@@ -166,8 +171,7 @@ def acquire(url: str, name: str, grace: float, *, token: str | None = None) -> C
             return Claim(Lease(url, name, token, now))
         found = _holder(rows[0], grace, now)
         if found.token == token:
-            tx.execute("UPDATE leases SET heartbeat = :now WHERE name = :name AND token = :token",
-                       {"name": name, "token": token, "now": now})
+            tx.execute(_BEAT, {"name": name, "token": token, "now": now})
             return Claim(Lease(url, name, token, found.started), found)
         if found.alive:
             return Claim(None, found)
@@ -192,8 +196,7 @@ def refresh(url: str, name: str, token: str) -> bool:
     """Heartbeat of lease ``name`` held with ``token``; False when it is not (any more) ours.
     DatabaseError."""
     return dbapi.transact(url, lambda tx: tx.execute(
-        "UPDATE leases SET heartbeat = :now WHERE name = :name AND token = :token",
-        {"now": utcnow(), "name": name, "token": token}).rowcount) == 1
+        _BEAT, {"now": utcnow(), "name": name, "token": token}).rowcount) == 1
 
 
 def release(url: str, name: str, token: str) -> None:
