@@ -136,7 +136,7 @@ def run_bots_job(task: Task, cfg: Config, job: Job, log: logging.Logger,
     waiting_since: float | None = None
     attempt = 0
     locked_run: int | None = None
-    port = bots_port(cfg.engine, cfg.configdir)
+    port: int | None = None
     while True:
         if watch is not None:
             watch.restart()
@@ -150,6 +150,7 @@ def run_bots_job(task: Task, cfg: Config, job: Job, log: logging.Logger,
         now = time.monotonic()
         if waiting_since is None:
             waiting_since = now
+            port = bots_port(cfg.engine, cfg.configdir)         # read from Bots' bots.ini once a job waits
             log.info("job %s waits for the engine: %s", task_id, res.message)
             progress({"waiting": res.message})
         elif now - waiting_since >= cfg.settings.maxruntime * 60:

@@ -21,9 +21,10 @@ import shutil
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from engine.config.ini import IniSection
-from engine.config.sections import Resolve
+from engine.config.sections import Resolve, not_negative
 from engine.errors import ConfigError
 
 
@@ -60,9 +61,7 @@ def read_engine(s: IniSection, resolve: Resolve) -> EngineSettings:
         raise ConfigError(f"{s.where('command')}: required with kind = bots (the Bots engine to run, e.g. "
                           f"/opt/bots/venv/bin/bots-engine)")
     raw_dir = s.get("configdir", str, "")
-    grace = s.get("grace", float, d.grace)
-    if grace < 0:
-        raise ConfigError(f"{s.where('grace')}: must be 0 or more seconds")
+    grace = not_negative(s, "grace", float, d.grace, "seconds")
     return EngineSettings(kind=kind, command=command, configdir=resolve(raw_dir) if raw_dir else None,
                           grace=grace, where=f"{s.path}: [{s.name}]")
 
@@ -141,11 +140,13 @@ def bots_console_problem(engine: EngineSettings, configdir: Path) -> str | None:
     Read from Bots' bots.ini in its config dir; nothing is said when that file cannot be read."""
     if not engine.is_bots:
         return None
-    ini_path = (engine.configdir or configdir) / "bots.ini"
+    ini_path, settings = _bots_settings(engine, configdir)
+    if settings is None:
+        return None
     try:
-        on = _bots_setting(ini_path, "log_console", True)
-        level = str(_bots_setting(ini_path, "log_console_level", "INFO")).strip().upper()
-    except (ValueError, OSError, UnicodeDecodeError):
+        on = settings.getboolean("log_console", fallback=True)
+        level = settings.get("log_console_level", fallback="INFO").strip().upper()
+    except ValueError:
         return None
     if not on:
         return (f"{ini_path}: [settings] log_console = False: botsq sees no Bots summary and no unknown-route "
@@ -159,31 +160,33 @@ def bots_console_problem(engine: EngineSettings, configdir: Path) -> str | None:
 BOTS_DEFAULT_PORT = 28081     # Bots' [settings] port default (bots/botslib.py check_if_other_engine_is_running)
 
 
-def _bots_setting(ini_path: Path, key: str, default: bool | int | str) -> bool | int | str:
-    """``[settings] key`` of Bots' own bots.ini, typed like ``default`` as Bots reads it (configparser);
-    ``default`` when the file, the section or the key is missing. ValueError for a bad value."""
+def _bots_settings(engine: EngineSettings, configdir: Path) -> tuple[Path, Any | None]:
+    """Bots' own bots.ini (in Bots' config dir) and its ``[settings]``, read once as Bots reads them
+    (configparser; typed getters with a fallback): empty when the file or the section is missing
+    (every question gets Bots' default), None when the file cannot be parsed."""
     import configparser                 # only for a Bots installation's engine
+    ini_path = (engine.configdir or configdir) / "bots.ini"
     parser = configparser.RawConfigParser(strict=False)
     try:
-        if not parser.read(ini_path, encoding="utf-8") or not parser.has_option("settings", key):
-            return default
-    except configparser.Error as exc:
-        raise ValueError(str(exc)) from None
-    if isinstance(default, bool):
-        return parser.getboolean("settings", key)
-    if isinstance(default, int):
-        return parser.getint("settings", key)
-    return parser.get("settings", key)
+        parser.read(ini_path, encoding="utf-8")
+    except (configparser.Error, OSError, UnicodeDecodeError):
+        return ini_path, None
+    if not parser.has_section("settings"):
+        parser.add_section("settings")
+    return ini_path, parser["settings"]
 
 
 def bots_port(engine: EngineSettings, configdir: Path) -> int | None:
     """The port a running Bots engine binds on 127.0.0.1 (Bots' ``[settings] port``, default 28081),
-    read from Bots' bots.ini; None when it cannot be read."""
+    read from Bots' bots.ini; None when it cannot be read or is not a port."""
+    settings = _bots_settings(engine, configdir)[1]
     try:
-        port = _bots_setting((engine.configdir or configdir) / "bots.ini", "port", BOTS_DEFAULT_PORT)
-    except (ValueError, OSError, UnicodeDecodeError):
+        port = settings.getint("port", fallback=BOTS_DEFAULT_PORT) if settings is not None else None
+    except ValueError:
         return None
-    return int(port) if 0 < int(port) < 65536 else None
+    if port is None:
+        return None
+    return port if 0 < port < 65536 else None
 
 
 __all__ = ["EngineKind", "EngineSettings", "read_engine", "engine_problem", "bots_console_problem", "bots_port",
