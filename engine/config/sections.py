@@ -259,10 +259,8 @@ def read_dirmonitors(ini: Mapping[str, IniSection], resolve: Resolve) -> tuple[D
         mon = DirMonitor(
             name=name, path=resolve(path), filemask=ms.get("filemask", str, "*") or "*",
             route=ms.get("route", str, ""), recursive=ms.get("recursive", bool, False), priority=ms.priority(),
-            debounce=ms.get("debounce", float, 0.5), polling=ms.get("polling", bool, False),
+            debounce=not_negative(ms, "debounce", float, 0.5, "seconds"), polling=ms.get("polling", bool, False),
             rescan=ms.get("rescan", float, 60.0), process_existing=existing,
         )
-        if mon.debounce < 0:
-            raise ConfigError(f"{ms.where('debounce')}: must be 0 or more seconds")
         monitors.append(mon)
     return tuple(monitors)
